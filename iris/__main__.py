@@ -1,0 +1,5 @@
+"""``python -m iris``."""
+
+from iris.cli import main
+
+main()

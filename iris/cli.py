@@ -1,0 +1,231 @@
+"""The ``iris`` command line. The only place that calls ``sys.exit``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from iris import __version__
+from iris.config import Config, ConfigErrors, load_config, redacted
+from iris.errors import ConfigError, EventError, IrisError
+from iris.events import parse_event
+from iris.logs import register_secret, setup_logging
+
+EXIT_CONFIG = 2
+EXIT_ERROR = 1
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, metavar="FILE",
+                        help="YAML configuration (see config/iris.example.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iris",
+        description="Publish segment-qualification events from a Redis stream to partner "
+                    "endpoints, batched in AAM's standard payload, with OAuth 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"iris {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the worker (SIGTERM/SIGINT drain and exit 0)",
+                         description="Run the worker daemon until SIGTERM or SIGINT.")
+    _add_config(run)
+
+    check = sub.add_parser("check-config", help="validate a config and print it, secrets masked",
+                           description="Validate FILE and print the resolved configuration "
+                                       "with every secret masked. Exit 2 if it is invalid.")
+    _add_config(check)
+
+    send = sub.add_parser(
+        "send", help="add events to the inbound stream",
+        description="Add one event (--uuid/--segment ...) or a JSONL file of events "
+                    "(--file; one JSON object of event fields per line) to the inbound stream. "
+                    "Every event is validated first; nothing is sent if one is invalid.")
+    _add_config(send)
+    send.add_argument("--file", type=Path, help="JSONL file of events")
+    send.add_argument("--uuid", help="the user's AAM_UUID")
+    send.add_argument("--segment", help="Segment_ID")
+    send.add_argument("--status", choices=["0", "1"], default=None, help="1 entered (default), 0 left")
+    send.add_argument("--dpuuid", help="the partner's id for the user (DataPartner_UUID)")
+    send.add_argument("--dpuuids", help='JSON object {"<User_DPID>": "<DataPartner_UUID>"}')
+    send.add_argument("--destination", help="send only to this destination id")
+    send.add_argument("--regions", help="comma-separated AAM region ids")
+    send.add_argument("--ts", help="event time: epoch seconds or ISO-8601 (default: now)")
+
+    demo = sub.add_parser(
+        "demo", help="run everything locally: Redis, an HTTPS mock partner, the worker",
+        description="Start a private redis-server, an HTTPS mock partner with an OAuth 2 token "
+                    "endpoint, and the worker; feed sample events and show what the partner "
+                    "receives. Ctrl-C stops everything.")
+    demo.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigErrors as exc:
+        for line in exc.lines():
+            print(f"iris: config error: {line}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"iris: config error: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except IrisError as exc:
+        print(f"iris: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    sys.exit(code)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    for dest in config.destinations:
+        for value in dest.auth.model_dump().values():
+            if hasattr(value, "get_secret_value"):
+                register_secret(value.get_secret_value())
+    return config
+
+
+def run_async(factory: Callable[[Callable[[], None]], Awaitable[Any]]) -> Any:
+    """Run a coroutine with SIGTERM/SIGINT wired to a graceful stop; a second signal forces it."""
+    try:
+        import uvloop  # optional extra: faster event loop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        stop_requested = False
+        stop_callbacks: list[Callable[[], None]] = []
+
+        def on_signal() -> None:
+            nonlocal stop_requested
+            if stop_requested and task is not None:
+                task.cancel()  # second signal: do not wait for the drain
+            stop_requested = True
+            for callback in stop_callbacks:
+                callback()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        return await factory(stop_callbacks.append)
+
+    try:
+        return runner(main())
+    except asyncio.CancelledError:
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from iris.worker import Worker
+
+    config = _load(args)
+    worker = Worker(config)
+
+    async def serve(on_stop: Callable[[Callable[[], None]], None]) -> None:
+        on_stop(worker.request_stop)
+        await worker.run()
+
+    run_async(serve)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"# {args.config}: valid", file=sys.stderr)
+    print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
+    return 0
+
+
+def _event_fields(raw: dict[str, Any], where: str) -> dict[str, str]:
+    fields = {}
+    for key, value in raw.items():
+        if value is None:
+            continue
+        if isinstance(value, dict | list):
+            value = orjson.dumps(value).decode()
+        fields[str(key)] = str(value)
+    try:
+        parse_event("0-0", fields)
+    except EventError as exc:
+        raise IrisError(f"{where}: {exc}") from None
+    return fields
+
+
+def _events_from_args(args: argparse.Namespace) -> list[dict[str, str]]:
+    if args.file is not None:
+        events = []
+        try:
+            lines = args.file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise IrisError(f"cannot read {args.file}: {exc.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise IrisError(f"{args.file}:{number}: not valid JSON") from None
+            if not isinstance(raw, dict):
+                raise IrisError(f"{args.file}:{number}: each line must be a JSON object")
+            events.append(_event_fields(raw, f"{args.file}:{number}"))
+        return events
+    if not args.uuid or not args.segment:
+        raise IrisError("send needs --uuid and --segment (or --file)")
+    names = ("uuid", "segment", "status", "dpuuid", "dpuuids", "destination", "regions", "ts")
+    return [_event_fields({n: getattr(args, n) for n in names}, "event")]
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from iris.streams import Streams, connect
+
+    config = _load(args)
+    events = _events_from_args(args)
+
+    async def send(_: Callable[[Callable[[], None]], None]) -> list[str]:
+        redis = connect(config)
+        try:
+            return await Streams(redis, config).add_many(events)
+        finally:
+            await redis.aclose()
+
+    ids = run_async(send)
+    print(f"sent {len(ids)} event(s) to {config.stream.key}" + (f": {ids[0]}" if len(ids) == 1
+                                                                  else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from iris.demo.runner import run_demo
+
+    async def demo(on_stop: Callable[[Callable[[], None]], None]) -> None:
+        await run_demo(rate=args.rate, duration=args.duration, on_stop=on_stop)
+
+    run_async(demo)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "check-config": cmd_check_config,
+    "send": cmd_send,
+    "demo": cmd_demo,
+}

@@ -1,0 +1,97 @@
+"""Send one batch to one partner and report an ``Outcome``; never raises for partner trouble.
+
+One aiohttp session per destination (its own TLS trust, connection pool and DNS cache of at most
+30 s), explicit timeouts, and the destination's request rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import aiohttp
+from asyncio_throttle import Throttler
+
+from iris import __version__
+from iris.auth import Auth
+from iris.config import Destination
+from iris.errors import TokenError
+from iris.metrics import Metrics
+from iris.retry import Action, Outcome, classify, failure
+
+USER_AGENT = f"iris/{__version__}"
+DNS_CACHE_SECONDS = 30
+
+
+def make_session(dest: Destination) -> aiohttp.ClientSession:
+    """The destination's HTTP session: trusts ``ca_file`` in addition to the system CAs."""
+    context = ssl.create_default_context()
+    if dest.ca_file is not None:
+        context.load_verify_locations(cafile=str(dest.ca_file))
+    connector = aiohttp.TCPConnector(
+        ssl=context, ttl_dns_cache=DNS_CACHE_SECONDS, limit=dest.limits.max_in_flight + 2,
+    )
+    timeout = aiohttp.ClientTimeout(total=dest.timeout, sock_connect=min(10.0, dest.timeout))
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+def make_throttler(requests_per_second: float) -> Throttler:
+    rate = max(1, round(requests_per_second))
+    return Throttler(rate_limit=rate, period=rate / requests_per_second)
+
+
+class Sender:
+    """POSTs exact bytes with the current credential; a 401 drops that credential."""
+
+    def __init__(
+        self, dest: Destination, auth: Auth, session: aiohttp.ClientSession, metrics: Metrics
+    ) -> None:
+        self.dest = dest
+        self._auth = auth
+        self._session = session
+        self._throttler = make_throttler(dest.limits.requests_per_second)
+        self._requests = metrics.requests
+        self._duration = metrics.request_duration.labels(dest.id)
+        self._inflight = metrics.inflight.labels(dest.id)
+
+    async def send(self, body: bytes, idempotency_key: str) -> Outcome:
+        try:
+            credential = await self._auth.credential()
+        except TokenError as exc:
+            return failure("token_error", str(exc))
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "gzip",
+            self.dest.idempotency_header: idempotency_key,
+        }
+        if credential is not None:
+            headers["Authorization"] = credential.header
+        async with self._throttler:
+            outcome = await self._post(body, headers)
+        if outcome.action is Action.REFRESH:
+            self._auth.refused(credential)
+        self._requests.labels(self.dest.id, outcome.code).inc()
+        return outcome
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> Outcome:
+        started = time.perf_counter()
+        self._inflight.inc()
+        try:
+            async with self._session.post(self.dest.url, data=body, headers=headers) as response:
+                status = response.status
+                reply = b"" if 200 <= status < 300 else await response.content.read(4096)
+                retry_after = response.headers.get("Retry-After")
+            return classify(status, retry_after=retry_after, body=reply, now=time.time())
+        except TimeoutError:
+            return failure("timeout", f"no answer within {self.dest.timeout:g} s")
+        except aiohttp.ClientError as exc:
+            return failure("connection_error", f"{type(exc).__name__}")
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self._inflight.dec()
+            self._duration.observe(time.perf_counter() - started)

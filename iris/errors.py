@@ -1,0 +1,42 @@
+"""One exception tree for iris.
+
+    IrisError
+    ├── ConfigError        bad configuration; carries the key path (``destinations[1].batch.max_users``)
+    ├── EventError         a malformed inbound entry; never retried, dead-lettered
+    └── TokenError         a token could not be had; ``permanent`` says whether retrying can help
+
+Only the stream adapter and the sender catch redis or aiohttp exceptions; everything above them
+sees these types.
+"""
+
+from __future__ import annotations
+
+
+class IrisError(Exception):
+    """Base of every error iris raises on purpose."""
+
+
+class ConfigError(IrisError):
+    """A configuration problem at ``path``; ``str()`` is the one line shown to the operator."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class EventError(IrisError):
+    """An inbound entry that can never be delivered as it is (missing field, bad status, bad ts)."""
+
+
+class TokenError(IrisError):
+    """The token endpoint refused or failed; ``permanent`` errors are not worth retrying soon."""
+
+    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+        self.permanent = permanent
+        self.status = status
+        super().__init__(message)
+
+
+class RedisUnavailable(IrisError):
+    """Redis did not answer (refused, reset, timed out, loading); the caller backs off and retries."""

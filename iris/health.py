@@ -1,0 +1,46 @@
+"""Liveness and readiness state shared by the loops and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from iris.errors import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 2.0
+
+
+class Health:
+    """Ready when started, not draining, and Redis answered the last time anyone asked."""
+
+    def __init__(self) -> None:
+        self.starting = True
+        self.draining = False
+        self._redis_up = False
+        self._failures = 0
+
+    def redis_ok(self) -> None:
+        if not self._redis_up and not self.starting:
+            log.info("redis is reachable again")
+        self._redis_up = True
+        self._failures = 0
+
+    async def redis_failed(self, exc: RedisUnavailable) -> None:
+        """Record the failure, log it once per outage, and wait before the caller retries."""
+        if self._redis_up or self._failures == 0:
+            log.warning("%s; retrying", exc)
+        self._redis_up = False
+        self._failures += 1
+        await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(self._failures, 10)))
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if self.starting:
+            reasons.append("starting")
+        if self.draining:
+            reasons.append("draining")
+        if not self._redis_up:
+            reasons.append("redis unreachable")
+        return not reasons, reasons

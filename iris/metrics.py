@@ -1,0 +1,80 @@
+"""Every Prometheus metric of DESIGN 1.6, in one place, with each destination's series pre-created.
+
+Labels come only from small fixed sets: configured destination ids, status codes, reasons.
+Each worker owns its registry, so several workers can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from iris import __version__
+from iris.dead_letters import REASONS
+from iris.routing import SKIP_REASONS
+
+TOKEN_OUTCOMES = ("success", "error")
+BATCH_USER_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    def __init__(self, destinations: Iterable[str], stream: str, group: str) -> None:
+        self.registry = r = CollectorRegistry()
+        self.consumed = Counter("iris_events_consumed", "Inbound entries read", registry=r)
+        self.delivered = Counter(
+            "iris_events_delivered", "Segment changes accepted by a partner (2xx)",
+            ["destination"], registry=r)
+        self.skipped = Counter(
+            "iris_events_skipped", "Entries acknowledged without delivery", ["reason"], registry=r)
+        self.dead_lettered = Counter(
+            "iris_events_dead_lettered", "Events written to the dead-letter stream",
+            ["destination", "reason"], registry=r)
+        self.requests = Counter(
+            "iris_requests", "Partner requests by outcome code", ["destination", "code"],
+            registry=r)
+        self.request_duration = Histogram(
+            "iris_request_duration_seconds", "Partner request time", ["destination"], registry=r)
+        self.batch_users = Histogram(
+            "iris_batch_users", "Users per delivered batch", ["destination"],
+            buckets=BATCH_USER_BUCKETS, registry=r)
+        self.retries = Counter(
+            "iris_retries", "Partner requests retried", ["destination"], registry=r)
+        self.token_requests = Counter(
+            "iris_token_requests", "Token endpoint requests", ["destination", "outcome"],
+            registry=r)
+        self.token_expiry = Gauge(
+            "iris_token_expiry_timestamp_seconds", "When the cached token expires",
+            ["destination"], registry=r)
+        self.inflight = Gauge(
+            "iris_inflight_requests", "Partner requests in flight", ["destination"], registry=r)
+        self.last_success = Gauge(
+            "iris_last_success_timestamp_seconds", "Last 2xx from the partner", ["destination"],
+            registry=r)
+        self.stream_pending = Gauge(
+            "iris_stream_pending", "Entries delivered to the group but not acknowledged",
+            ["stream", "group"], registry=r)
+        self.stream_lag = Gauge(
+            "iris_stream_lag", "Entries not yet delivered to the group", ["stream", "group"],
+            registry=r)
+        self.build_info = Gauge("iris_build_info", "iris version", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        self._precreate(list(destinations), stream, group)
+
+    def _precreate(self, destinations: list[str], stream: str, group: str) -> None:
+        for reason in SKIP_REASONS + ("trimmed",):
+            self.skipped.labels(reason)
+        for dest in destinations:
+            for metric in (self.delivered, self.request_duration, self.batch_users, self.retries,
+                           self.token_expiry, self.inflight, self.last_success):
+                metric.labels(dest)
+            for reason in REASONS:
+                self.dead_lettered.labels(dest, reason)
+            for outcome in TOKEN_OUTCOMES:
+                self.token_requests.labels(dest, outcome)
+        self.dead_lettered.labels("", "invalid_event")
+        self.stream_pending.labels(stream, group)
+        self.stream_lag.labels(stream, group)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,183 @@
+"""Deliver one destination's closed batches from its outbound stream, and acknowledge them.
+
+Each batch is read from Redis, POSTed (retried, refreshed or split as ``retry.classify`` says),
+then settled: XACK + XDEL after a 2xx, or dead-lettered and acknowledged in one MULTI. A batch
+that is neither stays pending in Redis. At most ``max_in_flight`` batches are held in memory:
+the rest of a slow partner's backlog waits in its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from iris.config import Destination
+from iris.dead_letters import REJECTED, RETRIES_EXHAUSTED, TOO_LARGE, dead_letter_entry
+from iris.delivery import Sender
+from iris.errors import RedisUnavailable
+from iris.health import Health
+from iris.metrics import Metrics
+from iris.payload import encode_payload
+from iris.retry import Action, Outcome, backoff
+from iris.streams import HISTORY, NEW, Streams
+
+log = logging.getLogger(__name__)
+
+Events = list[tuple[str, dict[str, str]]]
+
+
+class Publisher:
+    def __init__(
+        self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
+        health: Health, block_ms: int,
+    ) -> None:
+        self.dest = dest
+        self._streams = streams
+        self._sender = sender
+        self._metrics = metrics
+        self._health = health
+        self._block_ms = block_ms
+        self._key = streams.outbound(dest.id)
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
+        self._slot_free = asyncio.Event()
+        self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
+
+    async def run(self) -> None:
+        """Read and dispatch until ``stopping``; first this consumer's own pending history."""
+        cursor = HISTORY
+        while not self.stopping.is_set():
+            free = self.dest.limits.max_in_flight - len(self._tasks)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                entries = await self._streams.read(self._key, cursor, free, self._block_ms)
+                self._health.redis_ok()
+            except RedisUnavailable as exc:
+                await self._health.redis_failed(exc)
+                cursor = HISTORY  # re-read what we hold but may not have settled
+                continue
+            if cursor != NEW:
+                cursor = entries[-1][0] if entries else NEW
+            for entry_id, fields in entries:
+                if entry_id not in self._tasks and fields:
+                    task = asyncio.create_task(self._handle(entry_id, fields),
+                                               name=f"deliver-{self.dest.id}-{entry_id}")
+                    self._tasks[entry_id] = task
+                    task.add_done_callback(lambda _t, i=entry_id: self._finished(i))
+
+    def _finished(self, entry_id: str) -> None:
+        task = self._tasks.pop(entry_id, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("delivery of %s to %s failed: %r", entry_id, self.dest.id, task.exception())
+        self._slot_free.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight batches finish within ``timeout``; cancel the rest (they stay pending)."""
+        self.stopping.set()
+        self._slot_free.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=max(timeout, 0))
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        events: Events = orjson.loads(fields.get("events", "[]"))
+        dead: list[dict[str, str]] = []
+        counts = (int(fields["users"]), int(fields["segments"]))
+        done = await self._deliver(
+            fields["body"].encode(), events, f"{self.dest.id}-{entry_id}", counts, dead
+        )
+        if done:
+            await self._settle(entry_id, dead)
+
+    async def _deliver(
+        self, body: bytes, events: Events, key: str, counts: tuple[int, int],
+        dead: list[dict[str, str]],
+    ) -> bool:
+        """Deliver one body (or its halves); False if stopped before an outcome was reached."""
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = await self._sender.send(body, key)
+            action = outcome.action
+            if action is Action.DELIVERED:
+                self._delivered(*counts)
+                return True
+            if action is Action.REFRESH and not refreshed:
+                refreshed = True
+                continue
+            if action is Action.SPLIT:
+                return await self._split(body, events, key, dead, outcome)
+            if action in (Action.REFRESH, Action.REJECT):
+                dead.extend(self._dead(events, REJECTED, outcome))
+                return True
+            if attempt >= self.dest.retry.max_attempts:
+                dead.extend(self._dead(events, RETRIES_EXHAUSTED, outcome))
+                return True
+            self._metrics.retries.labels(self.dest.id).inc()
+            delay = backoff(attempt, self.dest.retry.base_delay, self.dest.retry.max_delay,
+                            outcome.retry_after)
+            if await self._stopped_within(delay):
+                return False
+
+    async def _split(
+        self, body: bytes, events: Events, key: str, dead: list[dict[str, str]], outcome: Outcome
+    ) -> bool:
+        """413: send each half with its own stable key; one user that cannot fit is dead."""
+        users: list[dict[str, Any]] = orjson.loads(body)["Users"]
+        if len(users) == 1:
+            dead.extend(self._dead(events, TOO_LARGE, outcome))
+            return True
+        half = len(users) // 2
+        for index, part in enumerate((users[:half], users[half:])):
+            uuids = {u["AAM_UUID"] for u in part}
+            part_body = encode_payload(
+                destination_id=self.dest.id, user_dpid=self.dest.user_dpid,
+                client_id=self.dest.client_id, users=part,
+            )
+            part_events = [e for e in events if e[1].get("uuid", "").strip() in uuids]
+            counts = (len(part), sum(len(u["Segments"]) for u in part))
+            if not await self._deliver(part_body, part_events, f"{key}.{index}", counts, dead):
+                return False
+        return True
+
+    def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[dict[str, str]]:
+        self._metrics.dead_lettered.labels(self.dest.id, reason).inc(len(events))
+        log.warning("dead-lettering %d events for %s: %s (%s)", len(events), self.dest.id,
+                    reason, outcome.error or outcome.code)
+        return [
+            dead_letter_entry(fields, reason=reason, source_id=source_id,
+                              destination=self.dest.id, status=outcome.status, error=outcome.error)
+            for source_id, fields in events
+        ]
+
+    def _delivered(self, users: int, segments: int) -> None:
+        self._metrics.delivered.labels(self.dest.id).inc(segments)
+        self._metrics.batch_users.labels(self.dest.id).observe(users)
+        self._metrics.last_success.labels(self.dest.id).set(time.time())
+
+    async def _settle(self, entry_id: str, dead: list[dict[str, str]]) -> None:
+        """Acknowledge a finished batch; keep trying while Redis is away (it was delivered)."""
+        while True:
+            try:
+                await self._streams.settle(self._key, entry_id, dead)
+                return
+            except RedisUnavailable as exc:
+                await self._health.redis_failed(exc)
+                if self.stopping.is_set():
+                    return  # stays pending: redelivered with the same idempotency key
+
+    async def _stopped_within(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True

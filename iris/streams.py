@@ -1,0 +1,158 @@
+"""The Redis stream adapter: key names, consumer groups, reads, atomic commits and acks.
+
+This is the only module that talks redis-py; it turns connection faults into
+``RedisUnavailable`` and recreates a consumer group that vanished (``NOGROUP``) after a Redis
+restart without persistence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+from iris.config import Config
+from iris.errors import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str] | None]  # (id, fields); fields None: trimmed before delivery
+NEW = ">"  # read entries never delivered to this group
+HISTORY = "0"  # re-read this consumer's own pending entries
+
+
+def connect(config: Config) -> aioredis.Redis:
+    """A client whose socket timeout outlasts the blocking read, with bounded retries."""
+    return aioredis.Redis.from_url(
+        config.redis.url,
+        decode_responses=True,
+        socket_timeout=config.redis_socket_timeout,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class Commit:
+    """What one consume round writes atomically: dead letters, closed batches, inbound acks."""
+
+    dead_letters: list[dict[str, str]] = field(default_factory=list)
+    batches: list[tuple[str, dict[str, str | bytes]]] = field(default_factory=list)
+    acks: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.dead_letters or self.batches or self.acks)
+
+
+class Streams:
+    """Stream keys and operations for one configured inbound stream and group."""
+
+    def __init__(self, redis: aioredis.Redis, config: Config) -> None:
+        self.redis = redis
+        self.inbound = config.stream.key
+        self.group = config.stream.group
+        self.consumer = config.consumer
+        self.dead_letters = f"{self.inbound}:dlq"
+
+    def outbound(self, destination_id: str) -> str:
+        """The per-destination stream of closed batches: a failing partner's backlog waits here."""
+        return f"{self.inbound}:out:{destination_id}"
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
+            raise RedisUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+
+    async def ping(self) -> None:
+        async with self._translated():
+            await self.redis.ping()
+
+    async def ensure_group(self, key: str) -> None:
+        """Create the group (and the stream) if missing; an existing group is fine."""
+        async with self._translated():
+            try:
+                await self.redis.xgroup_create(key, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def read(self, key: str, cursor: str, count: int, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP from ``cursor`` (NEW or an id into this consumer's history)."""
+        for attempt in (1, 2):
+            async with self._translated():
+                try:
+                    reply = await self.redis.xreadgroup(
+                        self.group, self.consumer, {key: cursor}, count=count, block=block_ms
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc) or attempt == 2:
+                        raise
+                    log.warning("consumer group %s on %s vanished; recreating it", self.group, key)
+                    await self.ensure_group(key)
+                    continue
+            return reply[0][1] if reply else []
+        return []
+
+    async def commit(self, commit: Commit) -> None:
+        """Dead letters, batches and inbound acks in one MULTI: all happen or none does."""
+        async with self._translated(), self.redis.pipeline(transaction=True) as pipe:
+            for entry in commit.dead_letters:
+                pipe.xadd(self.dead_letters, entry)
+            for key, fields in commit.batches:
+                pipe.xadd(key, fields)
+            if commit.acks:
+                pipe.xack(self.inbound, self.group, *commit.acks)
+            await pipe.execute()
+
+    async def settle(
+        self, key: str, entry_id: str, dead_letters: list[dict[str, str]] | None = None
+    ) -> None:
+        """Finish one outbound batch: its dead letters (if any), XACK and XDEL, atomically."""
+        async with self._translated(), self.redis.pipeline(transaction=True) as pipe:
+            for entry in dead_letters or ():
+                pipe.xadd(self.dead_letters, entry)
+            pipe.xack(key, self.group, entry_id)
+            pipe.xdel(key, entry_id)
+            await pipe.execute()
+
+    async def add(self, fields: dict[str, str]) -> str:
+        """Produce one inbound event (``iris send``)."""
+        async with self._translated():
+            return await self.redis.xadd(self.inbound, fields)
+
+    async def add_many(self, events: list[dict[str, str]]) -> list[str]:
+        async with self._translated(), self.redis.pipeline(transaction=False) as pipe:
+            for fields in events:
+                pipe.xadd(self.inbound, fields)
+            return await pipe.execute()
+
+    async def group_stats(self, key: str) -> tuple[int, int] | None:
+        """(pending, lag) of our group on ``key`` from XINFO GROUPS, or None if it has none."""
+        async with self._translated():
+            try:
+                groups = await self.redis.xinfo_groups(key)
+            except ResponseError:
+                return None
+        for group in groups:
+            if group.get("name") == self.group:
+                return int(group.get("pending") or 0), int(group.get("lag") or 0)
+        return None

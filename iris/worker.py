@@ -1,0 +1,150 @@
+"""The worker: owns every task and the order in which they start and stop.
+
+``run()`` reads as a table of contents: start up, wait for a stop request, shut down. Shutdown
+stops reading first, writes the batches still open, lets in-flight deliveries finish within
+``shutdown_timeout``, and leaves anything unfinished pending in Redis for the other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from iris.auth import Auth, make_auth
+from iris.config import Config
+from iris.consumer import Consumer
+from iris.delivery import Sender, make_session
+from iris.errors import RedisUnavailable
+from iris.health import Health
+from iris.http_server import HttpServer
+from iris.metrics import Metrics
+from iris.publisher import Publisher
+from iris.streams import Streams, connect
+
+log = logging.getLogger(__name__)
+
+STATS_CACHE_SECONDS = 1.0
+RESTART_DELAY = 1.0
+
+
+class Worker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.health = Health()
+        self.metrics = Metrics([d.id for d in config.destinations], config.stream.key,
+                               config.stream.group)
+        host, port = config.http.host_port
+        self.http = HttpServer(host, port, self.metrics, self.health, self._refresh_stream_stats)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sessions: list[aiohttp.ClientSession] = []
+        self._auths: list[Auth] = []
+        self._publishers: list[Publisher] = []
+        self._stats_at = 0.0
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: only sets a flag the main coroutine waits on."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        try:
+            await self._startup()
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _startup(self) -> None:
+        self.redis = connect(self.config)
+        self.streams = Streams(self.redis, self.config)
+        await self.http.start()
+        log.info("iris %s: metrics on http://%s:%d/metrics, consumer %s",
+                 "worker", self.config.http.host_port[0], self.http.port, self.config.consumer)
+        if not await self._wait_for_redis():
+            return
+        self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
+        for dest in self.config.destinations:
+            session = make_session(dest)
+            auth = make_auth(dest, session, self.metrics)
+            self._sessions.append(session)
+            self._auths.append(auth)
+            publisher = Publisher(dest, self.streams, Sender(dest, auth, session, self.metrics),
+                                  self.metrics, self.health, self.config.stream.block_ms)
+            self._publishers.append(publisher)
+            self._spawn(f"publish-{dest.id}", publisher.run)
+        self._spawn("consume", self.consumer.run)
+        self.health.starting = False
+        log.info("started: %d destinations", len(self.config.destinations))
+
+    async def _wait_for_redis(self) -> bool:
+        """Ping and create the groups, retrying until Redis answers or a stop is requested."""
+        keys = [self.streams.inbound] + [self.streams.outbound(d.id)
+                                         for d in self.config.destinations]
+        while not self._stop.is_set():
+            try:
+                for key in keys:
+                    await self.streams.ensure_group(key)
+                self.health.redis_ok()
+                return True
+            except RedisUnavailable as exc:
+                await self.health.redis_failed(exc)
+        return False
+
+    def _spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        self._tasks.append(asyncio.create_task(self._supervised(name, loop), name=name))
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop; if it dies of a bug, log it and start it again instead of dying too."""
+        while not self._stop.is_set():
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task %s failed; restarting it in %.0f s", name, RESTART_DELAY)
+                await asyncio.sleep(RESTART_DELAY)
+
+    async def _shutdown(self) -> None:
+        self.health.draining = True
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        consumer = getattr(self, "consumer", None)
+        if consumer is not None:
+            consumer.stopping.set()  # it writes its open batches, then returns
+            consume = [t for t in self._tasks if t.get_name() == "consume"]
+            await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
+        for publisher in self._publishers:
+            publisher.stopping.set()
+        for task in self._tasks:
+            task.cancel()  # readers blocked in XREADGROUP; deliveries are owned by publishers
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        remaining = deadline - time.monotonic()
+        await asyncio.gather(*(p.drain(remaining) for p in self._publishers))
+        for auth in self._auths:
+            await auth.close()
+        for session in self._sessions:
+            await session.close()
+        if hasattr(self, "redis"):
+            await self.redis.aclose()
+        await self.http.stop()
+        log.info("stopped")
+
+    async def _refresh_stream_stats(self) -> None:
+        """Stream gauges from XINFO GROUPS at scrape time, cached briefly, never on the hot path."""
+        if not hasattr(self, "streams") or time.monotonic() - self._stats_at < STATS_CACHE_SECONDS:
+            return
+        self._stats_at = time.monotonic()
+        keys = [self.streams.inbound] + [self.streams.outbound(d.id)
+                                         for d in self.config.destinations]
+        for key in keys:
+            try:
+                stats = await self.streams.group_stats(key)
+            except RedisUnavailable:
+                return
+            if stats is not None:
+                pending, lag = stats
+                self.metrics.stream_pending.labels(key, self.streams.group).set(pending)
+                self.metrics.stream_lag.labels(key, self.streams.group).set(lag)
