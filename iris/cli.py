@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--file", type=Path, help="JSONL file of events")
     send.add_argument("--uuid", help="the user's AAM_UUID")
     send.add_argument("--segment", help="Segment_ID")
-    send.add_argument("--status", choices=["0", "1"], default=None, help="1 entered (default), 0 left")
+    send.add_argument("--status", choices=["0", "1"], default=None,
+                      help="1 entered (default), 0 left")
     send.add_argument("--dpuuid", help="the partner's id for the user (DataPartner_UUID)")
     send.add_argument("--dpuuids", help='JSON object {"<User_DPID>": "<DataPartner_UUID>"}')
     send.add_argument("--destination", help="send only to this destination id")

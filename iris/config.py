@@ -276,11 +276,11 @@ def check_semantics(config: Config) -> None:
             raise ConfigError(f"{where}.ca_file", f"no such file: {dest.ca_file}")
         if dest.retry.max_delay < dest.retry.base_delay:
             raise ConfigError(f"{where}.retry.max_delay", "must be >= retry.base_delay")
-    if config.redis.socket_timeout is not None:
-        if config.redis.socket_timeout * 1000 <= config.stream.block_ms:
-            raise ConfigError(
-                "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
-            )
+    timeout = config.redis.socket_timeout
+    if timeout is not None and timeout * 1000 <= config.stream.block_ms:
+        raise ConfigError(
+            "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
+        )
 
 
 def _check_url(path: str, url: str, allow_http: bool) -> None:

@@ -59,18 +59,18 @@ class Sender:
         self._inflight = metrics.inflight.labels(dest.id)
 
     async def send(self, body: bytes, idempotency_key: str) -> Outcome:
-        try:
-            credential = await self._auth.credential()
-        except TokenError as exc:
-            return failure("token_error", str(exc))
         headers = {
             "Content-Type": "application/json",
             "Accept-Encoding": "gzip",
             self.dest.idempotency_header: idempotency_key,
         }
-        if credential is not None:
-            headers["Authorization"] = credential.header
         async with self._throttler:
+            try:  # only once the rate limit admits us: a queued request must not age its token
+                credential = await self._auth.credential()
+            except TokenError as exc:
+                return failure("token_error", str(exc))
+            if credential is not None:
+                headers["Authorization"] = credential.header
             outcome = await self._post(body, headers)
         if outcome.action is Action.REFRESH:
             self._auth.refused(credential)

@@ -1,9 +1,10 @@
 """One exception tree for iris.
 
     IrisError
-    ├── ConfigError        bad configuration; carries the key path (``destinations[1].batch.max_users``)
+    ├── ConfigError        bad configuration; carries the key path (``destinations[1].url``)
     ├── EventError         a malformed inbound entry; never retried, dead-lettered
-    └── TokenError         a token could not be had; ``permanent`` says whether retrying can help
+    ├── TokenError         no token; ``permanent`` says whether retrying soon can help
+    └── RedisUnavailable   Redis refused, reset or timed out; back off and retry
 
 Only the stream adapter and the sender catch redis or aiohttp exceptions; everything above them
 sees these types.
@@ -39,4 +40,4 @@ class TokenError(IrisError):
 
 
 class RedisUnavailable(IrisError):
-    """Redis did not answer (refused, reset, timed out, loading); the caller backs off and retries."""
+    """Redis did not answer (refused, reset, timed out, loading): back off and retry."""

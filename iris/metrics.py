@@ -62,7 +62,7 @@ class Metrics:
         self._precreate(list(destinations), stream, group)
 
     def _precreate(self, destinations: list[str], stream: str, group: str) -> None:
-        for reason in SKIP_REASONS + ("trimmed",):
+        for reason in (*SKIP_REASONS, "trimmed"):
             self.skipped.labels(reason)
         for dest in destinations:
             for metric in (self.delivered, self.request_duration, self.batch_users, self.retries,

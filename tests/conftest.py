@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,6 +132,7 @@ class Partner:
     server: PartnerServer
     tokens: TokenServer | None
     base_url: str
+    client_secret: str | None = None
 
     @property
     def url(self) -> str:
@@ -154,7 +154,7 @@ async def partners(
         dest_id: str, *, https: bool = False, client_secret: str | None = "s3cret-" ,
         user_dpid: str = "12345", client_id: str = "74323", **token_args: Any,
     ) -> Partner:
-        tokens = None
+        tokens, secret = None, None
         if client_secret is not None:
             secret = client_secret + dest_id if client_secret == "s3cret-" else client_secret
             tokens = TokenServer(client_id=f"iris-{dest_id}", client_secret=secret, **token_args)
@@ -169,7 +169,7 @@ async def partners(
         server = LocalServer()
         servers.append(server)
         base = await server.start(app, ssl_context=tls.server_context() if https else None)
-        return Partner(dest_id, partner, tokens, base)
+        return Partner(dest_id, partner, tokens, base, secret)
 
     yield start
     for server in servers:
@@ -191,7 +191,7 @@ def destination_config(partner: Partner, *, tls: TLSMaterial | None = None,
             "type": "oauth2_client_credentials",
             "token_url": partner.token_url,
             "client_id": partner.tokens.client_id,
-            "client_secret": partner.tokens._client_secret,
+            "client_secret": partner.client_secret,
         }
     if partner.base_url.startswith("https:") and tls is not None:
         dest["ca_file"] = str(tls.ca_file)
@@ -244,7 +244,3 @@ def metric(worker: Worker, name: str, **labels: str) -> float:
     value = worker.metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
 
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Path:
-    return tmp_path

@@ -20,7 +20,7 @@ from tenacity import (
 from iris.auth.tokens import Grant
 from iris.config import ClientCredentialsAuth
 from iris.errors import TokenError
-from iris.logs import register_secret, redact
+from iris.logs import redact, register_secret
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,8 @@ async def test_5000_events_three_destinations(redis_server, redis, stream_key, p
             for user in bt.payload["Users"]:
                 for seg in user["Segments"]:
                     fields, entry_id = by_key[(user["AAM_UUID"], seg["Segment_ID"])]
-                    when = int(fields["ts"]) if "ts" in fields else int(entry_id.split("-")[0]) // 1000
+                    id_time = int(entry_id.split("-")[0]) // 1000
+                    when = int(fields["ts"]) if "ts" in fields else id_time
                     assert seg["DateTime"] == aam_date(when)
         await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending entries")
         assert metric(worker, "iris_events_consumed_total") == len(events)
