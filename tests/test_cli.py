@@ -149,6 +149,8 @@ def test_demo_delivers_over_https_and_stops_on_sigint():
             proc.kill()
     assert proc.returncode == 0, rest
     assert "stopped cleanly" in rest and "Traceback" not in rest
+    output = "".join(seen) + rest
+    assert "Bearer " not in output and "Basic " not in output  # no credential printed
     assert children, "the demo should have started redis-server"
     for pid in children:  # redis-server and anything else it started are gone
         status = Path(f"/proc/{pid}/status")
