@@ -86,6 +86,10 @@ class BatchBuilder:
     def holds(self, entry_id: str) -> bool:
         return entry_id in self._sources
 
+    @property
+    def source_ids(self) -> set[str]:
+        return self._sources
+
     def add(self, event: Event, partner_id: str) -> list[Batch]:
         """Fold one event in; return the batches this closed (0, 1 or 2)."""
         closed: list[Batch] = []

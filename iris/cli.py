@@ -15,6 +15,7 @@ import yaml
 
 from iris import __version__
 from iris.config import Config, ConfigErrors, load_config, redacted
+from iris.dead_letters import REASONS
 from iris.errors import ConfigError, EventError, IrisError
 from iris.events import parse_event
 from iris.logs import register_secret, setup_logging
@@ -64,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--destination", help="send only to this destination id")
     send.add_argument("--regions", help="comma-separated AAM region ids")
     send.add_argument("--ts", help="event time: epoch seconds or ISO-8601 (default: now)")
+
+    status = sub.add_parser(
+        "status", help="stream length, lag, pending, consumers and dead letters",
+        description="Show, for the inbound stream and every destination's outbound stream: "
+                    "length, the group's pending and lag, each consumer's pending and idle "
+                    "time; and the dead-letter count per destination and reason.")
+    _add_config(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    dlq = sub.add_parser("dlq", help="list or replay dead-lettered events",
+                         description="Inspect or re-inject the dead-letter stream (<key>:dlq).")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "print matching dead letters as JSON lines, oldest first"),
+        ("replay", "re-inject matching events into the inbound stream (aimed at the "
+                   "destination that failed them) and remove them from the dead-letter stream"),
+    ):
+        cmd = dlq_sub.add_parser(action, help=text, description=text[:1].upper() + text[1:] + ".")
+        _add_config(cmd)
+        cmd.add_argument("--destination", metavar="ID", help="only this destination id")
+        cmd.add_argument("--reason", choices=list(REASONS), help="only this reason")
+        cmd.add_argument("--limit", type=int, metavar="N", help="at most N entries")
 
     demo = sub.add_parser(
         "demo", help="run everything locally: Redis, an HTTPS mock partner, the worker",
@@ -196,21 +219,57 @@ def _events_from_args(args: argparse.Namespace) -> list[dict[str, str]]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from iris.streams import Streams, connect
-
     config = _load(args)
     events = _events_from_args(args)
+    ids = _with_streams(config, lambda streams: streams.add_many(events))
+    print(f"sent {len(ids)} event(s) to {config.stream.key}" + (f": {ids[0]}" if len(ids) == 1
+                                                                  else ""))
+    return 0
 
-    async def send(_: Callable[[Callable[[], None]], None]) -> list[str]:
+
+def _with_streams(config: Config, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``work(streams)`` against the configured Redis, then close the connection."""
+    from iris.streams import Streams, connect
+
+    async def run(_: Callable[[Callable[[], None]], None]) -> Any:
         redis = connect(config)
         try:
-            return await Streams(redis, config).add_many(events)
+            return await work(Streams(redis, config))
         finally:
             await redis.aclose()
 
-    ids = run_async(send)
-    print(f"sent {len(ids)} event(s) to {config.stream.key}" + (f": {ids[0]}" if len(ids) == 1
-                                                                  else ""))
+    return run_async(run)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from iris import admin
+
+    config = _load(args)
+    report = _with_streams(config, lambda streams: admin.status(streams, config))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json
+          else admin.format_status(report))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from iris import admin
+
+    config = _load(args)
+    filters = {"destination": args.destination, "reason": args.reason, "limit": args.limit}
+    if args.dlq_command == "replay":
+        count = _with_streams(config, lambda streams: admin.replay(streams, **filters))
+        print(f"replayed {count} event(s) into {config.stream.key}")
+        return 0
+
+    async def listing(streams: Any) -> int:
+        count = 0
+        async for entry_id, fields in admin.dead_letters(streams, **filters):
+            print(orjson.dumps({"id": entry_id, **fields}).decode())
+            count += 1
+        return count
+
+    count = _with_streams(config, listing)
+    print(f"{count} dead letter(s)", file=sys.stderr)
     return 0
 
 
@@ -228,5 +287,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "check-config": cmd_check_config,
     "send": cmd_send,
+    "status": cmd_status,
+    "dlq": cmd_dlq,
     "demo": cmd_demo,
 }

@@ -12,7 +12,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -103,6 +103,11 @@ class RetryConfig(Strict):
     max_delay: Positive = 60
 
 
+class CircuitConfig(Strict):
+    failure_threshold: PositiveInt = 5  # consecutive failed requests that open the circuit
+    cooldown: Positive = 10  # seconds before a probe request is allowed
+
+
 class NoAuth(Strict):
     type: Literal["none"] = "none"
 
@@ -148,6 +153,7 @@ class Destination(Strict):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
     timeout: Positive = 30
 
     def routes_all(self) -> bool:
@@ -276,6 +282,17 @@ def check_semantics(config: Config) -> None:
             raise ConfigError(f"{where}.ca_file", f"no such file: {dest.ca_file}")
         if dest.retry.max_delay < dest.retry.base_delay:
             raise ConfigError(f"{where}.retry.max_delay", "must be >= retry.base_delay")
+        if config.stream.claim_idle_ms <= dest.timeout * 1000:
+            raise ConfigError(
+                "stream.claim_idle_ms",
+                f"must exceed the longest request ({where}.timeout = {dest.timeout:g} s), or "
+                "entries still in flight would be taken over by another consumer",
+            )
+    if config.stream.claim_idle_ms <= 3 * config.stream.block_ms:
+        raise ConfigError(
+            "stream.claim_idle_ms", "must exceed 3 × stream.block_ms, so that the heartbeat "
+            "which keeps held entries (open batches, retries) claimed always comes in time",
+        )
     timeout = config.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= config.stream.block_ms:
         raise ConfigError(
@@ -322,14 +339,10 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a ``redis://user:password@host`` URL."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:****@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Hide the password of a Redis URL (``user:password@host`` or ``?password=``), leaving the
+    rest exactly as written."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
 
 
 def redacted(config: Config) -> dict[str, Any]:

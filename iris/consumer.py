@@ -19,11 +19,12 @@ import orjson
 
 from iris.batching import Batch, BatchBuilder
 from iris.config import Config
-from iris.dead_letters import INVALID_EVENT, TOO_LARGE, dead_letter_entry
+from iris.dead_letters import INVALID_EVENT, MAX_DELIVERIES, TOO_LARGE, dead_letter_entry
 from iris.errors import EventError, RedisUnavailable
 from iris.events import parse_event
 from iris.health import Health
 from iris.metrics import Metrics
+from iris.recovery import Recovered, Recovery
 from iris.routing import RouteTable
 from iris.streams import HISTORY, NEW, Commit, Entry, Streams
 
@@ -39,30 +40,71 @@ class Consumer:
         self._routes = RouteTable(config.destinations)
         self._builders = {d.id: BatchBuilder(d) for d in config.destinations}
         self._multi: dict[str, list[str]] = {}  # entry id → destinations, for fanned-out entries
+        self._recovery = Recovery(streams, streams.inbound, config.stream)
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        """Loop until ``stopping``; then close and write every open batch."""
-        stream = self._config.stream
-        cursor = HISTORY  # first whatever this consumer name left pending in an earlier life
+        """Loop until ``stopping``; then close and write every open batch.
+
+        Every (re)start begins from this consumer's own pending history with empty batches:
+        after a crash or a lost Redis reply, Redis's pending list is the truth, and batches
+        that were never written can be rebuilt without any partner seeing a duplicate.
+        """
+        self._forget()
+        cursor = HISTORY
         while not self.stopping.is_set():
             try:
-                entries = await self._streams.read(
-                    self._streams.inbound, cursor, stream.read_count, self._block_ms()
-                )
+                cursor = await self._round(cursor)
                 self._health.redis_ok()
-                if cursor != NEW:
-                    cursor = entries[-1][0] if entries else NEW
-                commit = Commit()
-                self._take(entries, commit)
-                self._close(commit, due_only=True)
-                if commit:
-                    await self._streams.commit(commit)
             except RedisUnavailable as exc:
                 self._forget()
                 cursor = HISTORY
                 await self._health.redis_failed(exc)
         await self._flush_all()
+
+    async def _round(self, cursor: str) -> str:
+        """One read (new entries, or a page of history), reclaim and heartbeat; one commit."""
+        stream = self._config.stream
+        entries = await self._streams.read(
+            self._streams.inbound, cursor, stream.read_count, self._block_ms()
+        )
+        commit = Commit()
+        if cursor == NEW:
+            self._take(entries, commit)
+        else:  # re-delivered: count deliveries so a poison entry cannot loop forever
+            self._take_recovered(await self._recovery.sort(entries), commit)
+            cursor = entries[-1][0] if entries else NEW
+        claimed = await self._recovery.reclaim(stream.read_count)
+        if claimed is not None:
+            held = self._held()
+            claimed.entries = [e for e in claimed.entries if e[0] not in held]
+            self._take_recovered(claimed, commit)
+        self._close(commit, due_only=True)
+        if commit:
+            await self._streams.commit(commit)
+        await self._recovery.heartbeat(self._held())
+        return cursor
+
+    def _held(self) -> set[str]:
+        """Inbound entries folded into open batches: pending, and still ours to finish."""
+        return set().union(*(b.source_ids for b in self._builders.values()))
+
+    def _take_recovered(self, recovered: Recovered, commit: Commit) -> None:
+        if recovered.trimmed:
+            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
+            commit.acks.extend(recovered.trimmed)
+        for entry_id, fields in recovered.over_limit:
+            commit.dead_letters.append(dead_letter_entry(
+                fields or {}, reason=MAX_DELIVERIES, source_id=entry_id,
+                destination=(fields or {}).get("destination", ""),
+                error=f"delivered more than {self._config.stream.max_deliveries} times",
+            ))
+            commit.acks.append(entry_id)
+        if recovered.over_limit:
+            self._metrics.dead_lettered.labels("", MAX_DELIVERIES).inc(len(recovered.over_limit))
+            log.warning("dead-lettered %d entries delivered more than %d times",
+                        len(recovered.over_limit), self._config.stream.max_deliveries)
+        self._take(recovered.entries, commit)
 
     def _block_ms(self) -> int:
         deadlines = [b.deadline for b in self._builders.values() if b.deadline is not None]
@@ -77,10 +119,6 @@ class Consumer:
         invalid = 0
         closed: list[Batch] = []
         for entry_id, fields in entries:
-            if not fields:  # trimmed away while pending: nothing left to deliver
-                skipped["trimmed"] += 1
-                commit.acks.append(entry_id)
-                continue
             try:
                 event = parse_event(entry_id, fields)
             except EventError as exc:

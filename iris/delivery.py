@@ -32,7 +32,9 @@ def make_session(dest: Destination) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
         ssl=context, ttl_dns_cache=DNS_CACHE_SECONDS, limit=dest.limits.max_in_flight + 2,
     )
-    timeout = aiohttp.ClientTimeout(total=dest.timeout, sock_connect=min(10.0, dest.timeout))
+    timeout = aiohttp.ClientTimeout(
+        total=dest.timeout, sock_connect=min(10.0, dest.timeout), sock_read=dest.timeout
+    )
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
         raise_for_status=False,

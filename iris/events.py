@@ -83,6 +83,12 @@ def _required(fields: dict[str, str], name: str) -> str:
 
 def parse_event(entry_id: str, fields: dict[str, str]) -> Event:
     """Validate one entry; raise ``EventError`` naming the first problem."""
+    for name, value in fields.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise EventError(f"{name[:40]!r} is not valid UTF-8") from None
     uuid = _required(fields, "uuid")
     segment = _required(fields, "segment")
     status = fields.get("status", "1").strip() or "1"

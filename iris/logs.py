@@ -32,6 +32,16 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_cut(text: str) -> str:
+    """``redact`` for text that was cut short: a secret's beginning at the very end is masked."""
+    text = redact(text)
+    for secret in _secrets:
+        for size in range(len(secret) - 1, 3, -1):
+            if text.endswith(secret[:size]):
+                return text[:-size] + _MASK
+    return text
+
+
 class RedactingFilter(logging.Filter):
     """Formats the message early and masks secrets in it and in any exception text."""
 

@@ -57,6 +57,9 @@ class Metrics:
         self.stream_lag = Gauge(
             "iris_stream_lag", "Entries not yet delivered to the group", ["stream", "group"],
             registry=r)
+        self.circuit_open = Gauge(
+            "iris_circuit_open", "1 while the destination's circuit breaker pauses its reads",
+            ["destination"], registry=r)
         self.build_info = Gauge("iris_build_info", "iris version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self._precreate(list(destinations), stream, group)
@@ -66,7 +69,8 @@ class Metrics:
             self.skipped.labels(reason)
         for dest in destinations:
             for metric in (self.delivered, self.request_duration, self.batch_users, self.retries,
-                           self.token_expiry, self.inflight, self.last_success):
+                           self.token_expiry, self.inflight, self.last_success,
+                           self.circuit_open):
                 metric.labels(dest)
             for reason in REASONS:
                 self.dead_lettered.labels(dest, reason)

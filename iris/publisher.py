@@ -9,21 +9,30 @@ the rest of a slow partner's backlog waits in its stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 import orjson
 
-from iris.config import Destination
-from iris.dead_letters import REJECTED, RETRIES_EXHAUSTED, TOO_LARGE, dead_letter_entry
+from iris.circuit import CircuitBreaker
+from iris.config import Destination, StreamConfig
+from iris.dead_letters import (
+    MAX_DELIVERIES,
+    REJECTED,
+    RETRIES_EXHAUSTED,
+    TOO_LARGE,
+    dead_letter_entry,
+)
 from iris.delivery import Sender
 from iris.errors import RedisUnavailable
 from iris.health import Health
 from iris.metrics import Metrics
 from iris.payload import encode_payload
-from iris.retry import Action, Outcome, backoff
-from iris.streams import HISTORY, NEW, Streams
+from iris.recovery import Recovered, Recovery
+from iris.retry import Action, Outcome, backoff, failure
+from iris.streams import HISTORY, NEW, Entry, Streams
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +42,21 @@ Events = list[tuple[str, dict[str, str]]]
 class Publisher:
     def __init__(
         self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
-        health: Health, block_ms: int,
+        health: Health, stream: StreamConfig,
     ) -> None:
         self.dest = dest
         self._streams = streams
         self._sender = sender
         self._metrics = metrics
         self._health = health
-        self._block_ms = block_ms
+        self._block_ms = stream.block_ms
         self._key = streams.outbound(dest.id)
+        self._recovery = Recovery(streams, self._key, stream)
+        self._breaker = CircuitBreaker(
+            dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
+            on_change=lambda is_open: metrics.circuit_open.labels(dest.id).set(int(is_open)),
+        )
+        self._idle_wake = stream.claim_idle_ms / 3000  # wake at least this often (heartbeat)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
         self._slot_free = asyncio.Event()
         self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
@@ -50,26 +65,56 @@ class Publisher:
         """Read and dispatch until ``stopping``; first this consumer's own pending history."""
         cursor = HISTORY
         while not self.stopping.is_set():
-            free = self.dest.limits.max_in_flight - len(self._tasks)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
             try:
-                entries = await self._streams.read(self._key, cursor, free, self._block_ms)
+                cursor = await self._round(cursor)
                 self._health.redis_ok()
             except RedisUnavailable as exc:
                 await self._health.redis_failed(exc)
                 cursor = HISTORY  # re-read what we hold but may not have settled
-                continue
+
+    async def _round(self, cursor: str) -> str:
+        free = self._breaker.capacity(self.dest.limits.max_in_flight - len(self._tasks),
+                                      len(self._tasks))
+        if free <= 0:  # full, or the circuit is open: wait for a slot, a probe, or a heartbeat
+            self._slot_free.clear()
+            wait = self._breaker.seconds_to_probe() or self._idle_wake
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_free.wait(), min(wait, self._idle_wake))
+            fresh: list[Entry] = []
+        else:
+            fresh = await self._streams.read(self._key, cursor, free, self._block_ms)
             if cursor != NEW:
-                cursor = entries[-1][0] if entries else NEW
-            for entry_id, fields in entries:
-                if entry_id not in self._tasks and fields:
-                    task = asyncio.create_task(self._handle(entry_id, fields),
-                                               name=f"deliver-{self.dest.id}-{entry_id}")
-                    self._tasks[entry_id] = task
-                    task.add_done_callback(lambda _t, i=entry_id: self._finished(i))
+                recovered = await self._recovery.sort(fresh)
+                await self._settle_recovered(recovered)
+                fresh = recovered.entries
+                cursor = fresh[-1][0] if fresh else NEW
+        claimed = await self._recovery.reclaim(self.dest.limits.max_in_flight)
+        if claimed is not None:
+            await self._settle_recovered(claimed)
+            fresh += claimed.entries
+        for entry_id, fields in fresh:
+            if entry_id not in self._tasks:
+                self._dispatch(entry_id, fields)
+        await self._recovery.heartbeat(list(self._tasks))
+        return cursor
+
+    def _dispatch(self, entry_id: str, fields: dict[str, str]) -> None:
+        task = asyncio.create_task(self._handle(entry_id, fields),
+                                   name=f"deliver-{self.dest.id}-{entry_id}")
+        self._tasks[entry_id] = task
+        task.add_done_callback(lambda _t, i=entry_id: self._finished(i))
+
+    async def _settle_recovered(self, recovered: Recovered) -> None:
+        """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered."""
+        if recovered.trimmed:
+            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
+            for entry_id in recovered.trimmed:
+                await self._streams.settle(self._key, entry_id)
+        for entry_id, fields in recovered.over_limit:
+            outcome = failure("max_deliveries",
+                              f"delivered more than {self._recovery.max_deliveries} times")
+            dead = self._dead(_events_of(entry_id, fields), MAX_DELIVERIES, outcome)
+            await self._streams.settle(self._key, entry_id, dead)
 
     def _finished(self, entry_id: str) -> None:
         task = self._tasks.pop(entry_id, None)
@@ -88,7 +133,9 @@ class Publisher:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
-        events: Events = orjson.loads(fields.get("events", "[]"))
+        """Deliver one batch entry. A corrupt entry raises: it stays pending, is reclaimed, and
+        after ``max_deliveries`` ends in the dead-letter stream."""
+        events: Events = orjson.loads(fields["events"])
         dead: list[dict[str, str]] = []
         counts = (int(fields["users"]), int(fields["segments"]))
         done = await self._deliver(
@@ -108,6 +155,10 @@ class Publisher:
             attempt += 1
             outcome = await self._sender.send(body, key)
             action = outcome.action
+            if action is Action.RETRY:
+                self._breaker.failure()
+            else:  # the partner answered: it is up, whatever it thought of the batch
+                self._breaker.success()
             if action is Action.DELIVERED:
                 self._delivered(*counts)
                 return True
@@ -181,3 +232,11 @@ class Publisher:
         except TimeoutError:
             return False
         return True
+
+
+def _events_of(entry_id: str, fields: dict[str, str]) -> Events:
+    """The events a batch entry carries; a corrupt entry is dead-lettered as it is."""
+    try:
+        return [(source, event) for source, event in orjson.loads(fields["events"])]
+    except (KeyError, ValueError, TypeError):
+        return [(entry_id, {k: v[:1000] for k, v in fields.items()})]

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import orjson
 
-from iris.logs import redact
+from iris.logs import redact, redact_cut
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 EXCERPT_CHARS = 160
@@ -85,7 +85,7 @@ def excerpt(body: bytes) -> str:
     """A short, single-line, secret-free summary of an error body (JSON fields when there are)."""
     if not body:
         return ""
-    text = body[:4096].decode("utf-8", "replace")
+    text = redact_cut(body[:4096].decode("utf-8", "replace"))
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -95,4 +95,4 @@ def excerpt(body: bytes) -> str:
                                              "details", "error_description") if k in data]
         if parts:
             text = " ".join(parts)
-    return redact(" ".join(text.split()))[:EXCERPT_CHARS]
+    return redact(" ".join(text.split()))[:EXCERPT_CHARS]  # text may hold JSON fields again

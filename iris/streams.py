@@ -34,6 +34,30 @@ log = logging.getLogger(__name__)
 Entry = tuple[str, dict[str, str] | None]  # (id, fields); fields None: trimmed before delivery
 NEW = ">"  # read entries never delivered to this group
 HISTORY = "0"  # re-read this consumer's own pending entries
+TOUCH_CHUNK = 500
+
+# Reset the idle time of entries this consumer still holds, without taking any that another
+# consumer has claimed meanwhile (a plain XCLAIM would steal them back). JUSTID: a heartbeat is
+# not a delivery, so the delivery counter stays as it is.
+TOUCH_OWNED = """
+local owned = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then owned[#owned + 1] = ARGV[i] end
+end
+if #owned > 0 then
+  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  for _, id in ipairs(owned) do args[#args + 1] = id end
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
+return #owned
+"""
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def connect(config: Config) -> aioredis.Redis:
@@ -41,6 +65,7 @@ def connect(config: Config) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         config.redis.url,
         decode_responses=True,
+        encoding_errors="surrogateescape",  # invalid UTF-8 reaches the parser, which refuses it
         socket_timeout=config.redis_socket_timeout,
         socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
@@ -70,6 +95,7 @@ class Streams:
         self.group = config.stream.group
         self.consumer = config.consumer
         self.dead_letters = f"{self.inbound}:dlq"
+        self._touch = self.redis.register_script(TOUCH_OWNED)
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
@@ -81,6 +107,11 @@ class Streams:
             yield
         except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
             raise RedisUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis restarted without persistence: the next read recreates the group.
+            raise RedisUnavailable(f"consumer group missing: {exc}") from None
 
     async def ping(self) -> None:
         async with self._translated():
@@ -133,6 +164,67 @@ class Streams:
             pipe.xack(key, self.group, entry_id)
             pipe.xdel(key, entry_id)
             await pipe.execute()
+
+    async def claim(
+        self, key: str, min_idle_ms: int, start: str, count: int
+    ) -> tuple[str, list[Entry], list[str]]:
+        """XAUTOCLAIM (with the entries, so delivery counts rise): (next start, entries, ids of
+        entries trimmed away, which Redis has already dropped from the pending list)."""
+        async with self._translated():
+            reply = await self.redis.xautoclaim(
+                key, self.group, self.consumer, min_idle_ms, start_id=start, count=count
+            )
+        next_start, entries = reply[0], reply[1]
+        deleted = reply[2] if len(reply) > 2 else []
+        return next_start, [(i, f) for i, f in entries if i is not None], list(deleted)
+
+    async def delivery_counts(self, key: str, ids: list[str]) -> dict[str, int]:
+        """How many times each entry has been delivered to the group (XPENDING)."""
+        if not ids:
+            return {}
+        wanted = set(ids)
+        async with self._translated():
+            rows = await self.redis.xpending_range(
+                key, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+                count=max(len(ids), 1000) * 2, consumername=self.consumer,
+            )
+        return {r["message_id"]: r["times_delivered"] for r in rows if r["message_id"] in wanted}
+
+    async def touch(self, key: str, ids: list[str]) -> None:
+        """Heartbeat for entries still being worked on, so no one reclaims them as abandoned."""
+        async with self._translated():
+            for i in range(0, len(ids), TOUCH_CHUNK):
+                await self._touch(keys=[key], args=[self.group, self.consumer,
+                                                    *ids[i:i + TOUCH_CHUNK]])
+
+    async def page(self, key: str, start: str, count: int) -> list[Entry]:
+        """Entries of ``key`` from ``start`` (inclusive; ``(id`` for exclusive), oldest first."""
+        async with self._translated():
+            return await self.redis.xrange(key, min=start, count=count)
+
+    async def replay(self, items: list[tuple[str, dict[str, str]]]) -> None:
+        """Re-inject events and delete their dead-letter entries, atomically."""
+        async with self._translated(), self.redis.pipeline(transaction=True) as pipe:
+            for dlq_id, fields in items:
+                pipe.xadd(self.inbound, fields)
+                pipe.xdel(self.dead_letters, dlq_id)
+            await pipe.execute()
+
+    async def describe(self, key: str) -> dict[str, object]:
+        """Length, groups and their consumers of one stream, for ``iris status``."""
+        async with self._translated():
+            if not await self.redis.exists(key):
+                return {"stream": key, "length": 0, "groups": []}
+            groups = []
+            for group in await self.redis.xinfo_groups(key):
+                consumers = await self.redis.xinfo_consumers(key, group["name"])
+                groups.append({
+                    "group": group["name"], "pending": group.get("pending", 0),
+                    "lag": group.get("lag"), "last_delivered": group.get("last-delivered-id"),
+                    "consumers": [{"name": c["name"], "pending": c.get("pending", 0),
+                                   "idle_ms": c.get("idle", 0)} for c in consumers],
+                })
+            return {"stream": key, "length": await self.redis.xlen(key), "groups": groups}
 
     async def add(self, fields: dict[str, str]) -> str:
         """Produce one inbound event (``iris send``)."""

@@ -72,7 +72,7 @@ class Worker:
             self._sessions.append(session)
             self._auths.append(auth)
             publisher = Publisher(dest, self.streams, Sender(dest, auth, session, self.metrics),
-                                  self.metrics, self.health, self.config.stream.block_ms)
+                                  self.metrics, self.health, self.config.stream)
             self._publishers.append(publisher)
             self._spawn(f"publish-{dest.id}", publisher.run)
         self._spawn("consume", self.consumer.run)

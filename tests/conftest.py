@@ -27,8 +27,10 @@ from iris.worker import Worker
 _keys = itertools.count()
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until true; fail with ``what`` after ``timeout``."""
+async def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "",
+                   detail: Callable[[], Any] | None = None) -> None:
+    """Poll ``condition`` (sync or async) until true; fail with ``what`` (and ``detail()``,
+    which explains the state) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -37,7 +39,11 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: st
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+            state = detail() if detail is not None else ""
+            if asyncio.iscoroutine(state):
+                state = await state
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or condition} {state}")
         await asyncio.sleep(0.02)
 
 
@@ -238,6 +244,19 @@ async def pending_total(client: aioredis.Redis, config: Config) -> int:
             info = await client.xpending(key, config.stream.group)
             total += info["pending"]
     return total
+
+
+def diagnose(worker: Worker, partner: Partner, sent: int | None = None) -> str:
+    """What the worker and the partner saw, for a timeout message."""
+    samples = {
+        f"{s.name}{s.labels}": s.value
+        for m in worker.metrics.registry.collect() for s in m.samples
+        if s.name in ("iris_requests_total", "iris_events_dead_lettered_total",
+                      "iris_retries_total", "iris_token_requests_total") and s.value
+    }
+    return (f"(sent={sent}, received={len(partner.server.segment_changes())}, "
+            f"partner auth failures={partner.server.auth_failures}, "
+            f"problems={partner.server.problems[:3]}, metrics={samples})")
 
 
 def metric(worker: Worker, name: str, **labels: str) -> float:

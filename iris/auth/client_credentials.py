@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
@@ -34,8 +34,12 @@ TOKEN_ATTEMPTS = 3
 
 
 def client_basic_header(client_id: str, client_secret: str) -> str:
-    """RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic."""
-    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    """RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic.
+
+    A space is written as %20 rather than '+': RFC 6749 Appendix B decoders read both as a
+    space, and so do servers that percent-decode only (Authlib), which read '+' literally.
+    """
+    raw = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
     return "Basic " + base64.b64encode(raw.encode()).decode()
 
 

@@ -12,7 +12,15 @@ from iris.delivery import Sender, make_session
 from iris.metrics import Metrics
 from iris.payload import encode_payload
 from iris.retry import Action
-from tests.conftest import destination_config, make_config, metric, pending_total, running, wait_for
+from tests.conftest import (
+    destination_config,
+    diagnose,
+    make_config,
+    metric,
+    pending_total,
+    running,
+    wait_for,
+)
 
 
 @contextlib.asynccontextmanager
@@ -45,7 +53,8 @@ async def test_short_lived_tokens_are_refreshed_before_expiry(redis_server, redi
         started = time.monotonic()
         async with trickle(redis, stream_key, 40) as sent:
             await wait_for(lambda: time.monotonic() - started > 8, 10, "an 8 s run")
-        await wait_for(lambda: len(p.server.segment_changes()) == sent[0], 10, "all delivered")
+        await wait_for(lambda: len(p.server.segment_changes()) == sent[0], 10, "all delivered",
+                       lambda: diagnose(worker, p, sent[0]))
         await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending")
         assert metric(worker, "iris_requests_total", destination="423", code="401") == 0
     assert p.server.expired_token_requests == 0 and p.server.auth_failures == 0
@@ -125,11 +134,12 @@ async def test_gzip_answer_without_expires_in(redis_server, redis, stream_key, p
     p.tokens.hidden_ttl = 3.0  # the server's real lifetime, which it does not announce
     config = make_config(redis_server.url, stream_key, [destination_config(
         p, batch={"max_wait": 0.05}, auth={"default_expires_in": 1.5})])
-    async with running(config):
+    async with running(config) as worker:
         started = time.monotonic()
         async with trickle(redis, stream_key, 40) as sent:
             await wait_for(lambda: time.monotonic() - started > 4, 6, "a 4 s run")
-        await wait_for(lambda: len(p.server.segment_changes()) == sent[0], 10, "all delivered")
+        await wait_for(lambda: len(p.server.segment_changes()) == sent[0], 10, "all delivered",
+                       lambda: diagnose(worker, p, sent[0]))
     ok = [r for r in p.tokens.requests if r.ok]
     assert all(r.gzipped for r in ok)  # the answers really were gzip-encoded
     assert len(ok) >= 3  # ~4 s / 1.5 s: refreshed by default_expires_in, not the hidden 3 s

@@ -1,0 +1,479 @@
+"""iris.config: interpolation, *_file secrets, validation with key paths, defaults (DESIGN 1.3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iris.config import (
+    Config,
+    ConfigErrors,
+    interpolate,
+    load_config,
+    parse_config,
+    redacted,
+)
+from iris.errors import ConfigError
+
+
+def dest(**overrides: Any) -> dict[str, Any]:
+    return {"id": "423", "url": "https://partner.example/segments/aam", "user_dpid": "12345",
+            "client_id": "74323", **overrides}
+
+
+def config(*destinations: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return {"destinations": list(destinations) or [dest()], **top}
+
+
+def cc_auth(**overrides: Any) -> dict[str, Any]:
+    return {"type": "oauth2_client_credentials", "token_url": "https://partner.example/token",
+            "client_id": "iris", "client_secret": "s3cret-value", **overrides}
+
+
+def error_lines(raw: Any, env: dict[str, str] | None = None) -> list[str]:
+    """The lines ``iris check-config`` prints for ``raw``."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={} if env is None else env)
+    exc = info.value
+    return exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]
+
+
+def validation_lines(raw: Any) -> list[str]:
+    """Model errors come together, as ConfigErrors."""
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw, env={})
+    return info.value.lines()
+
+
+# --------------------------------------------------------------------------- interpolate
+
+@pytest.mark.parametrize(
+    ("value", "env", "expected"),
+    [
+        ("${A}", {"A": "x"}, "x"),
+        ("pre-${A}-${B}/post", {"A": "x", "B": "y"}, "pre-x-y/post"),
+        ("${A:-d}", {}, "d"),
+        ("${A:-d}", {"A": ""}, "d"),  # empty counts as unset when a default is given
+        ("${A:-d}", {"A": "x"}, "x"),
+        ("${A:-}", {}, ""),
+        ("${A:-a b:c}", {}, "a b:c"),
+        ("${A}", {"A": ""}, ""),  # set but empty, no default: empty
+        ("$$", {}, "$"),
+        ("$${A}", {"A": "x"}, "${A}"),
+        ("p$$w$$rd", {}, "p$w$rd"),
+        ("$$$$", {}, "$$"),
+        ("a$b $ {A}", {}, "a$b $ {A}"),  # a lone $ is literal
+        ("${A}", {"A": "${B}"}, "${B}"),  # a value is not interpolated again
+        ("no variables", {}, "no variables"),
+    ],
+)
+def test_interpolate_strings(value: str, env: dict[str, str], expected: str) -> None:
+    assert interpolate(value, "k", env) == expected
+
+
+def test_interpolate_walks_the_tree_and_leaves_other_types() -> None:
+    raw = {"a": [1, "${X}", {"b": "${Y:-2}"}], "c": True, "d": None, "e": 1.5, "${X}": "k"}
+    assert interpolate(raw, "", {"X": "x"}) == {
+        "a": [1, "x", {"b": "2"}], "c": True, "d": None, "e": 1.5, "${X}": "k"
+    }
+
+
+def test_missing_variable_names_the_key_path() -> None:
+    raw = config(dest(auth=cc_auth(client_secret="${PARTNER_SECRET}")))
+    with pytest.raises(ConfigError) as info:
+        interpolate(raw, "", {})
+    assert info.value.path == "destinations[0].auth.client_secret"
+    assert str(info.value) == (
+        "destinations[0].auth.client_secret: environment variable PARTNER_SECRET is not set"
+    )
+    assert error_lines(raw) == [str(info.value)]
+
+
+def test_missing_variable_in_a_list_and_at_the_top() -> None:
+    with pytest.raises(ConfigError) as info:
+        interpolate({"destinations": [dest(), dest(segments=["1", "${SEG}"])]}, "", {})
+    assert info.value.path == "destinations[1].segments[1]"
+    with pytest.raises(ConfigError) as info:
+        interpolate({"shutdown_timeout": "${T}"}, "", {})
+    assert info.value.path == "shutdown_timeout"
+
+
+def test_interpolated_values_are_validated() -> None:
+    raw = config(dest(timeout="${TIMEOUT:-30}", batch={"max_users": "${USERS}"}))
+    parsed = parse_config(raw, env={"USERS": "50"})
+    assert parsed.destinations[0].timeout == 30
+    assert parsed.destinations[0].batch.max_users == 50
+    assert error_lines(raw, {"USERS": "many"})[0].startswith(
+        "destinations[0].batch.max_users: "
+    )
+
+
+def test_parse_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRIS_TEST_DEST_URL", "https://from-env.example/aam")
+    parsed = parse_config(config(dest(url="${IRIS_TEST_DEST_URL}")))
+    assert parsed.destinations[0].url == "https://from-env.example/aam"
+
+
+# --------------------------------------------------------------------------- *_file secrets
+
+@pytest.mark.parametrize("content", ["s3cret\n", "s3cret\r\n", "s3cret"])
+def test_secret_file_trailing_newline_is_stripped(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "partner"
+    path.write_bytes(content.encode())
+    auth = cc_auth(client_secret_file=str(path))
+    del auth["client_secret"]
+    parsed = parse_config(config(dest(auth=auth)), env={})
+    assert parsed.destinations[0].auth.client_secret.get_secret_value() == "s3cret"
+
+
+def test_secret_files_for_basic_and_bearer(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("pa ss\n")
+    (tmp_path / "tok").write_text("${NOT_INTERPOLATED}\n")  # file contents are taken as-is
+    parsed = parse_config(config(
+        dest(id="a", auth={"type": "basic", "username": "u",
+                           "password_file": "${SECRETS}/pw"}),
+        dest(id="b", auth={"type": "bearer", "token_file": str(tmp_path / "tok")}),
+    ), env={"SECRETS": str(tmp_path)})
+    assert parsed.destinations[0].auth.password.get_secret_value() == "pa ss"
+    assert parsed.destinations[1].auth.token.get_secret_value() == "${NOT_INTERPOLATED}"
+
+
+def test_secret_and_secret_file_together(tmp_path: Path) -> None:
+    path = tmp_path / "partner"
+    path.write_text("s3cret\n")
+    raw = config(dest(auth=cc_auth(client_secret_file=str(path))))
+    assert validation_lines(raw) == [
+        "destinations[0].auth.client_secret_file: "
+        "give either client_secret or client_secret_file, not both"
+    ]
+
+
+def test_unreadable_secret_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    raw = config(dest(auth={"type": "basic", "username": "u", "password_file": str(missing)}))
+    assert validation_lines(raw) == [
+        f"destinations[0].auth.password_file: cannot read {missing}: No such file or directory"
+    ]
+    raw = config(dest(), dest(id="b", auth={"type": "basic", "username": "u",
+                                            "password_file": str(tmp_path)}))
+    assert validation_lines(raw) == [
+        f"destinations[1].auth.password_file: cannot read {tmp_path}: Is a directory"
+    ]
+
+
+def test_file_key_for_a_non_secret_is_unknown(tmp_path: Path) -> None:
+    raw = config(dest(auth={"type": "basic", "username_file": str(tmp_path), "password": "p"}))
+    assert validation_lines(raw) == [
+        "destinations[0].auth.username: required",
+        "destinations[0].auth.username_file: unknown key",
+    ]
+
+
+# --------------------------------------------------------------------------- validation
+
+def test_unknown_keys() -> None:
+    raw = config(dest(bogus=1, batch={"max_user": 5}, auth={"type": "none", "x": 1}),
+                 stream={"keys": "a"}, extra=True)
+    assert sorted(validation_lines(raw)) == sorted([
+        "stream.keys: unknown key",
+        "destinations[0].bogus: unknown key",
+        "destinations[0].batch.max_user: unknown key",
+        "destinations[0].auth.x: unknown key",
+        "extra: unknown key",
+    ])
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        (config(stream={"read_count": 0}), "stream.read_count: must be > 0"),
+        (config(stream={"block_ms": -1}), "stream.block_ms: must be > 0"),
+        (config(stream={"claim_idle_ms": 0}), "stream.claim_idle_ms: must be > 0"),
+        (config(stream={"max_deliveries": 0}), "stream.max_deliveries: must be > 0"),
+        (config(dest(batch={"max_users": 0})), "destinations[0].batch.max_users: must be > 0"),
+        (config(dest(batch={"max_users": -3})), "destinations[0].batch.max_users: must be > 0"),
+        (config(dest(limits={"max_in_flight": 0})),
+         "destinations[0].limits.max_in_flight: must be > 0"),
+        (config(dest(retry={"max_attempts": 0})),
+         "destinations[0].retry.max_attempts: must be > 0"),
+        (config(dest(batch={"max_bytes": 1000})),
+         "destinations[0].batch.max_bytes: must be >= 1024"),
+    ],
+)
+def test_bad_integer_values(raw: dict[str, Any], line: str) -> None:
+    assert validation_lines(raw) == [line]
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (config(shutdown_timeout=0), "shutdown_timeout"),
+        (config(dest(timeout=0)), "destinations[0].timeout"),
+        (config(dest(timeout=-1.5)), "destinations[0].timeout"),
+        (config(dest(batch={"max_wait": 0})), "destinations[0].batch.max_wait"),
+        (config(dest(limits={"requests_per_second": 0})),
+         "destinations[0].limits.requests_per_second"),
+        (config(dest(retry={"base_delay": -0.5})), "destinations[0].retry.base_delay"),
+        (config(dest(retry={"max_delay": 0})), "destinations[0].retry.max_delay"),
+        (config(dest(auth=cc_auth(default_expires_in=0))),
+         "destinations[0].auth.default_expires_in"),
+        (config(redis={"socket_timeout": 0}), "redis.socket_timeout"),
+    ],
+)
+def test_non_positive_values(raw: dict[str, Any], path: str) -> None:
+    lines = validation_lines(raw)
+    assert len(lines) == 1
+    assert re.fullmatch(rf"{re.escape(path)}: must be > 0(\.0)?", lines[0]), lines
+
+
+def test_max_wait_is_at_most_a_day() -> None:
+    lines = validation_lines(config(dest(batch={"max_wait": 86401})))
+    assert len(lines) == 1
+    assert re.fullmatch(r"destinations\[0\]\.batch\.max_wait: must be <= 86400(\.0)?", lines[0])
+    assert parse_config(config(dest(batch={"max_wait": 86400})), env={})
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    raw = config(dest(timeout=0, bogus=1), dest(id="b", url=None), stream={"read_count": 0})
+    lines = validation_lines(raw)
+    assert len(lines) == 4
+    assert "stream.read_count: must be > 0" in lines
+    assert "destinations[0].bogus: unknown key" in lines
+    assert any(line.startswith("destinations[0].timeout: must be > 0") for line in lines)
+    assert any(line.startswith("destinations[1].url: ") for line in lines)
+
+
+def test_missing_required_keys() -> None:
+    assert validation_lines({}) == ["destinations: required"]
+    assert validation_lines({"destinations": []}) == ["destinations: must not be empty"]
+    assert validation_lines(config({"id": "1", "url": "https://p.example/"})) == [
+        "destinations[0].user_dpid: required",
+        "destinations[0].client_id: required",
+    ]
+    assert validation_lines(config(dest(segments=[]))) == [
+        "destinations[0].segments: must not be empty"
+    ]
+
+
+def test_not_a_mapping() -> None:
+    assert error_lines(["destinations"]) == ["the configuration must be a YAML mapping"]
+    assert error_lines(None) == ["the configuration must be a YAML mapping"]
+
+
+def test_unknown_auth_type() -> None:
+    lines = validation_lines(config(dest(auth={"type": "foo", "client_id": "x"})))
+    assert len(lines) == 1
+    assert lines[0].startswith("destinations[0].auth")
+    assert "'foo'" in lines[0]
+    assert "'type'" in lines[0]
+    assert "oauth2_client_credentials" in lines[0]
+
+
+def test_auth_errors_name_the_key_without_the_type_tag() -> None:
+    auth = cc_auth()
+    del auth["token_url"]
+    assert validation_lines(config(dest(auth=auth))) == ["destinations[0].auth.token_url: required"]
+
+
+def test_duplicate_destination_id() -> None:
+    raw = config(dest(id="a"), dest(id="423"), dest(id="423"))
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    assert info.value.path == "destinations[2].id"
+    assert error_lines(raw) == ["destinations[2].id: duplicate destination id '423'"]
+
+
+def test_http_url_is_refused_without_allow_http() -> None:
+    message = "http:// is refused: use https://, or set allow_http: true for local testing"
+    assert error_lines(config(dest(url="http://partner.example/aam"))) == [
+        f"destinations[0].url: {message}"
+    ]
+    auth = cc_auth(token_url="http://partner.example/token")
+    assert error_lines(config(dest(auth=auth))) == [f"destinations[0].auth.token_url: {message}"]
+
+
+def test_http_url_is_accepted_with_allow_http() -> None:
+    auth = cc_auth(token_url="http://127.0.0.1:8080/token")
+    parsed = parse_config(config(dest(url="http://127.0.0.1:8080/aam", allow_http=True,
+                                      auth=auth)), env={})
+    assert parsed.destinations[0].url == "http://127.0.0.1:8080/aam"
+    assert parsed.destinations[0].allow_http is True
+
+
+@pytest.mark.parametrize("url", ["ftp://partner.example/aam", "partner.example/aam", "https://"])
+def test_url_must_be_absolute_https(url: str) -> None:
+    assert error_lines(config(dest(url=url))) == [
+        "destinations[0].url: must be an absolute https:// URL"
+    ]
+
+
+@pytest.mark.parametrize(("timeout", "block_ms"), [(1, 1000), (0.5, 1000), (2, 5000)])
+def test_socket_timeout_must_exceed_block_ms(timeout: float, block_ms: int) -> None:
+    raw = config(redis={"socket_timeout": timeout}, stream={"block_ms": block_ms})
+    assert error_lines(raw) == [
+        "redis.socket_timeout: must exceed stream.block_ms, or blocking reads time out"
+    ]
+
+
+def test_socket_timeout_above_block_ms_and_its_default() -> None:
+    parsed = parse_config(config(redis={"socket_timeout": 1.5}), env={})
+    assert parsed.redis_socket_timeout == 1.5
+    parsed = parse_config(config(stream={"block_ms": 2500}), env={})
+    assert parsed.redis_socket_timeout == 7.5
+
+
+def test_max_delay_below_base_delay() -> None:
+    assert error_lines(config(dest(retry={"base_delay": 5, "max_delay": 1}))) == [
+        "destinations[0].retry.max_delay: must be >= retry.base_delay"
+    ]
+
+
+# --------------------------------------------------------------------------- defaults
+
+def test_defaults_match_the_design() -> None:
+    parsed = parse_config(config(dest(auth=cc_auth())), env={})
+    assert parsed.redis.url == "redis://127.0.0.1:6379/0"
+    assert (parsed.stream.key, parsed.stream.group) == ("iris:events", "iris")
+    assert parsed.stream.read_count == 1000
+    assert parsed.stream.block_ms == 1000
+    assert parsed.stream.claim_idle_ms == 60000
+    assert parsed.stream.max_deliveries == 10
+    assert parsed.http.listen == "0.0.0.0:9108"
+    assert parsed.shutdown_timeout == 20
+    d = parsed.destinations[0]
+    assert d.segments == ["*"]
+    assert d.allow_http is False
+    assert d.batch.max_users == 10
+    assert d.batch.max_bytes == 1_000_000
+    assert d.batch.max_wait == 1.0
+    assert d.limits.requests_per_second == 100
+    assert d.limits.max_in_flight == 8
+    assert (d.retry.max_attempts, d.retry.base_delay, d.retry.max_delay) == (10, 0.5, 60)
+    assert d.timeout == 30
+    assert d.auth.default_expires_in == 3600
+    assert parse_config(config(), env={}).destinations[0].auth.type == "none"
+
+
+def test_consumer_defaults_to_hostname_pid() -> None:
+    parsed = parse_config(config(stream={"consumer": "${HOSTNAME:-}"}), env={})
+    assert parsed.stream.consumer == ""
+    assert parsed.consumer == f"{socket.gethostname()}-{os.getpid()}"
+    parsed = parse_config(config(stream={"consumer": "${HOSTNAME:-}"}), env={"HOSTNAME": "pod-7"})
+    assert parsed.consumer == "pod-7"
+
+
+def test_the_design_example_loads(tmp_path: Path) -> None:
+    secret = tmp_path / "partner"
+    secret.write_text("from-a-file\n")
+    path = tmp_path / "iris.yaml"
+    path.write_text(DESIGN_EXAMPLE.replace("/run/secrets/partner", str(secret)))
+    parsed = load_config(path, env={"PARTNER_CLIENT_ID": "iris-client"})
+    assert isinstance(parsed, Config)
+    d = parsed.destinations[0]
+    assert (d.id, d.user_dpid, d.client_id) == ("423", "12345", "74323")
+    assert d.auth.type == "oauth2_client_credentials"
+    assert d.auth.client_id == "iris-client"
+    assert d.auth.client_secret.get_secret_value() == "from-a-file"
+    assert parsed.consumer == f"{socket.gethostname()}-{os.getpid()}"
+    assert d.batch.max_users == 10
+
+
+def test_load_config_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(missing, env={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("destinations:\n  - id: [1\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line \d+, column \d+"):
+        load_config(bad, env={})
+
+
+# --------------------------------------------------------------------------- redacted
+
+def test_redacted_masks_secrets() -> None:
+    parsed = parse_config(config(
+        dest(id="a", auth=cc_auth(client_secret="cc-secret-1")),
+        dest(id="b", auth={"type": "basic", "username": "user", "password": "basic-secret-2"}),
+        dest(id="c", auth={"type": "bearer", "token": "bearer-secret-3"}),
+        redis={"url": "redis://iris:redis-secret-4@redis.internal:6380/2"},
+    ), env={})
+    data = redacted(parsed)
+    text = repr(data)
+    for secret in ("cc-secret-1", "basic-secret-2", "bearer-secret-3", "redis-secret-4"):
+        assert secret not in text
+    assert data["destinations"][0]["auth"]["client_secret"] == "**********"
+    assert data["destinations"][1]["auth"]["password"] == "**********"
+    assert data["destinations"][1]["auth"]["username"] == "user"
+    assert data["destinations"][2]["auth"]["token"] == "**********"
+    assert data["redis"]["url"] == "redis://iris:****@redis.internal:6380/2"
+    assert data["redis"]["socket_timeout"] == 6.0
+    assert data["stream"]["consumer"] == parsed.consumer
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw-secret@redis.internal/0", "redis://:****@redis.internal/0"),
+        ("rediss://user:p%40ss-secret@redis.internal:6380/0",
+         "rediss://user:****@redis.internal:6380/0"),
+        ("redis://:pw-secret@[::1]:6379/0", "redis://:****@[::1]:6379/0"),
+    ],
+)
+def test_redacted_redis_url(url: str, masked: str) -> None:
+    data = redacted(parse_config(config(redis={"url": url}), env={}))
+    assert "pw-secret" not in data["redis"]["url"]
+    assert "p%40ss-secret" not in data["redis"]["url"]
+    assert data["redis"]["url"] == masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix:///run/redis.sock?db=0&password=pw-secret",  # redis-py's form for unix sockets
+        "redis://redis.internal:6379/0?password=pw-secret",
+    ],
+)
+def test_redacted_redis_url_query_password(url: str) -> None:
+    masked = redacted(parse_config(config(redis={"url": url}), env={}))["redis"]["url"]
+    assert "pw-secret" not in masked
+    assert masked.startswith(url.partition("?")[0])
+
+
+DESIGN_EXAMPLE = """\
+redis:
+  url: redis://127.0.0.1:6379/0
+stream:
+  key: iris:events
+  group: iris
+  consumer: ${HOSTNAME:-}          # empty: hostname-pid
+  read_count: 1000
+  block_ms: 1000
+  claim_idle_ms: 60000             # reclaim entries a dead consumer left pending
+  max_deliveries: 10               # then dead-letter (reason max_deliveries)
+http:
+  listen: 0.0.0.0:9108             # GET /metrics, /healthz, /readyz
+shutdown_timeout: 20
+destinations:
+  - id: "423"                      # AAM_Destination_Id
+    url: https://partner.example/segments/aam
+    user_dpid: "12345"             # User_DPID
+    client_id: "74323"             # Client_ID in the payload
+    segments: ["*"]                # Segment_IDs routed here; "*" = all
+    allow_http: false              # true only for local testing: https is required otherwise
+    auth:
+      type: oauth2_client_credentials
+      token_url: https://partner.example/oauth2/token
+      client_id: ${PARTNER_CLIENT_ID}
+      client_secret_file: /run/secrets/partner
+      default_expires_in: 3600     # used when the token response has no expires_in
+    batch: {max_users: 10, max_bytes: 1000000, max_wait: 1.0}   # max_wait up to 86400
+    limits: {requests_per_second: 100, max_in_flight: 8}
+    retry: {max_attempts: 10, base_delay: 0.5, max_delay: 60}
+    timeout: 30
+"""
