@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from iris.errors import IrisError
 from iris.health import Health
 from iris.metrics import Metrics
 
@@ -30,7 +31,13 @@ class HttpServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise IrisError(
+                f"http.listen: cannot listen on {self._host}:{self._port}: {exc.strerror}"
+            ) from None
         if self._port == 0:  # an ephemeral port (tests, demo): find out which
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

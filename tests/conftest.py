@@ -209,15 +209,21 @@ def destination_config(partner: Partner, *, tls: TLSMaterial | None = None,
     return dest
 
 
-def make_config(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
-                **stream: Any) -> Config:
-    return parse_config({
+def config_data(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
+                **stream: Any) -> dict[str, Any]:
+    """A raw config mapping (what a YAML file would hold) for tests."""
+    return {
         "redis": {"url": redis_url},
         "stream": {"key": stream_key, "consumer": f"c-{stream_key}", "block_ms": 200, **stream},
         "http": {"listen": "127.0.0.1:0"},
         "shutdown_timeout": 5,
         "destinations": destinations,
-    }, env={})
+    }
+
+
+def make_config(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
+                **stream: Any) -> Config:
+    return parse_config(config_data(redis_url, stream_key, destinations, **stream), env={})
 
 
 @asynccontextmanager

@@ -1,0 +1,154 @@
+"""What every fault scenario needs: a worker in its own process (to kill, stop and measure),
+and the three promises checked after each fault."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import yaml
+
+from iris.demo.partner import PartnerServer
+from iris.localredis import free_port
+
+
+class WorkerProcess:
+    """``iris run`` as a child process, its log in a file the tests can scan."""
+
+    def __init__(self, config: dict[str, Any], directory: Path, name: str = "worker") -> None:
+        self.port = free_port()
+        config = {**config, "http": {"listen": f"127.0.0.1:{self.port}"}}
+        self.config = config
+        self.config_path = directory / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = directory / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra_env: tuple[str, str]) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "iris", "--log-level", "DEBUG", "run", "-c",
+             str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **dict(extra_env)},
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def get(self, path: str) -> tuple[int, str]:
+        """GET one of the worker's HTTP endpoints; (0, reason) when it does not answer."""
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                self.base_url + path, timeout=aiohttp.ClientTimeout(total=2)
+            ) as response:
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 0, type(exc).__name__
+
+    async def ready(self) -> bool:
+        return (await self.get("/readyz"))[0] == 200
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample from the worker's /metrics (0 when absent)."""
+        status, text = await self.get("/metrics")
+        if status != 200:
+            return 0.0
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + ("{" + wanted + "}" if labels else " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+async def check_promises(
+    redis: aioredis.Redis, stream_key: str, group: str, partners: dict[str, PartnerServer],
+    expected: dict[str, set[tuple[str, str]]], dead_reasons: dict[str, str] | None = None,
+) -> dict[str, Counter[tuple[str, str]]]:
+    """The three promises of every fault scenario.
+
+    ``expected[dest]`` holds the (uuid, segment) pairs sent to each destination;
+    ``dead_reasons[uuid]`` the dead-letter reason expected for an event instead of delivery.
+    1. every event was delivered at least once, or is dead-lettered with the right reason;
+    2. nothing is pending, inbound or outbound;
+    3. an event delivered twice came both times under the same Idempotency-Key.
+    Returns how often each pair reached each destination.
+    """
+    dead_reasons = dead_reasons or {}
+    dead = {(f.get("dlq_destination", ""), f.get("uuid", ""), f.get("segment", "")):
+            f["dlq_reason"] for _, f in await redis.xrange(f"{stream_key}:dlq")}
+    counts: dict[str, Counter[tuple[str, str]]] = {}
+    for dest, pairs in expected.items():
+        keys: dict[tuple[str, str], set[str]] = defaultdict(set)
+        seen: Counter[tuple[str, str]] = Counter()
+        for batch in partners[dest].received:
+            for user in batch.payload["Users"]:
+                for seg in user["Segments"]:
+                    pair = (user["AAM_UUID"], seg["Segment_ID"])
+                    seen[pair] += 1
+                    keys[pair].add(batch.idempotency_key or "")
+        for uuid, segment in pairs:
+            reason = dead_reasons.get(uuid)
+            if reason is None:
+                assert seen[(uuid, segment)] >= 1, f"{dest}: {uuid}/{segment} never delivered"
+            else:
+                assert dead.get((dest, uuid, segment)) == reason or (
+                    seen[(uuid, segment)] == 0 and dead.get(("", uuid, segment)) == reason
+                ), f"{dest}: {uuid}/{segment} not dead-lettered as {reason}"
+        unexpected = set(seen) - pairs
+        assert not unexpected, f"{dest}: delivered events never sent: {sorted(unexpected)[:5]}"
+        dups = {pair: k for pair, k in keys.items() if seen[pair] > 1 and len(k) > 1}
+        assert not dups, f"{dest}: duplicates under different idempotency keys: {dups}"
+        counts[dest] = seen
+    for key in [stream_key, *(f"{stream_key}:out:{d}" for d in expected)]:
+        if await redis.exists(key):
+            pending = (await redis.xpending(key, group))["pending"]
+            assert pending == 0, f"{pending} entries still pending on {key}"
+    return counts
+
+
+def deadline(seconds: float) -> float:
+    return time.monotonic() + seconds
