@@ -22,6 +22,15 @@ def _blen(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+def _regions_size(regions: tuple[str, ...] | None) -> int:
+    return _REGIONS + sum(_blen(r) + 3 for r in regions) - 1 if regions else 0
+
+
+def _new_user_size(uuid: str, partner_id: str, event: Event) -> int:
+    return (_USER + _blen(uuid) + _blen(partner_id) + _SEGMENT + _blen(event.segment)
+            + _regions_size(event.regions))
+
+
 @dataclass(slots=True)
 class _User:
     partner_id: str
@@ -29,12 +38,27 @@ class _User:
     regions: tuple[str, ...] | None = None
     events: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
-    def size(self, uuid: str) -> int:
-        size = _USER + _blen(uuid) + _blen(self.partner_id)
-        size += sum(_SEGMENT + _blen(s) for s in self.segments) + len(self.segments) - 1
-        if self.regions:
-            size += _REGIONS + sum(_blen(r) + 3 for r in self.regions) - 1
-        return size
+    def growth(self, event: Event, partner_id: str) -> int:
+        """Bytes this user's JSON grows by if ``event`` is folded in (0 if it is older)."""
+        old = self.segments.get(event.segment)
+        if old is not None and event.time < old[1]:
+            return 0
+        grow = 0 if old is not None else _SEGMENT + _blen(event.segment) + 1
+        if partner_id != self.partner_id:
+            grow += _blen(partner_id) - _blen(self.partner_id)
+        if event.regions and event.regions != self.regions:
+            grow += _regions_size(event.regions) - _regions_size(self.regions)
+        return grow
+
+    def fold(self, event: Event, partner_id: str) -> None:
+        """Keep the latest change per segment; partner id and regions follow the latest."""
+        old = self.segments.get(event.segment)
+        if old is None or event.time >= old[1]:
+            self.segments[event.segment] = (event.status, event.time)
+            self.partner_id = partner_id
+            if event.regions:
+                self.regions = event.regions
+        self.events.append((event.id, event.fields))
 
     def as_payload(self, uuid: str) -> dict[str, Any]:
         user: dict[str, Any] = {
@@ -92,35 +116,22 @@ class BatchBuilder:
 
     def add(self, event: Event, partner_id: str) -> list[Batch]:
         """Fold one event in; return the batches this closed (0, 1 or 2)."""
-        closed: list[Batch] = []
         user = self._users.get(event.uuid)
-        before = user.size(event.uuid) if user else 0
-        candidate = _User(partner_id) if user is None else user
-        old_partner, old_regions = candidate.partner_id, candidate.regions
-        old_segment = candidate.segments.get(event.segment)
-        if old_segment is None or event.time >= old_segment[1]:
-            candidate.segments[event.segment] = (event.status, event.time)
-            candidate.partner_id = partner_id
-            if event.regions:
-                candidate.regions = event.regions
-        growth = candidate.size(event.uuid) - before + (1 if user is None and self._users else 0)
-        if self._users and self._size + growth > self.dest.batch.max_bytes:
-            # Undo the change, close the current batch, and start the next with this event.
-            if user is not None:
-                user.partner_id, user.regions = old_partner, old_regions
-                if old_segment is None:
-                    del user.segments[event.segment]
-                else:
-                    user.segments[event.segment] = old_segment
-            closed.extend(self.close())
-            return closed + self.add(event, partner_id)
         if user is None:
-            self._users[event.uuid] = candidate
+            growth = _new_user_size(event.uuid, partner_id, event) + (1 if self._users else 0)
+        else:
+            growth = user.growth(event, partner_id)
+        if self._users and self._size + growth > self.dest.batch.max_bytes:
+            # Close the current batch, and start the next with this event.
+            return self.close() + self.add(event, partner_id)
+        if user is None:
+            user = self._users[event.uuid] = _User(partner_id)
+        user.fold(event, partner_id)
         if self.deadline is None:
             self.deadline = self._clock() + self.dest.batch.max_wait
-        candidate.events.append((event.id, event.fields))
         self._sources.add(event.id)
         self._size += growth
+        closed: list[Batch] = []
         if len(self._users) >= self.dest.batch.max_users:
             closed.extend(self.close())
         return closed
