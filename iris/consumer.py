@@ -82,7 +82,7 @@ class Consumer:
         self._close(commit, due_only=True)
         if commit:
             await self._streams.commit(commit)
-        await self._recovery.heartbeat(self._held())
+        await self._recovery.heartbeat(self._held)
         return cursor
 
     def _held(self) -> set[str]:
@@ -117,34 +117,42 @@ class Consumer:
         self._metrics.consumed.inc(len(entries))
         skipped: Counter[str] = Counter()
         invalid = 0
-        closed: list[Batch] = []
         for entry_id, fields in entries:
             try:
-                event = parse_event(entry_id, fields)
+                self._take_one(entry_id, fields, commit, skipped)
+                continue
             except EventError as exc:
-                commit.dead_letters.append(dead_letter_entry(
-                    fields, reason=INVALID_EVENT, source_id=entry_id, error=str(exc),
-                    destination=fields.get("destination", ""),
-                ))
-                commit.acks.append(entry_id)
-                invalid += 1
-                continue
-            routes, skips = self._routes.route(event)
-            skipped.update(skips)
-            if not routes:
-                commit.acks.append(entry_id)
-                continue
-            if len(routes) > 1:
-                self._multi[entry_id] = [dest.id for dest, _ in routes]
-            for dest, partner_id in routes:
-                closed.extend(self._builders[dest.id].add(event, partner_id))
-            self._write(closed, commit)  # after every route of the entry is folded in
-            closed.clear()
+                error = str(exc)
+            except Exception as exc:  # a bug must cost one entry, not the stream behind it
+                log.exception("entry %s could not be processed; dead-lettering it", entry_id)
+                error = f"processing failed: {type(exc).__name__}"
+            commit.dead_letters.append(dead_letter_entry(
+                fields, reason=INVALID_EVENT, source_id=entry_id, error=error,
+                destination=fields.get("destination", ""),
+            ))
+            commit.acks.append(entry_id)
+            invalid += 1
         if invalid:
             self._metrics.dead_lettered.labels("", INVALID_EVENT).inc(invalid)
             log.info("dead-lettered %d invalid events", invalid)
         for reason, count in skipped.items():
             self._metrics.skipped.labels(reason).inc(count)
+
+    def _take_one(
+        self, entry_id: str, fields: dict[str, str], commit: Commit, skipped: Counter[str]
+    ) -> None:
+        event = parse_event(entry_id, fields)
+        routes, skips = self._routes.route(event)
+        skipped.update(skips)
+        if not routes:
+            commit.acks.append(entry_id)
+            return
+        if len(routes) > 1:
+            self._multi[entry_id] = [dest.id for dest, _ in routes]
+        closed: list[Batch] = []
+        for dest, partner_id in routes:
+            closed.extend(self._builders[dest.id].add(event, partner_id))
+        self._write(closed, commit)  # only after every route of the entry is folded in
 
     def _close(self, commit: Commit, *, due_only: bool) -> None:
         now = time.monotonic()

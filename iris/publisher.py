@@ -95,7 +95,7 @@ class Publisher:
         for entry_id, fields in fresh:
             if entry_id not in self._tasks:
                 self._dispatch(entry_id, fields)
-        await self._recovery.heartbeat(list(self._tasks))
+        await self._recovery.heartbeat(lambda: list(self._tasks))
         return cursor
 
     def _dispatch(self, entry_id: str, fields: dict[str, str]) -> None:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from iris.config import StreamConfig
@@ -42,13 +42,14 @@ class Recovery:
     def max_deliveries(self) -> int:
         return self._config.max_deliveries
 
-    async def heartbeat(self, held: Collection[str]) -> None:
+    async def heartbeat(self, held: Callable[[], Collection[str]]) -> None:
+        """Touch the entries ``held()`` names, when a heartbeat is due."""
         now = time.monotonic()
         if now < self._next_touch:
             return
         self._next_touch = now + self._touch_every
-        if held:
-            await self._streams.touch(self._key, list(held))
+        if ids := held():
+            await self._streams.touch(self._key, list(ids))
 
     async def reclaim(self, count: int) -> Recovered | None:
         """Entries abandoned by other consumers, when a claim is due; else None."""
