@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+
+import orjson
 
 _MASK = "[REDACTED]"
 _lock = threading.Lock()
@@ -56,10 +59,36 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Plain text lines on stderr; every handler passes through the redacting filter."""
+CONTEXT_FIELDS = ("destination", "batch_id", "attempt", "status")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the delivery context a call site passed in ``extra``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            if (value := getattr(record, name, None)) is not None:
+                line[name] = value
+        if record.exc_text:
+            line["error"] = record.exc_text
+        return orjson.dumps(line, default=str).decode()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Lines on stderr, text or JSON; every line passes through the redacting filter."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

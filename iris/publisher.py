@@ -176,6 +176,9 @@ class Publisher:
             self._metrics.retries.labels(self.dest.id).inc()
             delay = backoff(attempt, self.dest.retry.base_delay, self.dest.retry.max_delay,
                             outcome.retry_after)
+            log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
+                      delay, extra={"destination": self.dest.id, "batch_id": key,
+                                    "attempt": attempt, "status": outcome.code})
             if await self._stopped_within(delay):
                 return False
 
@@ -203,7 +206,8 @@ class Publisher:
     def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[dict[str, str]]:
         self._metrics.dead_lettered.labels(self.dest.id, reason).inc(len(events))
         log.warning("dead-lettering %d events for %s: %s (%s)", len(events), self.dest.id,
-                    reason, outcome.error or outcome.code)
+                    reason, outcome.error or outcome.code,
+                    extra={"destination": self.dest.id, "status": outcome.code})
         return [
             dead_letter_entry(fields, reason=reason, source_id=source_id,
                               destination=self.dest.id, status=outcome.status, error=outcome.error)
