@@ -29,6 +29,9 @@ test: $(STAMP) redis-server
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+bench: $(STAMP) redis-server
+	$(BIN)/python benchmarks/run.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
