@@ -3,6 +3,7 @@ max_wait, whichever comes first. Encoded with orjson once, when the batch closes
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,12 @@ class Batch:
     @property
     def source_ids(self) -> list[str]:
         return list(dict.fromkeys(entry_id for entry_id, _ in self.events))
+
+    def idempotency_key(self) -> str:
+        """Derived from the inbound entries in the batch, so that the same events carry the
+        same key however often the batch is written or sent."""
+        digest = hashlib.blake2b(",".join(self.source_ids).encode(), digest_size=16).hexdigest()
+        return f"{self.destination_id}-{digest}"
 
 
 class BatchBuilder:

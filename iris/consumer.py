@@ -190,6 +190,7 @@ class Consumer:
             "users": str(batch.users),
             "segments": str(batch.segments),
             "created_ms": str(int(time.time() * 1000)),
+            "key": batch.idempotency_key(),
         }))
 
     def _forget(self) -> None:

@@ -139,7 +139,8 @@ class Publisher:
         dead: list[dict[str, str]] = []
         counts = (int(fields["users"]), int(fields["segments"]))
         done = await self._deliver(
-            fields["body"].encode(), events, f"{self.dest.id}-{entry_id}", counts, dead
+            fields["body"].encode(), events, fields.get("key") or f"{self.dest.id}-{entry_id}",
+            counts, dead
         )
         if done:
             await self._settle(entry_id, dead)

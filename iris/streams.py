@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ResponseError,
@@ -61,15 +61,19 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 def connect(config: Config) -> aioredis.Redis:
-    """A client whose socket timeout outlasts the blocking read, with bounded retries."""
+    """A client whose socket timeout outlasts the blocking read.
+
+    redis-py's own retry is off on purpose: it re-sends a command whose reply was lost, and a
+    re-sent MULTI writes its batches twice. Every caller retries explicitly instead, with
+    backoff (``Health.redis_failed``), and re-reads its pending list, which is exact.
+    """
     return aioredis.Redis.from_url(
         config.redis.url,
         decode_responses=True,
         encoding_errors="surrogateescape",  # invalid UTF-8 reaches the parser, which refuses it
         socket_timeout=config.redis_socket_timeout,
         socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry=Retry(NoBackoff(), retries=0),
         health_check_interval=30,
     )
 
