@@ -165,7 +165,18 @@ class Consumer:
         queue = list(batches)
         while queue:
             batch = queue.pop()
-            self._queue_batch(batch, commit)
+            try:
+                self._queue_batch(batch, commit)
+            except Exception as exc:  # a bug must cost this batch's events, not the stream
+                log.exception("batch for %s could not be written; dead-lettering its events",
+                              batch.destination_id)
+                commit.dead_letters.extend(
+                    dead_letter_entry(fields, reason=INVALID_EVENT, source_id=source_id,
+                                      destination=batch.destination_id,
+                                      error=f"processing failed: {type(exc).__name__}")
+                    for source_id, fields in batch.events)
+                self._metrics.dead_lettered.labels(batch.destination_id, INVALID_EVENT).inc(
+                    len(batch.events))
             for entry_id in batch.source_ids:
                 for dest_id in self._multi.pop(entry_id, ()):
                     builder = self._builders[dest_id]

@@ -84,11 +84,14 @@ def _required(fields: dict[str, str], name: str) -> str:
 def parse_event(entry_id: str, fields: dict[str, str]) -> Event:
     """Validate one entry; raise ``EventError`` naming the first problem."""
     for name, value in fields.items():
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise EventError(f"{name[:40]!r} is not valid UTF-8") from None
+        for text in (name, value):
+            if not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    shown = ascii(name[:40])
+                    what = "field name" if text is name else "field"
+                    raise EventError(f"{what} {shown} is not valid UTF-8") from None
     uuid = _required(fields, "uuid")
     segment = _required(fields, "segment")
     status = fields.get("status", "1").strip() or "1"

@@ -29,6 +29,18 @@ log = logging.getLogger(__name__)
 
 STATS_CACHE_SECONDS = 1.0
 RESTART_DELAY = 1.0
+EXIT_MARGIN = 0.3  # of shutdown_timeout, kept for closing sessions and exiting
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until done: on Python 3.11 ``wait_for`` may swallow a cancel that races with its
+    inner call finishing (fixed in 3.12), which would leave a reader blocked for block_ms."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Worker:
@@ -47,7 +59,8 @@ class Worker:
         self._stats_at = 0.0
 
     def request_stop(self) -> None:
-        """Safe from a signal handler: only sets a flag the main coroutine waits on."""
+        """Safe from a signal handler: only sets flags; the main coroutine does the work."""
+        self.health.draining = True  # /readyz says so from this moment
         self._stop.set()
 
     async def run(self) -> None:
@@ -118,10 +131,8 @@ class Worker:
             await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
         for publisher in self._publishers:
             publisher.stopping.set()
-        for task in self._tasks:
-            task.cancel()  # readers blocked in XREADGROUP; deliveries are owned by publishers
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        remaining = deadline - time.monotonic()
+        await _cancel_all(self._tasks)  # readers in XREADGROUP; deliveries belong to publishers
+        remaining = deadline - time.monotonic() - EXIT_MARGIN
         await asyncio.gather(*(p.drain(remaining) for p in self._publishers))
         for auth in self._auths:
             await auth.close()
