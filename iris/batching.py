@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from iris.config import Destination
@@ -32,12 +32,16 @@ def _new_user_size(uuid: str, partner_id: str, event: Event) -> int:
             + _regions_size(event.regions))
 
 
-@dataclass(slots=True)
 class _User:
-    partner_id: str
-    segments: dict[str, tuple[str, float]] = field(default_factory=dict)  # id → (status, time)
-    regions: tuple[str, ...] | None = None
-    events: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    """One user of an open batch (a plain slotted class: one is made per user, on the hot path)."""
+
+    __slots__ = ("events", "partner_id", "regions", "segments")
+
+    def __init__(self, partner_id: str) -> None:
+        self.partner_id = partner_id
+        self.segments: dict[str, tuple[str, float]] = {}  # id → (status, time)
+        self.regions: tuple[str, ...] | None = None
+        self.events: list[tuple[str, dict[str, str]]] = []
 
     def growth(self, event: Event, partner_id: str) -> int:
         """Bytes this user's JSON grows by if ``event`` is folded in (0 if it is older)."""

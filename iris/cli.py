@@ -161,10 +161,11 @@ def run_async(factory: Callable[[Callable[[], None]], Awaitable[Any]]) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from iris.worker import Worker
+    from iris.worker import Worker, tune_gc
 
     config = _load(args)
     worker = Worker(config)
+    tune_gc()
 
     async def serve(on_stop: Callable[[Callable[[], None]], None]) -> None:
         on_stop(worker.request_stop)

@@ -151,8 +151,9 @@ class Consumer:
             self._multi[entry_id] = [dest.id for dest, _ in routes]
         closed: list[Batch] = []
         for dest, partner_id in routes:
-            closed.extend(self._builders[dest.id].add(event, partner_id))
-        self._write(closed, commit)  # only after every route of the entry is folded in
+            closed += self._builders[dest.id].add(event, partner_id)
+        if closed:
+            self._write(closed, commit)  # only after every route of the entry is folded in
 
     def _close(self, commit: Commit, *, due_only: bool) -> None:
         now = time.monotonic()

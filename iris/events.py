@@ -81,17 +81,21 @@ def _required(fields: dict[str, str], name: str) -> str:
     return value
 
 
+def _check_utf8(name: str, value: str) -> None:
+    """Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape): refuse them."""
+    for text in (name, value):
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            what = "field name" if text is name else "field"
+            raise EventError(f"{what} {name[:40]!a} is not valid UTF-8") from None
+
+
 def parse_event(entry_id: str, fields: dict[str, str]) -> Event:
     """Validate one entry; raise ``EventError`` naming the first problem."""
     for name, value in fields.items():
-        for text in (name, value):
-            if not text.isascii():
-                try:
-                    text.encode()
-                except UnicodeEncodeError:
-                    shown = ascii(name[:40])
-                    what = "field name" if text is name else "field"
-                    raise EventError(f"{what} {shown} is not valid UTF-8") from None
+        if not (name.isascii() and value.isascii()):
+            _check_utf8(name, value)
     uuid = _required(fields, "uuid")
     segment = _required(fields, "segment")
     status = fields.get("status", "1").strip() or "1"

@@ -38,7 +38,8 @@ class RouteTable:
                 return [], [UNKNOWN_DESTINATION]
             candidates: list[Destination] = [dest]
         else:
-            candidates = self._all + self._by_segment.get(event.segment, [])
+            mapped = self._by_segment.get(event.segment)
+            candidates = (self._all + mapped if self._all else mapped) if mapped else self._all
             if not candidates:
                 return [], [NO_DESTINATION]
         routes, skips = [], []

@@ -8,6 +8,7 @@ stops reading first, writes the batches still open, lets in-flight deliveries fi
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,17 @@ log = logging.getLogger(__name__)
 STATS_CACHE_SECONDS = 1.0
 RESTART_DELAY = 1.0
 EXIT_MARGIN = 0.3  # of shutdown_timeout, kept for closing sessions and exiting
+
+
+def tune_gc() -> None:
+    """For the daemon process: the hot path allocates a few small objects per event, and with
+    the default thresholds the cyclic collector runs every 700 allocations and rescans every
+    open batch; measured, it took half the consumer's time. Objects alive at start-up are
+    frozen out of collection, and collections run a hundred times less often. iris makes few
+    reference cycles, so memory stays bounded."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
