@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from iris.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 2.0
+BEAT_EVERY = 1.0  # seconds between heartbeats of the event loop
+STUCK_AFTER = 10.0  # a heartbeat older than this means the event loop is stuck
 
 
 class Health:
@@ -20,6 +23,18 @@ class Health:
         self.draining = False
         self._redis_up = False
         self._failures = 0
+        self._beat = time.monotonic()
+
+    async def heartbeat(self) -> None:
+        """Runs on the event loop: while it beats, the loop is turning."""
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(BEAT_EVERY)
+
+    def liveness(self) -> tuple[bool, float]:
+        """(alive, seconds since the last heartbeat): only a stuck event loop is not alive."""
+        age = time.monotonic() - self._beat
+        return age < STUCK_AFTER, age
 
     def redis_ok(self) -> None:
         if not self._redis_up and not self.starting:

@@ -51,7 +51,10 @@ class HttpServer:
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        alive, age = self._health.liveness()
+        return web.json_response({"status": "ok" if alive else "stuck",
+                                  "heartbeat_age_seconds": round(age, 3)},
+                                 status=200 if alive else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, reasons = self._health.readiness()

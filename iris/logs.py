@@ -90,6 +90,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
+    logging.captureWarnings(True)  # warnings become log lines too, in the same format
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

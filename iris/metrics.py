@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from iris import __version__
 from iris.dead_letters import REASONS
@@ -62,6 +70,8 @@ class Metrics:
             ["destination"], registry=r)
         self.build_info = Gauge("iris_build_info", "iris version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes…
+        PlatformCollector(registry=r)
         self._precreate(list(destinations), stream, group)
 
     def _precreate(self, destinations: list[str], stream: str, group: str) -> None:

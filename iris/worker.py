@@ -86,6 +86,7 @@ class Worker:
         self.redis = connect(self.config)
         self.streams = Streams(self.redis, self.config)
         await self.http.start()
+        self._tasks.append(asyncio.create_task(self.health.heartbeat(), name="heartbeat"))
         log.info("iris %s: metrics on http://%s:%d/metrics, consumer %s",
                  "worker", self.config.http.host_port[0], self.http.port, self.config.consumer)
         if not await self._wait_for_redis():

@@ -3,6 +3,7 @@ and the three promises checked after each fault."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,28 @@ import yaml
 
 from iris.demo.partner import PartnerServer
 from iris.localredis import free_port
+
+REQUIRED_LOG_FIELDS = ("time", "level", "logger", "message")
+
+
+def log_problems(text: str, secrets: list[str]) -> list[str]:
+    """Lines of a worker's log that are not one JSON object with the required fields, or that
+    show a secret or an Authorization value."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            problems.append(f"line {number} is not JSON: {line[:120]!r}")
+            continue
+        missing = [f for f in REQUIRED_LOG_FIELDS if f not in record]
+        if not isinstance(record, dict) or missing:
+            problems.append(f"line {number} lacks {missing}: {line[:120]!r}")
+        if "Bearer " in line or "Basic " in line or any(s in line for s in secrets):
+            problems.append(f"line {number} shows a credential")
+    return problems
 
 
 class WorkerProcess:
@@ -35,11 +58,12 @@ class WorkerProcess:
     def start(self, *extra_env: tuple[str, str]) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iris", "--log-level", "DEBUG", "run", "-c",
-             str(self.config_path)],
+            [sys.executable, "-m", "iris", "--log-level", "DEBUG", "--log-format", "json",
+             "run", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **dict(extra_env)},
         )
         log.close()
+        STARTED.append(self)
         return self
 
     @property
@@ -148,6 +172,9 @@ async def check_promises(
             pending = (await redis.xpending(key, group))["pending"]
             assert pending == 0, f"{pending} entries still pending on {key}"
     return counts
+
+
+STARTED: list[WorkerProcess] = []  # every worker started, for the log scan after each test
 
 
 def deadline(seconds: float) -> float:

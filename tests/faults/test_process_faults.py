@@ -10,10 +10,11 @@ for with deadlines; each scenario measures and bounds its time to recover.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +185,15 @@ async def settled(client: aioredis.Redis, partner: Partner, expected: set[Pair],
     return delivered(partner) >= expected and await all_pending(client, keys) == 0
 
 
-def logged_at(proc: WorkerProcess, text: str) -> float:
-    """The time.time() of the child's first log line containing ``text`` (its log is stamped
-    ``%Y-%m-%d %H:%M:%S,mmm`` in local time)."""
+def logged_at(proc: WorkerProcess, logger: str, message: str) -> float:
+    """The time.time() of the child's first JSON log record from ``logger`` with ``message``
+    (stamped ``%Y-%m-%dT%H:%M:%S.mmmZ`` in UTC)."""
     for line in proc.log().splitlines():
-        if text in line:
-            return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    raise AssertionError(f"{text!r} not in {proc.log_path}")
+        record = json.loads(line)
+        if record["logger"] == logger and record["message"] == message:
+            stamp = datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            return stamp.replace(tzinfo=UTC).timestamp()
+    raise AssertionError(f"{logger}: {message!r} not in {proc.log_path}")
 
 
 async def dlq_summary(client: aioredis.Redis, stream_key: str, missing: set[Pair]) -> str:
@@ -446,7 +449,7 @@ async def test_sigterm_during_slow_partner_call(
         exited_in = time.monotonic() - termed_at
         assert code == 0, t1.log()[-3000:]
         assert "Traceback" not in t1.log(), t1.log()[-3000:]
-        drained_in = logged_at(t1, "iris.worker: stopped") - termed_wall
+        drained_in = logged_at(t1, "iris.worker", "stopped") - termed_wall
 
         # nothing acknowledged without delivery, per event ...
         assert await unsafe_acks(redis, stream_key, "423", sent, partner) == []
