@@ -1,12 +1,12 @@
 # iris: `make demo` runs the whole pipeline locally; `make test` runs the test suite.
-# Each target sets itself up: a .venv with the project, and redis-server when it is missing.
+# Each target sets itself up: a .venv with the project, and the Debian packages it runs.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis-server clean
+.PHONY: demo test lint bench redis-server promtool clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,18 +14,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server is missing: installing the Debian package"; \
+# Debian packages the tests run for real: redis-server, and prometheus (promtool + server).
+define apt_install
+	@command -v $(1) >/dev/null 2>&1 || { \
+	  echo "$(1) is missing: installing the Debian package $(2)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(2); \
 	}
+endef
+
+redis-server:
+	$(call apt_install,redis-server,redis-server)
+
+promtool:
+	$(call apt_install,promtool,prometheus)
 
 demo: $(STAMP) redis-server
 	$(BIN)/iris demo
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server promtool
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
