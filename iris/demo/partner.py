@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import re
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from iris.demo.token_server import TokenServer, parse_media_type
+from iris.demo.token_server import TokenServer, parse_media_type, same_secret
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -211,10 +210,6 @@ def _basic_of(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
-
-
 class PartnerServer:
     """The partner's segment endpoint: authenticates, validates strictly, records batches."""
 
@@ -311,11 +306,11 @@ class PartnerServer:
                 return True, token
             if self.tokens.is_expired(token):
                 self.expired_token_requests += 1
-        if token is not None and self._bearer is not None and _same(token, self._bearer):
+        if token is not None and self._bearer is not None and same_secret(token, self._bearer):
             return True, token
         creds = _basic_of(header)
         if creds is not None and self._basic is not None:
-            ok = _same(creds[0], self._basic[0]) & _same(creds[1], self._basic[1])
+            ok = same_secret(creds[0], self._basic[0]) & same_secret(creds[1], self._basic[1])
             if ok:
                 return True, None
         return False, None

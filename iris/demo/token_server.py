@@ -94,7 +94,7 @@ def decode_basic(header: str | None) -> tuple[str, str] | None:
     return unquote_plus(user), unquote_plus(password)
 
 
-def _same(a: str, b: str) -> bool:
+def same_secret(a: str, b: str) -> bool:
     """Constant-time comparison that also works for non-ASCII strings."""
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
@@ -199,7 +199,7 @@ class TokenServer:
         if creds is not None:
             rec.client_id_seen = creds[0]
         if creds is None or not (
-            _same(creds[0], self.client_id) & _same(creds[1], self._client_secret)
+            same_secret(creds[0], self.client_id) & same_secret(creds[1], self._client_secret)
         ):
             raise OAuthError(401, "invalid_client", "client authentication failed")
         rec.form = await _read_form(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -17,24 +17,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from iris.localredis import RedisProcess, free_port
+from tests.conftest import wait_for
 from tests.faults.proxy import TASK_PREFIX, FaultProxy
 
 PROMPT = 5.0  # "promptly": far below XREAD BLOCK 5000 plus the time a reconnect would take
 STALL = 0.3  # how long a paused command must stay pending
-
-
-async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
 
 
 def proxy_tasks() -> list[asyncio.Task[Any]]:
@@ -131,8 +118,8 @@ async def test_echo_forwarding_and_half_close(echo_proxy: FaultProxy) -> None:
     writer.write_eof()  # half-close: the echo must still come back, then EOF
     assert await asyncio.wait_for(reader.read(), PROMPT) == payload
     writer.close()
-    await until(lambda: echo_proxy.connections == 0, what="connection torn down after EOF")
-    await until(lambda: not proxy_tasks(), what="pump tasks to finish")
+    await wait_for(lambda: echo_proxy.connections == 0, what="connection torn down after EOF")
+    await wait_for(lambda: not proxy_tasks(), what="pump tasks to finish")
 
 
 async def test_upstream_down_resets_the_client() -> None:
@@ -142,7 +129,7 @@ async def test_upstream_down_resets_the_client() -> None:
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(reader.read(1), PROMPT)
         writer.close()
-        await until(lambda: p.connections == 0)
+        await wait_for(lambda: p.connections == 0)
 
 
 # --------------------------------------------------------------------------- reset_all
@@ -153,7 +140,7 @@ async def test_reset_all_breaks_a_blocked_xread(
 ) -> None:
     stream = key("xread")
     read = asyncio.create_task(client.xread({stream: "$"}, block=5000))
-    await until(lambda: blocked_clients(direct), what="XREAD to block in Redis")
+    await wait_for(lambda: blocked_clients(direct), what="XREAD to block in Redis")
 
     started = time.monotonic()
     proxy.reset_all()
@@ -162,9 +149,9 @@ async def test_reset_all_breaks_a_blocked_xread(
     assert time.monotonic() - started < 2.0
     # redis-py wraps the socket error; the RST itself is visible in the message
     assert "reset" in str(caught.value).lower(), repr(caught.value)
-    await until(lambda: proxy.connections == 0)
+    await wait_for(lambda: proxy.connections == 0)
     # the server-side socket was reset too, so Redis dropped the blocked client
-    await until(lambda: _not_blocked(direct), what="Redis to drop the blocked client")
+    await wait_for(lambda: _not_blocked(direct), what="Redis to drop the blocked client")
     # and the proxy still works for a new connection
     assert await client.ping() is True
 
@@ -178,7 +165,7 @@ async def test_reset_all_breaks_a_blocked_echo_read(echo_proxy: FaultProxy) -> N
     writer.write(b"ping")
     assert await asyncio.wait_for(reader.readexactly(4), PROMPT) == b"ping"
     pending = asyncio.create_task(reader.read(1))  # nothing more will come: blocked
-    await until(lambda: echo_proxy.connections == 1)
+    await wait_for(lambda: echo_proxy.connections == 1)
     echo_proxy.reset_all()
     with pytest.raises(ConnectionResetError):
         await asyncio.wait_for(pending, PROMPT)
@@ -343,11 +330,11 @@ async def test_stop_leaves_no_tasks_and_closes_everything(
     stalled = aioredis.Redis(host="127.0.0.1", port=port, retry=None)
     try:
         read = asyncio.create_task(blocked.xread({key("stop"): "$"}, block=5000))
-        await until(lambda: _blocked_at_least(direct, 1), what="XREAD to block")
+        await wait_for(lambda: _blocked_at_least(direct, 1), what="XREAD to block")
         assert await stalled.ping() is True
         p.pause()
         stuck = asyncio.create_task(stalled.ping())
-        await until(lambda: p.connections == 2)
+        await wait_for(lambda: p.connections == 2)
         assert proxy_tasks()
 
         await p.stop()
