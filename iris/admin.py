@@ -58,7 +58,7 @@ async def replay(streams: Streams, **filters: object) -> int:
 
 
 async def status(streams: Streams, config: Config) -> dict[str, object]:
-    keys = [streams.inbound] + [streams.outbound(d.id) for d in config.destinations]
+    keys = streams.all_keys(d.id for d in config.destinations)
     counts: Counter[tuple[str, str]] = Counter()
     async for _, fields in dead_letters(streams):
         counts[(fields.get("dlq_destination", ""), fields.get("dlq_reason", ""))] += 1

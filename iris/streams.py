@@ -8,7 +8,7 @@ restart without persistence.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -104,6 +104,10 @@ class Streams:
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
         return f"{self.inbound}:out:{destination_id}"
+
+    def all_keys(self, destination_ids: Iterable[str]) -> list[str]:
+        """The inbound stream, then each destination's outbound stream."""
+        return [self.inbound, *(self.outbound(d) for d in destination_ids)]
 
     @asynccontextmanager
     async def _translated(self) -> AsyncIterator[None]:

@@ -107,17 +107,18 @@ class Worker:
 
     async def _wait_for_redis(self) -> bool:
         """Ping and create the groups, retrying until Redis answers or a stop is requested."""
-        keys = [self.streams.inbound] + [self.streams.outbound(d.id)
-                                         for d in self.config.destinations]
         while not self._stop.is_set():
             try:
-                for key in keys:
+                for key in self._stream_keys():
                     await self.streams.ensure_group(key)
                 self.health.redis_ok()
                 return True
             except RedisUnavailable as exc:
                 await self.health.redis_failed(exc)
         return False
+
+    def _stream_keys(self) -> list[str]:
+        return self.streams.all_keys(d.id for d in self.config.destinations)
 
     def _spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(asyncio.create_task(self._supervised(name, loop), name=name))
@@ -161,9 +162,7 @@ class Worker:
         if not hasattr(self, "streams") or time.monotonic() - self._stats_at < STATS_CACHE_SECONDS:
             return
         self._stats_at = time.monotonic()
-        keys = [self.streams.inbound] + [self.streams.outbound(d.id)
-                                         for d in self.config.destinations]
-        for key in keys:
+        for key in self._stream_keys():
             try:
                 stats = await self.streams.group_stats(key)
             except RedisUnavailable:
