@@ -24,6 +24,14 @@ class Health:
         self._redis_up = False
         self._failures = 0
         self._beat = time.monotonic()
+        self._paused: set[str] = set()  # destinations whose circuit is open
+
+    def paused(self, destination: str, is_paused: bool) -> None:
+        """A destination's circuit opened (paused) or closed; /readyz lists the paused ones."""
+        if is_paused:
+            self._paused.add(destination)
+        else:
+            self._paused.discard(destination)
 
     async def heartbeat(self) -> None:
         """Runs on the event loop: while it beats, the loop is turning."""
@@ -58,4 +66,5 @@ class Health:
             reasons.append("draining")
         if not self._redis_up:
             reasons.append("redis unreachable")
+        reasons.extend(f"destination {d} paused (circuit open)" for d in sorted(self._paused))
         return not reasons, reasons

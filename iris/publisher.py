@@ -54,12 +54,16 @@ class Publisher:
         self._recovery = Recovery(streams, self._key, stream)
         self._breaker = CircuitBreaker(
             dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
-            on_change=lambda is_open: metrics.circuit_open.labels(dest.id).set(int(is_open)),
+            on_change=self._circuit_changed,
         )
         self._idle_wake = stream.claim_idle_ms / 3000  # wake at least this often (heartbeat)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
         self._slot_free = asyncio.Event()
         self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
+        self._health.paused(self.dest.id, is_open)
 
     async def run(self) -> None:
         """Read and dispatch until ``stopping``; first this consumer's own pending history."""

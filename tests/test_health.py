@@ -71,3 +71,14 @@ def test_liveness_follows_the_heartbeat():
     health._beat = time.monotonic() - STUCK_AFTER - 1  # as if the loop had not turned since
     alive, age = health.liveness()
     assert not alive and age > STUCK_AFTER
+
+
+def test_a_paused_destination_is_a_readiness_reason():
+    health = Health()
+    health.starting = False
+    health.redis_ok()
+    assert health.readiness() == (True, [])
+    health.paused("423", True)
+    assert health.readiness() == (False, ["destination 423 paused (circuit open)"])
+    health.paused("423", False)
+    assert health.readiness() == (True, [])

@@ -518,6 +518,8 @@ async def test_one_destination_down_does_not_slow_the_other(
         outbound_a = await redis.xlen(f"{stream_key}:out:A")
         await wait_for(lambda: _equals(worker.metric("iris_circuit_open", destination="A"), 1),
                        max(1.0, out_start + outage_s - time.monotonic()), "A's circuit open")
+        status, body = await worker.get("/readyz")  # a paused destination: not ready, and why
+        assert status == 503 and "destination A paused" in body, body
         assert len(seen_a & {(e["uuid"], "sa") for e in bulk_events[:10]}) == 0
         await asyncio.sleep(max(0.0, out_start + outage_s - time.monotonic()))  # the outage
         out_end = time.monotonic()
@@ -533,6 +535,7 @@ async def test_one_destination_down_does_not_slow_the_other(
         recovered = time.monotonic() - out_end
         await wait_for(lambda: _equals(worker.metric("iris_circuit_open", destination="A"), 0),
                        10, "A's circuit closed")
+        await wait_for(worker.ready, 10, "ready again once A is back")
         producer.stop.set()
         await produce
         expected = {"A": expected_a | producer.sent["sa"], "B": producer.sent["sb"]}

@@ -180,14 +180,14 @@ async def test_redis_killed_and_restarted_without_persistence(
         async def not_ready() -> bool:
             return (await worker.get("/readyz"))[0] == 503
 
-        await wait_for(not_ready, 15, "/readyz 503 while Redis is down", worker.log)
+        await wait_for(not_ready, 5, "/readyz 503 within 5 s of Redis stopping", worker.log)
         noticed = time.monotonic() - killed
         assert (await worker.get("/healthz"))[0] == 200
         assert worker.proc is not None and worker.proc.poll() is None, "worker exited"
 
         own_redis.restart()
         restarted = time.monotonic()
-        await wait_for(worker.ready, 20, "/readyz 200 after the restart", worker.log)
+        await wait_for(worker.ready, 5, "/readyz 200 within 5 s of Redis's return", worker.log)
         ready_after = time.monotonic() - restarted
 
         async def group_back() -> bool:
@@ -208,7 +208,7 @@ async def test_redis_killed_and_restarted_without_persistence(
     survivors = doomed & delivered(partner)  # lost with Redis's memory, or delivered: both fine
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
                          {partner.dest_id: before | survivors | after})
-    assert noticed < 15 and ready_after < 20 and delivered_after < 30
+    assert noticed < 5 and ready_after < 5 and delivered_after < 30  # issue 6: 5 s each way
     report("redis kill+restart", not_ready_after_kill=noticed, ready_after_restart=ready_after,
            delivered_after_restart=delivered_after)
 
