@@ -25,23 +25,27 @@ from tests.conftest import (
 
 @contextlib.asynccontextmanager
 async def trickle(redis, stream_key, rate: float, prefix: str = "u"):
-    """Send events at ``rate`` per second until the block ends; yields the sent count."""
+    """Send events at ``rate`` per second until the block ends; yields the sent count.
+
+    Stopped by a flag, not by cancelling: on Python 3.11 a cancel that lands inside redis-py's
+    ``asyncio.wait_for`` can be swallowed, and the producer would run on for ever."""
     sent = [0]
+    stop = asyncio.Event()
 
     async def produce() -> None:
-        while True:
+        while not stop.is_set():
             await redis.xadd(stream_key, {"uuid": f"{prefix}{sent[0]}", "segment": "s1",
                                           "dpuuid": f"d{sent[0]}"})
             sent[0] += 1
-            await asyncio.sleep(1 / rate)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / rate)
 
     task = asyncio.create_task(produce())
     try:
         yield sent
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await task
 
 
 async def test_short_lived_tokens_are_refreshed_before_expiry(redis_server, redis, stream_key,

@@ -271,7 +271,7 @@ async def test_redis_frozen_twice_the_socket_timeout(
                            lambda: missing(partner, sent))
             recovered = time.monotonic() - thawed
             await settled(direct, stream_key, partner.dest_id)
-            assert worker.health.readiness()[0]
+            await wait_for(lambda: worker.health.readiness()[0], 5, "ready again after the thaw")
     finally:
         stop.set()
         if feeder is not None and not feeder.done():
