@@ -176,12 +176,6 @@ class Config(Strict):
     def redis_socket_timeout(self) -> float:
         return self.redis.socket_timeout or self.stream.block_ms / 1000 + 5
 
-    def destination(self, dest_id: str) -> Destination:
-        for dest in self.destinations:
-            if dest.id == dest_id:
-                return dest
-        raise ConfigError("destinations", f"no destination with id {dest_id!r}")
-
 
 # --------------------------------------------------------------------------- loading
 
@@ -202,12 +196,10 @@ def interpolate(value: Any, path: str, env: dict[str, str]) -> Any:
             return "$"
         name, default = match.group(1), match.group(2)
         found = env.get(name)
-        if found:
-            return found
+        if found or (found is not None and default is None):
+            return found  # set (an empty value counts as set when there is no default)
         if default is not None:
-            return default
-        if found is not None and name in env:
-            return found
+            return default  # unset or empty, as in the shell's ${VAR:-default}
         raise ConfigError(path, f"environment variable {name} is not set")
 
     return _VAR.sub(replace, value)

@@ -186,7 +186,7 @@ class Consumer:
                 commit.acks.append(entry_id)
 
     def _queue_batch(self, batch: Batch, commit: Commit) -> None:
-        dest = self._config.destination(batch.destination_id)
+        dest = self._builders[batch.destination_id].dest
         if len(batch.body) > dest.batch.max_bytes:  # one user larger than a whole batch may be
             error = f"one user's payload is {len(batch.body)} bytes > max_bytes"
             commit.dead_letters.extend(

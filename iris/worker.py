@@ -87,8 +87,8 @@ class Worker:
         self.streams = Streams(self.redis, self.config)
         await self.http.start()
         self._tasks.append(asyncio.create_task(self.health.heartbeat(), name="heartbeat"))
-        log.info("iris %s: metrics on http://%s:%d/metrics, consumer %s",
-                 "worker", self.config.http.host_port[0], self.http.port, self.config.consumer)
+        log.info("metrics on http://%s:%d/metrics; consumer %s",
+                 self.config.http.host_port[0], self.http.port, self.config.consumer)
         if not await self._wait_for_redis():
             return
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
