@@ -86,13 +86,15 @@ class Publisher:
                 await asyncio.wait_for(self._slot_free.wait(), min(wait, self._idle_wake))
             fresh: list[Entry] = []
         else:
-            fresh = await self._streams.read(self._key, cursor, free, self._block_ms)
-            if cursor != NEW:
-                recovered = await self._recovery.sort(fresh)
+            read = await self._streams.read(self._key, cursor, free, self._block_ms)
+            fresh = read
+            if cursor != NEW:  # history: the cursor follows what was read, settled or not
+                recovered = await self._recovery.sort(read)
                 await self._settle_recovered(recovered)
                 fresh = recovered.entries
-                cursor = fresh[-1][0] if fresh else NEW
-        claimed = await self._recovery.reclaim(self.dest.limits.max_in_flight)
+                cursor = read[-1][0] if read else NEW
+        room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
+        claimed = await self._recovery.reclaim(room) if room > 0 else None
         if claimed is not None:
             await self._settle_recovered(claimed)
             fresh += claimed.entries
