@@ -22,7 +22,10 @@ from urllib.parse import parse_qsl, unquote_plus
 from aiohttp import web
 
 FORM_TYPE = "application/x-www-form-urlencoded"
-_REDACTED_FORM_KEYS = frozenset({"client_secret", "password", "refresh_token", "assertion"})
+REDACTED_FORM_KEYS = frozenset(
+    {"client_secret", "password", "refresh_token", "assertion", "jwt_token", "code",
+     "code_verifier"}
+)
 
 
 @dataclass
@@ -183,7 +186,7 @@ class TokenServer:
             await self._validate(request, rec)
         except OAuthError as e:
             rec.error, rec.status = e.error, e.status
-            return _error_response(e)
+            return error_response(e)
         return self._issue(rec)
 
     async def _validate(self, request: web.Request, rec: TokenRequest) -> None:
@@ -202,7 +205,7 @@ class TokenServer:
             same_secret(creds[0], self.client_id) & same_secret(creds[1], self._client_secret)
         ):
             raise OAuthError(401, "invalid_client", "client authentication failed")
-        rec.form = await _read_form(request)
+        rec.form = redacted_form(await read_form(request))
         grant = rec.form.get("grant_type")
         if not grant:
             raise OAuthError(400, "invalid_request", "grant_type is missing")
@@ -233,7 +236,7 @@ class TokenServer:
         )  # fmt: skip
 
 
-async def _read_form(request: web.Request) -> dict[str, str]:
+async def read_form(request: web.Request) -> dict[str, str]:
     """Parse the body as UTF-8 form data; repeated parameters are an error (RFC 6749 §3.2)."""
     try:
         text = (await request.read()).decode("utf-8")
@@ -244,11 +247,16 @@ async def _read_form(request: web.Request) -> dict[str, str]:
     for key, value in pairs:
         if key in form:
             raise OAuthError(400, "invalid_request", f"parameter {key!r} is repeated")
-        form[key] = "***" if key in _REDACTED_FORM_KEYS else value
+        form[key] = value
     return form
 
 
-def _error_response(e: OAuthError) -> web.Response:
+def redacted_form(form: dict[str, str]) -> dict[str, str]:
+    """The form as it may be recorded: secret-bearing parameters replaced by ``***``."""
+    return {k: "***" if k in REDACTED_FORM_KEYS else v for k, v in form.items()}
+
+
+def error_response(e: OAuthError) -> web.Response:
     """RFC 6749 §5.2 error body; 401 carries the Basic challenge."""
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if e.status == 401:
