@@ -90,6 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reason", choices=list(REASONS), help="only this reason")
         cmd.add_argument("--limit", type=int, metavar="N", help="at most N entries")
 
+    auth = sub.add_parser("auth", help="check a destination's credentials, or log in once",
+                          description="Check or set up how iris authenticates to destinations.")
+    auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    test = auth_sub.add_parser(
+        "test", help="get a token and say where it came from (never the token itself)",
+        description="For each destination (or --destination), get a token the way a worker "
+                    "would: from the shared token store, or from the token endpoint. Print its "
+                    "type, its expiry and where it came from; never the token. Exit 1 if any "
+                    "destination fails. A success lifts a pause caused by a refusal.")
+    _add_config(test)
+    test.add_argument("--destination", metavar="ID", help="only this destination id")
+    test.add_argument("--fresh", action="store_true",
+                      help="ask the token endpoint even if the store holds a valid token")
+    login = auth_sub.add_parser(
+        "login", help="authorise an oauth2_authorization_code destination once",
+        description="Print the authorisation URL for a person to open, listen on the "
+                    "destination's redirect_uri, check the state, exchange the code (with PKCE "
+                    "S256 when configured) and store the refresh token in Redis, where every "
+                    "worker uses it.")
+    _add_config(login)
+    login.add_argument("--destination", metavar="ID", required=True, help="the destination id")
+    login.add_argument("--timeout", type=float, default=300.0,
+                       help="seconds to wait for the redirect (default 300)")
+
     demo = sub.add_parser(
         "demo", help="run everything locally: Redis, an HTTPS mock partner, the worker",
         description="Start a private redis-server, an HTTPS mock partner with an OAuth 2 token "
@@ -121,11 +145,20 @@ def main(argv: list[str] | None = None) -> None:
 
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    for dest in config.destinations:
-        for value in dest.auth.model_dump().values():
-            if hasattr(value, "get_secret_value"):
-                register_secret(value.get_secret_value())
+    _register_secrets(config.model_dump())
     return config
+
+
+def _register_secrets(value: Any) -> None:
+    """Every secret of the config, however deep (auth, signing keys, token store key)."""
+    if hasattr(value, "get_secret_value"):
+        register_secret(value.get_secret_value())
+    elif isinstance(value, dict):
+        for item in value.values():
+            _register_secrets(item)
+    elif isinstance(value, list):
+        for item in value:
+            _register_secrets(item)
 
 
 def run_async(factory: Callable[[Callable[[], None]], Awaitable[Any]]) -> Any:
@@ -276,6 +309,38 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _destinations(config: Config, wanted: str | None) -> list[Any]:
+    chosen = [d for d in config.destinations if wanted is None or d.id == wanted]
+    if not chosen:
+        raise IrisError(f"no destination with id {wanted!r} in the config")
+    return chosen
+
+
+def _with_tokens(config: Config, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``work(shared)`` with the configured Redis as the token store."""
+    from iris.auth import SharedTokens
+    from iris.streams import connect
+
+    async def run(_: Callable[[Callable[[], None]], None]) -> Any:
+        redis = connect(config)
+        try:
+            return await work(SharedTokens.from_config(config, redis))
+        finally:
+            await redis.aclose()
+
+    return run_async(run)
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    from iris.auth.probe import login_command, test_command
+
+    config = _load(args)
+    dests = _destinations(config, args.destination)
+    if args.auth_command == "login":
+        return _with_tokens(config, lambda shared: login_command(dests[0], shared, args.timeout))
+    return _with_tokens(config, lambda shared: test_command(dests, shared, fresh=args.fresh))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from iris.demo.runner import run_demo
 
@@ -292,5 +357,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "send": cmd_send,
     "status": cmd_status,
     "dlq": cmd_dlq,
+    "auth": cmd_auth,
     "demo": cmd_demo,
 }

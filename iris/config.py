@@ -11,55 +11,22 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    model_validator,
+from pydantic import Field, ValidationError
+
+from iris.auth_config import (
+    AUTH_TYPES,
+    AuthConfig,
+    NoAuth,
+    OAuth2Base,
+    SigningConfig,
+    TokenStoreConfig,
 )
-
+from iris.config_base import Positive, PositiveInt, Strict
 from iris.errors import ConfigError
-
-Positive = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretsFromFiles(Strict):
-    """Every ``SecretStr`` field ``x`` may instead be given as ``x_file`` (a mounted secret)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_secret_files(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for name, field in cls.model_fields.items():
-            key = f"{name}_file"
-            if key not in data or field.annotation not in (SecretStr, SecretStr | None):
-                continue
-            if name in data:
-                raise ValueError(f"{key}: give either {name} or {key}, not both")
-            data[name] = _read_secret_file(key, data.pop(key))
-        return data
-
-
-def _read_secret_file(key: str, path: Any) -> str:
-    try:
-        return Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from None
 
 
 class RedisConfig(Strict):
@@ -108,38 +75,6 @@ class CircuitConfig(Strict):
     cooldown: Positive = 10  # seconds before a probe request is allowed
 
 
-class NoAuth(Strict):
-    type: Literal["none"] = "none"
-
-
-class BasicAuth(SecretsFromFiles):
-    type: Literal["basic"]
-    username: str
-    password: SecretStr
-
-
-class BearerAuth(SecretsFromFiles):
-    type: Literal["bearer"]
-    token: SecretStr
-
-
-class ClientCredentialsAuth(SecretsFromFiles):
-    """Seed 000: POST to ``token_url`` with RFC 6749 Basic client authentication."""
-
-    type: Literal["oauth2_client_credentials"]
-    token_url: str
-    client_id: str = Field(min_length=1)
-    client_secret: SecretStr
-    scope: str | None = None
-    default_expires_in: Positive = 3600
-
-
-AuthConfig = Annotated[
-    NoAuth | BasicAuth | BearerAuth | ClientCredentialsAuth, Field(discriminator="type")
-]
-AUTH_TYPES = ("none", "basic", "bearer", "oauth2_client_credentials")
-
-
 class Destination(Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # AAM_Destination_Id
     url: str
@@ -150,6 +85,7 @@ class Destination(Strict):
     ca_file: Path | None = None  # extra CA to trust for url and token_url (private PKI)
     idempotency_header: str = Field("Idempotency-Key", min_length=1)
     auth: AuthConfig = Field(default_factory=NoAuth)
+    signing: SigningConfig | None = None  # HMAC of each request body, as AAM signs
     batch: BatchConfig = Field(default_factory=BatchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -165,12 +101,17 @@ class Config(Strict):
     stream: StreamConfig = Field(default_factory=StreamConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     shutdown_timeout: Positive = 20
+    token_store: TokenStoreConfig = Field(default_factory=TokenStoreConfig)
     destinations: list[Destination] = Field(min_length=1)
 
     @property
     def consumer(self) -> str:
         """The consumer name: configured, else hostname-pid (unique per process)."""
         return self.stream.consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def token_key_prefix(self) -> str:
+        return self.token_store.key_prefix or f"{self.stream.key}:auth"
 
     @property
     def redis_socket_timeout(self) -> float:
@@ -240,7 +181,7 @@ def _format_error(err: Any) -> ConfigError:
     else:
         message = err["msg"].removeprefix("Value error, ")
         key, sep, rest = message.partition(": ")
-        if sep and key.endswith("_file") and " " not in key:  # errors raised for a sibling key
+        if sep and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):  # raised for a key of the model
             path, message = _join(path, key), rest
         message = message[:1].lower() + message[1:]
     return ConfigError(path, message)
@@ -266,8 +207,11 @@ def check_semantics(config: Config) -> None:
             raise ConfigError(f"{where}.id", f"duplicate destination id {dest.id!r}")
         seen.add(dest.id)
         urls = [("url", dest.url)]
-        if isinstance(dest.auth, ClientCredentialsAuth):
-            urls.append(("auth.token_url", dest.auth.token_url))
+        if isinstance(dest.auth, OAuth2Base):
+            urls += [(f"auth.{key}", url) for key, url in dest.auth.urls()]
+            template = dest.auth.token_request
+            if template is not None and template.url and template.url.startswith("http:"):
+                urls.append(("auth.token_request.url", template.url))
         for key, url in urls:
             _check_url(f"{where}.{key}", url, dest.allow_http)
         if dest.ca_file is not None and not dest.ca_file.is_file():
@@ -343,4 +287,5 @@ def redacted(config: Config) -> dict[str, Any]:
     data["redis"]["url"] = mask_url(config.redis.url)
     data["redis"]["socket_timeout"] = config.redis_socket_timeout
     data["stream"]["consumer"] = config.consumer
+    data["token_store"]["key_prefix"] = config.token_key_prefix
     return data

@@ -15,10 +15,12 @@ from asyncio_throttle import Throttler
 
 from iris import __version__
 from iris.auth import Auth
+from iris.auth.signing import Signer
+from iris.auth_config import OAuth2Base
 from iris.config import Destination
 from iris.errors import TokenError
 from iris.metrics import Metrics
-from iris.retry import Action, Outcome, classify, failure
+from iris.retry import Action, Outcome, classify, failure, paused
 
 USER_AGENT = f"iris/{__version__}"
 DNS_CACHE_SECONDS = 30
@@ -44,7 +46,11 @@ def make_session(dest: Destination) -> aiohttp.ClientSession:
 
 
 def _uses_https(dest: Destination) -> bool:
-    urls = [dest.url, getattr(dest.auth, "token_url", "")]
+    urls = [dest.url]
+    if isinstance(dest.auth, OAuth2Base):
+        urls += [url for _, url in dest.auth.urls()]
+        template = dest.auth.token_request
+        urls.append(template.url or "" if template is not None else "")
     return any(url.startswith("https:") for url in urls)
 
 
@@ -54,13 +60,15 @@ def make_throttler(requests_per_second: float) -> Throttler:
 
 
 class Sender:
-    """POSTs exact bytes with the current credential; a 401 drops that credential."""
+    """POSTs exact bytes with the current credential (and their signature, where the partner
+    asks for one); a 401 drops that credential."""
 
     def __init__(
         self, dest: Destination, auth: Auth, session: aiohttp.ClientSession, metrics: Metrics
     ) -> None:
         self.dest = dest
-        self._auth = auth
+        self.auth = auth
+        self._signer = Signer(dest.signing) if dest.signing is not None else None
         self._session = session
         self._throttler = make_throttler(dest.limits.requests_per_second)
         self._requests = metrics.requests
@@ -73,16 +81,20 @@ class Sender:
             "Accept-Encoding": "gzip",
             self.dest.idempotency_header: idempotency_key,
         }
+        if self._signer is not None:
+            headers.update(self._signer.headers(body))
         async with self._throttler:
             try:  # only once the rate limit admits us: a queued request must not age its token
-                credential = await self._auth.credential()
+                credential = await self.auth.credential()
             except TokenError as exc:
+                if exc.permanent:  # refused: the destination pauses, spending no attempts
+                    return paused(str(exc), exc.retry_in)
                 return failure("token_error", str(exc))
             if credential is not None:
                 headers["Authorization"] = credential.header
             outcome = await self._post(body, headers)
         if outcome.action is Action.REFRESH:
-            self._auth.refused(credential)
+            self.auth.refused(credential)
         self._requests.labels(self.dest.id, outcome.code).inc()
         return outcome
 

@@ -31,11 +31,18 @@ class EventError(IrisError):
 
 
 class TokenError(IrisError):
-    """The token endpoint refused or failed; ``permanent`` errors are not worth retrying soon."""
+    """The token endpoint refused or failed; ``permanent`` errors are not worth retrying soon.
 
-    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+    ``error`` is the RFC 6749 §5.2 code when the endpoint gave one; ``retry_in`` is how long a
+    refused destination stays paused (seconds), when it is.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None,
+                 error: str | None = None, retry_in: float | None = None) -> None:
         self.permanent = permanent
         self.status = status
+        self.error = error
+        self.retry_in = retry_in
         super().__init__(message)
 
 

@@ -24,14 +24,15 @@ class Health:
         self._redis_up = False
         self._failures = 0
         self._beat = time.monotonic()
-        self._paused: set[str] = set()  # destinations whose circuit is open
+        self._paused: set[tuple[str, str]] = set()  # (destination, why)
 
-    def paused(self, destination: str, is_paused: bool) -> None:
-        """A destination's circuit opened (paused) or closed; /readyz lists the paused ones."""
+    def paused(self, destination: str, is_paused: bool, reason: str) -> None:
+        """A destination paused (its circuit opened, its credentials were refused) or resumed;
+        /readyz lists the paused ones and why."""
         if is_paused:
-            self._paused.add(destination)
+            self._paused.add((destination, reason))
         else:
-            self._paused.discard(destination)
+            self._paused.discard((destination, reason))
 
     async def heartbeat(self) -> None:
         """Runs on the event loop: while it beats, the loop is turning."""
@@ -66,5 +67,5 @@ class Health:
             reasons.append("draining")
         if not self._redis_up:
             reasons.append("redis unreachable")
-        reasons.extend(f"destination {d} paused (circuit open)" for d in sorted(self._paused))
+        reasons.extend(f"destination {d} paused ({why})" for d, why in sorted(self._paused))
         return not reasons, reasons

@@ -10,19 +10,33 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 
 import orjson
 
 _MASK = "[REDACTED]"
 _lock = threading.Lock()
 _secrets: set[str] = set()
+ROTATING_KEPT = 256  # tokens rotate forever: remember the latest ones, not every one
+_rotating: deque[str] = deque()
 
 
-def register_secret(value: str | None) -> None:
-    """Never let ``value`` reach a log line, an exception text or a dead-letter entry."""
-    if value and len(value) >= 4:
-        with _lock:
-            _secrets.add(value)
+def register_secret(value: str | None, *, rotating: bool = False) -> None:
+    """Never let ``value`` reach a log line, an exception text or a dead-letter entry.
+
+    ``rotating`` secrets (access tokens, refresh tokens, assertions) are replaced all the time;
+    only the latest ``ROTATING_KEPT`` are kept, so memory and redaction cost stay bounded.
+    """
+    if not value or len(value) < 4:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        if rotating:
+            _rotating.append(value)
+            if len(_rotating) > ROTATING_KEPT:
+                _secrets.discard(_rotating.popleft())
 
 
 def redact(text: str) -> str:

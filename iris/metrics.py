@@ -68,6 +68,9 @@ class Metrics:
         self.circuit_open = Gauge(
             "iris_circuit_open", "1 while the destination's circuit breaker pauses its reads",
             ["destination"], registry=r)
+        self.auth_paused = Gauge(
+            "iris_auth_paused", "1 while the token endpoint's refusal pauses the destination",
+            ["destination"], registry=r)
         self.build_info = Gauge("iris_build_info", "iris version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes…
@@ -80,7 +83,7 @@ class Metrics:
         for dest in destinations:
             for metric in (self.delivered, self.request_duration, self.batch_users, self.retries,
                            self.token_expiry, self.inflight, self.last_success,
-                           self.circuit_open):
+                           self.circuit_open, self.auth_paused):
                 metric.labels(dest)
             for reason in REASONS:
                 self.dead_lettered.labels(dest, reason)

@@ -63,7 +63,7 @@ class Publisher:
 
     def _circuit_changed(self, is_open: bool) -> None:
         self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
-        self._health.paused(self.dest.id, is_open)
+        self._health.paused(self.dest.id, is_open, "circuit open")
 
     async def run(self) -> None:
         """Read and dispatch until ``stopping``; first this consumer's own pending history."""
@@ -77,11 +77,12 @@ class Publisher:
                 cursor = HISTORY  # re-read what we hold but may not have settled
 
     async def _round(self, cursor: str) -> str:
-        free = self._breaker.capacity(self.dest.limits.max_in_flight - len(self._tasks),
-                                      len(self._tasks))
-        if free <= 0:  # full, or the circuit is open: wait for a slot, a probe, or a heartbeat
-            self._slot_free.clear()
-            wait = self._breaker.seconds_to_probe() or self._idle_wake
+        paused = self._sender.auth.pause_remaining()
+        free = 0 if paused else self._breaker.capacity(
+            self.dest.limits.max_in_flight - len(self._tasks), len(self._tasks))
+        if free <= 0:  # full, paused, or the circuit is open: wait for a slot, a probe, the
+            self._slot_free.clear()  # end of the pause, or the next heartbeat
+            wait = paused or self._breaker.seconds_to_probe() or self._idle_wake
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_free.wait(), min(wait, self._idle_wake))
             fresh: list[Entry] = []
@@ -162,6 +163,11 @@ class Publisher:
             attempt += 1
             outcome = await self._sender.send(body, key)
             action = outcome.action
+            if action is Action.PAUSE:  # no request was made: wait, and spend no attempt
+                attempt -= 1
+                if await self._stopped_within(max(outcome.retry_after or 0.0, 1.0)):
+                    return False
+                continue
             if action is Action.RETRY:
                 self._breaker.failure()
             else:  # the partner answered: it is up, whatever it thought of the batch

@@ -26,6 +26,7 @@ class Action(StrEnum):
     REFRESH = "refresh"  # 401: new token, then once more
     SPLIT = "split"  # 413: halve the batch
     REJECT = "reject"  # other 4xx: dead-letter
+    PAUSE = "pause"  # the token endpoint refused our credentials: wait, spend no attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,11 @@ def classify(status: int, *, retry_after: str | None = None, body: bytes = b"",
 def failure(code: str, error: str) -> Outcome:
     """A request that got no HTTP answer (timeout, connection error, no token): retry."""
     return Outcome(Action.RETRY, code, None, None, error)
+
+
+def paused(error: str, seconds: float | None) -> Outcome:
+    """No request was made: the destination is paused for ``seconds`` by a token refusal."""
+    return Outcome(Action.PAUSE, "auth_paused", None, seconds, error)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -60,6 +60,15 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+@asynccontextmanager
+async def unavailable_as_error() -> AsyncIterator[None]:
+    """redis-py's connection faults as ``RedisUnavailable``, the one type iris's loops handle."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
+        raise RedisUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+
+
 def connect(config: Config) -> aioredis.Redis:
     """A client whose socket timeout outlasts the blocking read.
 
@@ -112,9 +121,8 @@ class Streams:
     @asynccontextmanager
     async def _translated(self) -> AsyncIterator[None]:
         try:
-            yield
-        except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError) as exc:
-            raise RedisUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from None
+            async with unavailable_as_error():
+                yield
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise

@@ -12,10 +12,11 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import aiohttp
 
-from iris.auth import Auth, make_auth
+from iris.auth import Auth, SharedTokens, make_auth
 from iris.config import Config
 from iris.consumer import Consumer
 from iris.delivery import Sender, make_session
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATS_CACHE_SECONDS = 1.0
 RESTART_DELAY = 1.0
+REFUSED = "token endpoint refused the credentials"
 EXIT_MARGIN = 0.3  # of shutdown_timeout, kept for closing sessions and exiting
 
 
@@ -92,9 +94,11 @@ class Worker:
         if not await self._wait_for_redis():
             return
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
+        shared = SharedTokens.from_config(self.config, self.redis)
         for dest in self.config.destinations:
             session = make_session(dest)
-            auth = make_auth(dest, session, self.metrics)
+            on_pause = partial(self.health.paused, dest.id, reason=REFUSED)
+            auth = make_auth(dest, session, self.metrics, shared, on_pause=on_pause)
             self._sessions.append(session)
             self._auths.append(auth)
             publisher = Publisher(dest, self.streams, Sender(dest, auth, session, self.metrics),

@@ -78,7 +78,7 @@ def test_a_paused_destination_is_a_readiness_reason():
     health.starting = False
     health.redis_ok()
     assert health.readiness() == (True, [])
-    health.paused("423", True)
+    health.paused("423", True, "circuit open")
     assert health.readiness() == (False, ["destination 423 paused (circuit open)"])
-    health.paused("423", False)
+    health.paused("423", False, "circuit open")
     assert health.readiness() == (True, [])

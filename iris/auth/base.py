@@ -1,5 +1,6 @@
-"""What the sender needs from any auth scheme: a header for the next request, and a way to say
-"the partner refused this one" (a 401)."""
+"""What the sender needs from any auth scheme: a header for the next request, a way to say
+"the partner refused this one" (a 401), and whether a refusal at the token endpoint pauses
+the destination."""
 
 from __future__ import annotations
 
@@ -24,5 +25,8 @@ class Auth(Protocol):
 
     def refused(self, credential: Credential | None) -> None:
         """The partner answered 401 to ``credential``: drop it if it is still the current one."""
+
+    def pause_remaining(self) -> float:
+        """Seconds the destination stays paused by a token endpoint's refusal (0: not paused)."""
 
     async def close(self) -> None: ...

@@ -21,6 +21,9 @@ class StaticAuth:
     def refused(self, credential: Credential | None) -> None:
         return None
 
+    def pause_remaining(self) -> float:
+        return 0.0
+
     async def close(self) -> None:
         return None
 

@@ -1,8 +1,13 @@
-"""Token cache for one destination: proactive refresh before expiry, single flight, 401 handling.
+"""One destination's token, shared by every replica through the token store.
 
-However many batches ask at once, at most one token request is in flight. A token is served
-until its refresh point; between the refresh point and its hard expiry the old token is still
-served while one background request fetches the next; past the hard expiry callers wait.
+Each process keeps the token in memory until its refresh point. Past it, the process looks in
+the store: a newer token there (another replica fetched it) is taken as is. Otherwise the one
+process that wins the store's lock asks the token endpoint and writes the answer; the others go
+on serving the current token until its hard expiry, or wait for the new one. So however many
+replicas and batches ask, one token request is made per token lifetime.
+
+A refusal (invalid_client, invalid_grant, ...) pauses the destination for every replica for at
+least ``refusal_pause`` seconds: no delivery, no retry loop, one clear error in the log.
 """
 
 from __future__ import annotations
@@ -11,29 +16,53 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from iris.auth.base import Credential
-from iris.errors import TokenError
+from iris.auth.store import StoredRefresh, StoredToken, TokenStore, digest
+from iris.errors import RedisUnavailable, TokenError
 
 log = logging.getLogger(__name__)
+
+RECHECK = 0.1  # seconds between looks at the store while another replica fetches the token
+PAUSE_RECHECK = 5.0  # seconds between looks at whether a pause was lifted early
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a token endpoint answered."""
+    """What a token endpoint answered (seed 003's outputs)."""
 
     access_token: str
     expires_in: float
     token_type: str = "Bearer"
+    refresh_token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Grant(expires_in={self.expires_in}, token_type={self.token_type!r})"
+
+
+class TokenSource(Protocol):
+    """Where tokens come from: one destination's grant at its token endpoint."""
+
+    configured_refresh: str | None  # a refresh token from the config, if the grant has one
+    can_start_over: bool  # a refused refresh token can be replaced by the initial grant
+
+    async def initial(self) -> Grant: ...
+
+    async def refresh(self, refresh_token: str) -> Grant: ...
+
+    def describe(self) -> str:
+        """Where tokens come from, for ``iris auth test`` (no secret in it)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    credential: Credential
-    refresh_at: float  # monotonic: start fetching the next one
-    hard_expiry: float  # monotonic: stop sending this one
+    credential: Credential  # generation = the store's fence number
+    refresh_at: float  # epoch: start fetching the next one
+    hard_expiry: float  # epoch: stop sending this one
+    stored: StoredToken
 
 
 def schedule(started: float, ttl: float) -> tuple[float, float]:
@@ -50,22 +79,38 @@ def schedule(started: float, ttl: float) -> tuple[float, float]:
 class TokenManager:
     def __init__(
         self,
-        fetch: Callable[[], Awaitable[Grant]],
+        destination: str,
+        source: TokenSource,
+        store: TokenStore,
         *,
+        consumer: str,
+        refusal_pause: float = 60.0,
         on_token: Callable[[float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        on_pause: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._fetch = fetch
-        self._on_token = on_token  # told the wall-clock expiry of each new token
+        self.destination = destination
+        self.source = source
+        self.store = store
+        self._consumer = consumer
+        self._refusal_pause = refusal_pause
+        self._on_token = on_token  # told the expiry (epoch) of each token taken into use
+        self._on_pause = on_pause  # told when the destination pauses and resumes
         self._clock = clock
         self._token: Token | None = None
+        self._refused: int | None = None  # fence of the last token a partner refused
+        self._paused_until = 0.0
+        self._pause_checked = 0.0
+        self._pause_error = ""
         self._inflight: asyncio.Task[Token] | None = None
-        self._generation = 0
+        self.last_source = ""  # "store" or "endpoint": where the current token came from
 
     async def credential(self) -> Credential:
         token, now = self._token, self._clock()
         if token is not None and now < token.refresh_at:
             return token.credential
+        if now < self._paused_until and now < self._pause_checked + PAUSE_RECHECK:
+            raise self._paused_error(now)
         if token is not None and now < token.hard_expiry:
             self._start_refresh()  # serve the current token while the next one comes
             return token.credential
@@ -76,30 +121,186 @@ class TokenManager:
         if token is not None and credential is not None and (
             credential.generation == token.credential.generation
         ):
-            log.info("partner refused the current token; fetching a new one")
+            log.info("partner refused the current token of %s; fetching a new one",
+                     self.destination)
             self._token = None
+            self._refused = token.credential.generation
+
+    def pause_remaining(self) -> float:
+        """Seconds to wait before asking again: the pause, but at most ``PAUSE_RECHECK``."""
+        return min(PAUSE_RECHECK, max(0.0, self._paused_until - self._clock()))
+
+    async def current(self, *, fresh: bool = False) -> StoredToken:
+        """The token now in use (for ``iris auth test``); ``fresh`` asks the endpoint anew."""
+        if fresh:
+            self._token = None
+            fence = await self._acquire_or_wait()
+            try:
+                return (await self._fetch(fence)).stored
+            finally:
+                await self.store.release(fence)
+        await self.credential()
+        assert self._token is not None
+        return self._token.stored
 
     def _start_refresh(self) -> asyncio.Task[Token]:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.get_running_loop().create_task(
-                self._refresh(), name="token-refresh"
-            )
+                self._refresh(), name=f"token-{self.destination}")
             self._inflight.add_done_callback(_consume_exception)
         return self._inflight
 
     async def _refresh(self) -> Token:
+        try:
+            return await self._refresh_shared()
+        except RedisUnavailable as exc:
+            raise TokenError(f"token store unavailable: {exc}") from None
+
+    async def _refresh_shared(self) -> Token:
+        """Take a newer token from the store, or win the lock and fetch one, or wait."""
+        waited_since = self._clock()
+        while True:
+            adopted = await self._adopt_stored()
+            if adopted is not None:
+                return adopted
+            pause = await self.store.paused()
+            self._pause_checked = self._clock()
+            if pause is not None:
+                self._paused(pause.until, pause.error, first=False)
+                raise self._paused_error(self._clock())
+            if self._paused_until > self._clock():
+                self._resume()  # lifted early: a login, or `iris auth test` succeeded
+            fence = await self.store.acquire()
+            if fence is not None:
+                try:
+                    return await self._adopt_stored() or await self._fetch(fence)
+                finally:
+                    await self.store.release(fence)
+            token, now = self._token, self._clock()
+            if token is not None and now < token.hard_expiry:
+                self._token = replace(token, refresh_at=now + RECHECK)  # look again soon
+                return self._token
+            if now - waited_since > 600:
+                raise TokenError("waited 10 minutes for another worker's token request")
+            await asyncio.sleep(RECHECK)
+
+    async def _acquire_or_wait(self) -> int:
+        while (fence := await self.store.acquire()) is None:
+            await asyncio.sleep(RECHECK)
+        return fence
+
+    async def _adopt_stored(self) -> Token | None:
+        """The stored token, if it is usable and not the one we are replacing."""
+        stored = await self.store.load()
+        if stored is None:
+            return None
+        if stored.fence == self._refused:
+            await self.store.invalidate(stored.fence)
+            return None
+        if self._clock() >= stored.refresh_at:
+            return None
+        self.last_source = "store"
+        return self._use(stored)
+
+    async def _fetch(self, fence: int) -> Token:
+        """Ask the endpoint (this process holds the lock under ``fence``) and store the answer."""
         started = self._clock()
-        grant = await self._fetch()
+        spent = await self._refresh_token()
+        try:
+            grant = await self._exchange(spent)
+        except TokenError as exc:
+            if exc.permanent:
+                await self._refuse(exc)
+            raise
         if grant.token_type.lower() != "bearer":
-            raise TokenError(f"unsupported token_type {grant.token_type[:20]!r}", permanent=True)
-        self._generation += 1
+            refusal = TokenError(f"the token endpoint issued an unsupported token_type "
+                                 f"{grant.token_type[:20]!r} (iris sends Bearer tokens)",
+                                 permanent=True, error="unsupported_token_type")
+            await self._refuse(refusal)
+            raise refusal
         refresh_at, hard_expiry = schedule(started, grant.expires_in)
-        self._token = Token(
-            Credential(f"Bearer {grant.access_token}", self._generation), refresh_at, hard_expiry
-        )
+        stored = StoredToken(grant.access_token, "Bearer", started + grant.expires_in,
+                             refresh_at, started, self._consumer, fence)
+        rotated = None
+        if grant.refresh_token and (spent is None or grant.refresh_token != spent.token):
+            seed = spent.seed if spent is not None else "issued"
+            rotated = (grant.refresh_token, spent.digest if spent is not None else "", seed)
+        saved = await self.store.save(stored, rotated)
+        if saved == -1:
+            log.warning("%s: the stored refresh token changed while this one was spent (a new "
+                        "login?); keeping the stored one", self.destination)
+        if self._paused_until:
+            self._resume()
+        self.last_source = "endpoint"
+        return self._use(stored, hard_expiry)
+
+    async def _refresh_token(self) -> StoredRefresh | None:
+        """The refresh token to spend: the config's, if it is newer than the store's lineage."""
+        stored = await self.store.refresh_token()
+        configured = self.source.configured_refresh
+        if configured is not None:
+            seed = "config:" + digest(configured)[:16]
+            if stored is None or stored.seed != seed:
+                spent = stored.digest if stored is not None else ""
+                return StoredRefresh(configured, spent, seed)
+        return stored
+
+    async def _exchange(self, spent: StoredRefresh | None) -> Grant:
+        if spent is not None:
+            try:
+                return await self.source.refresh(spent.token)
+            except TokenError as exc:
+                if not (exc.permanent and self.source.can_start_over):
+                    raise
+                log.warning("%s: the refresh token was refused (%s); requesting a new token "
+                            "with the initial grant", self.destination, exc.error or exc.status)
+                await self.store.drop_refresh_token(spent.digest)
+        return await self.source.initial()
+
+    def _use(self, stored: StoredToken, hard_expiry: float | None = None) -> Token:
+        if hard_expiry is None:
+            ttl = stored.expires_at - stored.obtained_at
+            hard_expiry = stored.expires_at - min(5.0, ttl * 0.1)
+        token = Token(Credential(f"Bearer {stored.access_token}", stored.fence),
+                      stored.refresh_at, hard_expiry, stored)
+        self._token = token
         if self._on_token:
-            self._on_token(time.time() + grant.expires_in - (self._clock() - started))
-        return self._token
+            self._on_token(stored.expires_at)
+        return token
+
+    async def _refuse(self, exc: TokenError) -> None:
+        reason = exc.error or (f"HTTP {exc.status}" if exc.status else "refused")
+        pause = await self.store.pause(self._refusal_pause, reason)
+        self._paused(pause.until, reason, first=True, message=str(exc))
+
+    def _paused(self, until: float, reason: str, *, first: bool, message: str = "") -> None:
+        was_paused = self._paused_until > self._clock()
+        self._paused_until, self._pause_error = until, reason
+        if first:
+            log.error("%s: %s; destination paused for %.0f s: no deliveries until the token "
+                      "endpoint accepts the credentials (check them with `iris auth test`)",
+                      self.destination, message, until - self._clock(),
+                      extra={"destination": self.destination})
+        elif not was_paused:
+            log.warning("%s: paused until %s by a refusal another worker saw (%s)",
+                        self.destination, time.strftime("%H:%M:%S", time.localtime(until)),
+                        reason, extra={"destination": self.destination})
+        if not was_paused and self._on_pause:
+            self._on_pause(True)
+
+    def _resume(self) -> None:
+        self._paused_until = 0.0
+        log.info("%s: the token endpoint accepted the credentials; resuming", self.destination)
+        if self._on_pause:
+            self._on_pause(False)
+        task = asyncio.get_running_loop().create_task(self.store.clear_pause())
+        task.add_done_callback(_consume_exception)
+
+    def _paused_error(self, now: float) -> TokenError:
+        remaining = max(0.0, self._paused_until - now)
+        return TokenError(f"destination paused for {remaining:.0f} s more: the token endpoint "
+                          f"refused ({self._pause_error})", permanent=True,
+                          error=self._pause_error, retry_in=min(remaining, PAUSE_RECHECK))
 
     async def close(self) -> None:
         if self._inflight is not None and not self._inflight.done():
@@ -107,7 +308,8 @@ class TokenManager:
             await asyncio.gather(self._inflight, return_exceptions=True)
 
 
-def _consume_exception(task: asyncio.Task[Token]) -> None:
+def _consume_exception(task: asyncio.Task[object]) -> None:
     """A background refresh that fails is retried on next use; do not warn 'never retrieved'."""
     if not task.cancelled():
         task.exception()
+

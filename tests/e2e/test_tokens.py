@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import time
 
-from iris.auth import make_auth
+from iris.auth import SharedTokens, make_auth
 from iris.delivery import Sender, make_session
 from iris.metrics import Metrics
 from iris.payload import encode_payload
@@ -89,14 +89,15 @@ async def test_revoked_token_is_replaced_once(redis_server, redis, stream_key, p
     assert await redis.xlen(f"{stream_key}:dlq") == 0
 
 
-async def test_200_concurrent_batches_wait_on_one_token_request(partners, redis_server):
+async def test_200_concurrent_batches_wait_on_one_token_request(partners, redis_server, redis,
+                                                                stream_key):
     p = await partners("423", ttl=3)
-    config = make_config(redis_server.url, "unused", [destination_config(
+    config = make_config(redis_server.url, stream_key, [destination_config(
         p, limits={"max_in_flight": 200, "requests_per_second": 10000})])
     dest = config.destinations[0]
-    metrics = Metrics([dest.id], "unused", "iris")
+    metrics = Metrics([dest.id], stream_key, "iris")
     session = make_session(dest)
-    auth = make_auth(dest, session, metrics)
+    auth = make_auth(dest, session, metrics, SharedTokens.from_config(config, redis))
     sender = Sender(dest, auth, session, metrics)
 
     def body(i: int) -> bytes:

@@ -29,9 +29,11 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from iris.auth.client_credentials import ClientCredentials
+from iris.auth.endpoint import TokenEndpoint
+from iris.auth.source import EndpointSource
 from iris.auth.tokens import Grant
-from iris.config import ClientCredentialsAuth, parse_config
+from iris.auth_config import ClientCredentialsAuth
+from iris.config import parse_config
 from iris.errors import TokenError
 from iris.localredis import RedisProcess
 from tests.conftest import SecretWatch, make_config, running, wait_for
@@ -268,7 +270,9 @@ def parsed_auth(token_url: str, client_secret: str) -> ClientCredentialsAuth:
 
 async def fetch(token_url: str, client_secret: str) -> Grant:
     async with aiohttp.ClientSession() as session:
-        return await ClientCredentials(parsed_auth(token_url, client_secret), session, 10).fetch()
+        source = EndpointSource("423", parsed_auth(token_url, client_secret),
+                                TokenEndpoint(session, 10), allow_http=True)
+        return await source.initial()
 
 
 # --------------------------------------------------------------------------- A: the client

@@ -1,0 +1,43 @@
+"""The signed JWT that a ``jwt_bearer`` destination exchanges for an access token.
+
+RFC 7523 §3 claims (``iss``, ``sub``, ``aud``, ``exp``, plus ``iat`` and a unique ``jti``) and
+any extra claims the partner asks for, such as Adobe IMS's metascope claims (seed 002).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from iris.auth_config import JwtBearerAuth
+from iris.logs import register_secret
+
+
+class AssertionSigner:
+    def __init__(self, auth: JwtBearerAuth) -> None:
+        self._auth = auth
+        pem = auth.private_key.get_secret_value()
+        register_secret(pem)
+        self._key = load_pem_private_key(pem.encode(), None)  # parsed once, checked at load
+
+    def assertion(self, now: float | None = None) -> str:
+        auth = self._auth
+        issued = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            **auth.claims,
+            "iss": auth.issuer,
+            "aud": auth.audience,
+            "iat": issued,
+            "exp": issued + int(auth.lifetime),
+            "jti": uuid.uuid4().hex,
+        }
+        if auth.subject is not None:
+            claims["sub"] = auth.subject
+        headers = {"kid": auth.key_id} if auth.key_id else None
+        token = jwt.encode(claims, self._key, algorithm=auth.algorithm, headers=headers)
+        register_secret(token, rotating=True)
+        return token
