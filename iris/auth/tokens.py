@@ -131,17 +131,20 @@ class TokenManager:
         return min(PAUSE_RECHECK, max(0.0, self._paused_until - self._clock()))
 
     async def current(self, *, fresh: bool = False) -> StoredToken:
-        """The token now in use (for ``iris auth test``); ``fresh`` asks the endpoint anew."""
-        if fresh:
-            self._token = None
+        """The token a worker would use now, for ``iris auth test``: the stored one, else (or
+        with ``fresh``) one from the endpoint, even while paused: a success lifts the pause."""
+        try:
+            if not fresh and (adopted := await self._adopt_stored()) is not None:
+                return adopted.stored
             fence = await self._acquire_or_wait()
             try:
+                if not fresh and (adopted := await self._adopt_stored()) is not None:
+                    return adopted.stored
                 return (await self._fetch(fence)).stored
             finally:
                 await self.store.release(fence)
-        await self.credential()
-        assert self._token is not None
-        return self._token.stored
+        except RedisUnavailable as exc:
+            raise TokenError(f"token store unavailable: {exc}") from None
 
     def _start_refresh(self) -> asyncio.Task[Token]:
         if self._inflight is None or self._inflight.done():
@@ -229,6 +232,7 @@ class TokenManager:
         if saved == -1:
             log.warning("%s: the stored refresh token changed while this one was spent (a new "
                         "login?); keeping the stored one", self.destination)
+        await self.store.clear_pause()  # accepted: a pause any replica saw is over
         if self._paused_until:
             self._resume()
         self.last_source = "endpoint"
@@ -290,11 +294,9 @@ class TokenManager:
 
     def _resume(self) -> None:
         self._paused_until = 0.0
-        log.info("%s: the token endpoint accepted the credentials; resuming", self.destination)
+        log.info("%s: the pause is over; resuming deliveries", self.destination)
         if self._on_pause:
             self._on_pause(False)
-        task = asyncio.get_running_loop().create_task(self.store.clear_pause())
-        task.add_done_callback(_consume_exception)
 
     def _paused_error(self, now: float) -> TokenError:
         remaining = max(0.0, self._paused_until - now)

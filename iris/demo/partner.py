@@ -3,17 +3,23 @@
 The payload checker below is written from DESIGN 1.2 and seed 000 and deliberately shares no
 code with the iris payload builder: it is the second opinion that catches builder bugs. Every
 violation answers 400 and lands in ``PartnerServer.problems`` (tests assert it stays empty).
+
+With a ``SignatureCheck`` the partner also verifies AAM's digitally signed requests: base64 of an
+HMAC (SHA-256, SHA-1 or MD5) of the exact body bytes, in a header it names. That check is
+written independently of ``iris.auth.signing`` for the same reason.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,6 +193,70 @@ class ReceivedBatch:
     body: bytes
     idempotency_key: str | None
     token: str | None
+    signed_by: str | None = None  # the key id whose HMAC matched (with a SignatureCheck)
+    signature: str | None = None  # the signature header as received (with a SignatureCheck)
+
+
+SIGNATURE_ALGORITHMS = frozenset({"sha256", "sha1", "md5"})
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What the partner expects of signed requests: ``header`` holds base64(HMAC(secret, body))
+    for one of ``keys`` (key id -> secret). With ``key_id_header`` the request must name its key
+    there and only that key is tried; without, any configured key may match."""
+
+    keys: dict[str, str | bytes]
+    header: str = "X-Signature"
+    algorithm: str = "sha256"
+    key_id_header: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in SIGNATURE_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {sorted(SIGNATURE_ALGORITHMS)}")
+        if not self.keys:
+            raise ValueError("at least one key is needed")
+
+    def __repr__(self) -> str:  # never show the secrets
+        return (f"SignatureCheck(header={self.header!r}, algorithm={self.algorithm!r}, "
+                f"key_id_header={self.key_id_header!r}, keys={sorted(self.keys)!r})")
+
+    def expected(self, key_id: str, body: bytes) -> bytes:
+        """base64(HMAC(keys[key_id], body)), the value a correct header carries."""
+        secret = self.keys[key_id]
+        raw = secret.encode("utf-8") if isinstance(secret, str) else secret
+        return base64.b64encode(hmac.new(raw, body, getattr(hashlib, self.algorithm)).digest())
+
+    def verify(self, headers: Any, body: bytes) -> tuple[str | None, str]:
+        """(the key id that verified ``body``, "") or (None, why not)."""
+        value = headers.get(self.header)
+        if value is None:
+            return None, f"no {self.header} header"
+        if self.key_id_header is not None:
+            key_id = headers.get(self.key_id_header)
+            if key_id is None:
+                return None, f"no {self.key_id_header} header"
+            if key_id not in self.keys:
+                return None, f"unknown key id {key_id!r}"
+            candidates = [key_id]
+        else:
+            candidates = list(self.keys)
+        given = value.encode("utf-8", "surrogateescape")
+        for key_id in candidates:
+            if hmac.compare_digest(self.expected(key_id, body), given):
+                return key_id, ""
+        return None, "signature does not match the body"
+
+
+@dataclass(frozen=True)
+class SignatureRejection:
+    """One request refused for its signature (401 invalid_signature)."""
+
+    reason: str
+    signature: str | None  # the header as received, None when absent
+    key_id: str | None  # the key_id_header as received, if configured and present
+    idempotency_key: str | None
+    body: bytes = field(repr=False)
 
 
 def _json(status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -224,6 +294,7 @@ class PartnerServer:
         bearer: str | None = None,
         path: str = "/segments/aam",
         on_batch: Callable[[ReceivedBatch], None] | None = None,
+        signature: SignatureCheck | None = None,
     ) -> None:
         self.destination_id = destination_id
         self.user_dpid = user_dpid
@@ -233,11 +304,14 @@ class PartnerServer:
         self._bearer = bearer
         self.path = path
         self.on_batch = on_batch
+        self.signature = signature
         self.received: list[ReceivedBatch] = []
         self.problems: list[str] = []
         self.request_count = 0
         self.auth_failures = 0
         self.expired_token_requests = 0
+        self.signature_failures = 0  # requests refused with 401 invalid_signature
+        self.signature_rejections: list[SignatureRejection] = []
         # Fault hook, awaited after auth; a non-None response is returned as is, unrecorded.
         self.responder: Responder | None = None
 
@@ -276,6 +350,12 @@ class PartnerServer:
             self.auth_failures += 1
             return self._challenge()
         body = await request.read()
+        signed_by, signature = None, None
+        if self.signature is not None:
+            signed_by, why = self.signature.verify(request.headers, body)
+            signature = request.headers.get(self.signature.header)
+            if signed_by is None:
+                return self._bad_signature(request, body, why)
         if self.responder is not None:
             custom = await self.responder(request, body)
             if custom is not None:
@@ -289,6 +369,7 @@ class PartnerServer:
         batch = ReceivedBatch(
             time=time.monotonic(), payload=payload, body=body,
             idempotency_key=request.headers.get("Idempotency-Key"), token=token,
+            signed_by=signed_by, signature=signature,
         )  # fmt: skip
         self.received.append(batch)
         if self.on_batch is not None:
@@ -326,6 +407,18 @@ class PartnerServer:
         for name, value in headers:
             resp.headers.add(name, value)
         return resp
+
+    def _bad_signature(self, request: web.Request, body: bytes, why: str) -> web.Response:
+        """401 invalid_signature; counted and kept apart from ``received`` and ``problems``."""
+        assert self.signature is not None
+        key_id_header = self.signature.key_id_header
+        self.signature_failures += 1
+        self.signature_rejections.append(SignatureRejection(
+            reason=why, signature=request.headers.get(self.signature.header),
+            key_id=request.headers.get(key_id_header) if key_id_header else None,
+            idempotency_key=request.headers.get("Idempotency-Key"), body=body,
+        ))  # fmt: skip
+        return _json(401, {"error": "invalid_signature"})
 
     def _check_request(self, request: web.Request, body: bytes) -> dict[str, Any]:
         """Method, Content-Type, then the payload itself; raise PayloadError on the first fault."""
