@@ -82,6 +82,8 @@ class OAuth2Base(SecretsFromFiles):
     token_request: TokenRequestTemplate | None = None
 
     needs_client_id: ClassVar[bool] = True  # a public client still names itself in the body
+    confidential: ClassVar[bool] = False  # the grant is only for clients with a secret
+    type: str
 
     @model_validator(mode="after")
     def _complete(self) -> OAuth2Base:
@@ -90,6 +92,9 @@ class OAuth2Base(SecretsFromFiles):
         if self.token_request is None:  # a template says itself what it sends
             if self.client_id is None and (self.method != "none" or self.needs_client_id):
                 raise ValueError("client_id: required")
+            if self.confidential and self.client_auth is None and self.client_secret is None:
+                raise ValueError(f"client_secret: required by {self.type} (or set "
+                                 "client_auth: none for a partner that wants no secret)")
             if self.method != "none" and self.client_secret is None:
                 raise ValueError(f"client_secret: required by client_auth {self.method}")
         return self
@@ -118,6 +123,8 @@ class ClientCredentialsAuth(OAuth2Base):
     """RFC 6749 §4.4 and seed 000."""
 
     type: Literal["oauth2_client_credentials"]
+
+    confidential: ClassVar[bool] = True  # RFC 6749 §4.4
 
 
 class PasswordAuth(OAuth2Base):

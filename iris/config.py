@@ -183,7 +183,8 @@ def _format_error(err: Any) -> ConfigError:
         key, sep, rest = message.partition(": ")
         if sep and re.fullmatch(r"[a-z_][a-z0-9_.]*", key):  # raised for a key of the model
             path, message = _join(path, key), rest
-        message = message[:1].lower() + message[1:]
+        if message[1:2].islower():  # "Field required" → "field required", not "RS256" → "rS256"
+            message = message[:1].lower() + message[1:]
     return ConfigError(path, message)
 
 
