@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from iris.demo.token_server import (
     FORM_TYPE,
     OAuthError,
+    TokenIssuer,
     accepts_gzip,
     decode_basic,
     error_response,
@@ -143,7 +144,7 @@ def _redirect(uri: str, state: str | None, **params: str) -> web.Response:
     return web.Response(status=302, headers={"Location": location, **NO_STORE})
 
 
-class OAuthServer:
+class OAuthServer(TokenIssuer):
     """Token, authorization and IMS endpoints for one client, with fault knobs and records.
 
     Offers ``is_valid``/``is_expired`` so ``PartnerServer(tokens=OAuthServer(...))`` checks the
@@ -239,34 +240,6 @@ class OAuthServer:
             web.get(self.authorize_path, self.authorize),
             web.route("*", self.ims_path, self.ims),
         ]
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes(self.routes())
-        return app
-
-    # -- state for tests --------------------------------------------------------------------
-
-    @property
-    def ok_requests(self) -> int:
-        return sum(1 for r in self.requests if r.ok)
-
-    def is_valid(self, token: str) -> bool:
-        expiry = self.issued.get(token)
-        return expiry is not None and token not in self._revoked and time.monotonic() < expiry
-
-    def is_expired(self, token: str) -> bool:
-        """Issued by us, but past its lifetime (as opposed to unknown or revoked)."""
-        expiry = self.issued.get(token)
-        return expiry is not None and time.monotonic() >= expiry
-
-    def is_revoked(self, token: str) -> bool:
-        return token in self._revoked
-
-    def revoke_all(self) -> None:
-        """Invalidate every access token issued so far (refresh tokens stay usable, so a
-        client can recover); tokens issued later are valid."""
-        self._revoked.update(self.issued)
 
     def all_tokens(self) -> list[str]:
         """Every access token, refresh token and code ever handed out, for leak scanners."""

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -102,7 +103,47 @@ def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
-class TokenServer:
+class TokenIssuer:
+    """What a partner asks of the server that issued its clients' tokens, and what tests count.
+
+    Subclasses fill ``requests`` (records with an ``ok`` flag) and ``issued`` (token ->
+    monotonic expiry), and serve ``routes()``.
+    """
+
+    requests: list[Any]
+    issued: dict[str, float]
+    _revoked: set[str]
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes(self.routes())
+        return app
+
+    @property
+    def ok_requests(self) -> int:
+        return sum(1 for r in self.requests if r.ok)
+
+    def is_valid(self, token: str) -> bool:
+        expiry = self.issued.get(token)
+        return expiry is not None and token not in self._revoked and time.monotonic() < expiry
+
+    def is_expired(self, token: str) -> bool:
+        """Issued by us, but past its lifetime (as opposed to unknown or revoked)."""
+        expiry = self.issued.get(token)
+        return expiry is not None and time.monotonic() >= expiry
+
+    def is_revoked(self, token: str) -> bool:
+        return token in self._revoked
+
+    def revoke_all(self) -> None:
+        """Invalidate every access token issued so far; tokens issued later are valid."""
+        self._revoked.update(self.issued)
+
+
+class TokenServer(TokenIssuer):
     """Issues random bearer tokens to one client and remembers them for the partner to check."""
 
     def __init__(
@@ -136,33 +177,6 @@ class TokenServer:
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", self.path, self.handle)]
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.add_routes(self.routes())
-        return app
-
-    # -- state for tests --------------------------------------------------------------------
-
-    @property
-    def ok_requests(self) -> int:
-        return sum(1 for r in self.requests if r.ok)
-
-    def is_valid(self, token: str) -> bool:
-        expiry = self.issued.get(token)
-        return expiry is not None and token not in self._revoked and time.monotonic() < expiry
-
-    def is_expired(self, token: str) -> bool:
-        """Issued by us, but past its lifetime (as opposed to unknown or revoked)."""
-        expiry = self.issued.get(token)
-        return expiry is not None and time.monotonic() >= expiry
-
-    def is_revoked(self, token: str) -> bool:
-        return token in self._revoked
-
-    def revoke_all(self) -> None:
-        """Invalidate every token issued so far; tokens issued later are valid."""
-        self._revoked.update(self.issued)
 
     def all_tokens(self) -> list[str]:
         return list(self.issued)
