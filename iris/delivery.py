@@ -87,7 +87,7 @@ class Sender:
             try:  # only once the rate limit admits us: a queued request must not age its token
                 credential = await self.auth.credential()
             except TokenError as exc:
-                if exc.permanent:  # refused: the destination pauses, spending no attempts
+                if exc.permanent:  # refused: the destination pauses; no request, no attempt
                     return paused(str(exc), exc.retry_in)
                 return failure("token_error", str(exc))
             if credential is not None:

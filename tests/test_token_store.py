@@ -110,3 +110,14 @@ async def test_encrypted_at_rest_and_unreadable_with_another_key(redis, stream_k
     for reader in (other_key, no_key):
         assert await reader.load() is None and await reader.refresh_token() is None
     assert "cannot read" in caplog.text and "secret-value" not in caplog.text
+
+
+async def test_fences_stay_above_the_stored_token_when_the_counter_is_gone(store: TokenStore,
+                                                                           redis) -> None:
+    """A 90-day token outlives the fence counter's expiry: the next lock holder must still be
+    able to replace it."""
+    await store.save(token("long-lived", fence=41))
+    await redis.delete(store.token_key.replace(":token", ":fence"))
+    fence = await store.acquire()
+    assert fence == 42
+    assert await store.save(token("next", fence=fence)) == 1

@@ -38,6 +38,11 @@ MAX_PAUSE = 900.0
 ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fence = redis.call('INCR', KEYS[2])
+local stored = tonumber(redis.call('HGET', KEYS[3], 'fence') or '0')
+if fence <= stored then  -- the counter expired while a long-lived token stayed stored
+  fence = stored + 1
+  redis.call('SET', KEYS[2], fence)
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], fence, 'PX', ARGV[1])
 return fence
@@ -164,8 +169,9 @@ class TokenStore:
     async def acquire(self) -> int | None:
         """A fence number if this process may ask the endpoint now, else None."""
         async with unavailable_as_error():
-            fence = int(await self._acquire(keys=[self._lock_key, self._fence_key],
-                                            args=[self._lease_ms, FENCE_TTL_MS]))
+            fence = int(await self._acquire(
+                keys=[self._lock_key, self._fence_key, self.token_key],
+                args=[self._lease_ms, FENCE_TTL_MS]))
         return fence or None
 
     async def release(self, fence: int) -> None:
