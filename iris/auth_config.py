@@ -219,13 +219,30 @@ class SigningKey(SecretsFromFiles):
         return self
 
 
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]  # RFC 9110 token
+RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host",
+                              "accept-encoding", "user-agent"})
+
+
 class SigningConfig(Strict):
     """AAM's digitally signed requests: an HMAC of the exact body, base64, in ``header``."""
 
-    header: str = Field("X-Signature", min_length=1)
+    header: HeaderName = "X-Signature"
     algorithm: Literal["sha256", "sha1", "md5"] = "sha256"
-    key_id_header: str | None = Field(None, min_length=1)
+    key_id_header: HeaderName | None = None
     keys: list[SigningKey] = Field(min_length=1, max_length=2)  # newest first
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SigningConfig:
+        names = [self.header] + ([self.key_id_header] if self.key_id_header else [])
+        for key, name in zip(("header", "key_id_header"), names, strict=False):
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{key}: iris sets {name} itself; choose another header")
+        if len({n.lower() for n in names}) < len(names):
+            raise ValueError("key_id_header: must differ from header")
+        if len({k.id for k in self.keys}) < len(self.keys):
+            raise ValueError("keys: each key needs its own id")
+        return self
 
 
 class TokenStoreConfig(SecretsFromFiles):

@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 from iris.auth_config import (
     AUTH_TYPES,
     AuthConfig,
+    HeaderName,
     NoAuth,
     OAuth2Base,
     SigningConfig,
@@ -83,7 +84,7 @@ class Destination(Strict):
     segments: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     allow_http: bool = False
     ca_file: Path | None = None  # extra CA to trust for url and token_url (private PKI)
-    idempotency_header: str = Field("Idempotency-Key", min_length=1)
+    idempotency_header: HeaderName = "Idempotency-Key"
     auth: AuthConfig = Field(default_factory=NoAuth)
     signing: SigningConfig | None = None  # HMAC of each request body, as AAM signs
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -215,6 +216,12 @@ def check_semantics(config: Config) -> None:
                 urls.append(("auth.token_request.url", template.url))
         for key, url in urls:
             _check_url(f"{where}.{key}", url, dest.allow_http)
+        signing = dest.signing
+        if signing is not None and dest.idempotency_header.lower() in (
+            signing.header.lower(), (signing.key_id_header or "").lower()
+        ):
+            raise ConfigError(f"{where}.signing", "its headers must differ from "
+                              f"idempotency_header ({dest.idempotency_header})")
         if dest.ca_file is not None and not dest.ca_file.is_file():
             raise ConfigError(f"{where}.ca_file", f"no such file: {dest.ca_file}")
         if dest.retry.max_delay < dest.retry.base_delay:

@@ -152,8 +152,8 @@ class Worker:
         await _cancel_all(self._tasks)  # readers in XREADGROUP; deliveries belong to publishers
         remaining = deadline - time.monotonic() - EXIT_MARGIN
         await asyncio.gather(*(p.drain(remaining) for p in self._publishers))
-        for auth in self._auths:
-            await auth.close()
+        grace = max(0.5, deadline - time.monotonic())  # a token exchange under way may finish
+        await asyncio.gather(*(auth.close(grace) for auth in self._auths))
         for session in self._sessions:
             await session.close()
         if hasattr(self, "redis"):

@@ -125,3 +125,22 @@ def test_template_helpers() -> None:
         authData={"b": "<&>"}) == "a=%3C%26%3E"
     with pytest.raises(Exception, match=r"unsafe|not safely|access"):  # the sandbox holds
         render("{{ ''.__class__.__mro__ }}").render()
+
+
+@pytest.mark.parametrize(("signing", "line"), [
+    ({"header": "X-Sig", "key_id_header": "x-sig"},
+     "signing.key_id_header: must differ from header"),
+    ({"header": "Authorization"},
+     "signing.header: iris sets Authorization itself; choose another header"),
+    ({"key_id_header": "Content-Type"},
+     "signing.key_id_header: iris sets Content-Type itself; choose another header"),
+    ({"header": "X Sig"}, "signing.header: string should match pattern "
+                          "'^[!#$%&'*+.^_`|~0-9A-Za-z-]+$'"),
+    ({"header": "Idempotency-Key"},
+     "signing: its headers must differ from idempotency_header (Idempotency-Key)"),
+    ({"keys": [{"id": "k", "secret": "a"}, {"id": "k", "secret": "b"}]},
+     "signing.keys: each key needs its own id"),
+])
+def test_signing_headers_cannot_collide(signing: dict[str, Any], line: str) -> None:
+    raw = {"keys": [{"id": "k", "secret": "s"}], **signing}
+    assert error_lines(config(dest(signing=raw))) == [f"destinations[0].{line}"]

@@ -29,4 +29,5 @@ class Auth(Protocol):
     def pause_remaining(self) -> float:
         """Seconds the destination stays paused by a token endpoint's refusal (0: not paused)."""
 
-    async def close(self) -> None: ...
+    async def close(self, grace: float = 0.0) -> None:
+        """Release resources, letting work that must not be cut short run up to ``grace`` s."""

@@ -24,7 +24,7 @@ class StaticAuth:
     def pause_remaining(self) -> float:
         return 0.0
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
         return None
 
 

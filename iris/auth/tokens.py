@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 RECHECK = 0.1  # seconds between looks at the store while another replica fetches the token
 PAUSE_RECHECK = 5.0  # seconds between looks at whether a pause was lifted early
+CLOSE_GRACE = 10.0  # seconds a stopping worker waits for a token exchange under way
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,10 +305,14 @@ class TokenManager:
                           f"refused ({self._pause_error})", permanent=True,
                           error=self._pause_error, retry_in=min(remaining, PAUSE_RECHECK))
 
-    async def close(self) -> None:
-        if self._inflight is not None and not self._inflight.done():
-            self._inflight.cancel()
-            await asyncio.gather(self._inflight, return_exceptions=True)
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Let a token exchange under way finish (within ``grace``): cancelling it after the
+        endpoint rotated the refresh token would lose the new one, and need a new login."""
+        task = self._inflight
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=grace)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _consume_exception(task: asyncio.Task[object]) -> None:
