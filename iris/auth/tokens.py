@@ -128,8 +128,15 @@ class TokenManager:
             self._refused = token.credential.generation
 
     def pause_remaining(self) -> float:
-        """Seconds to wait before asking again: the pause, but at most ``PAUSE_RECHECK``."""
-        return min(PAUSE_RECHECK, max(0.0, self._paused_until - self._clock()))
+        """Seconds to wait before asking again: the pause, but at most ``PAUSE_RECHECK``.
+
+        Each time the re-check is due, one look at the store goes out in the background: a
+        pause lifted early (a login, a successful ``iris auth test``) ends here too."""
+        now = self._clock()
+        if now < self._paused_until and now >= self._pause_checked + PAUSE_RECHECK:
+            self._pause_checked = now
+            self._start_refresh()
+        return min(PAUSE_RECHECK, max(0.0, self._paused_until - now))
 
     async def current(self, *, fresh: bool = False) -> StoredToken:
         """The token a worker would use now, for ``iris auth test``: the stored one, else (or
@@ -177,7 +184,12 @@ class TokenManager:
             fence = await self.store.acquire()
             if fence is not None:
                 try:
-                    return await self._adopt_stored() or await self._fetch(fence)
+                    if (adopted := await self._adopt_stored()) is not None:
+                        return adopted
+                    if (pause := await self.store.paused()) is not None:  # set meanwhile
+                        self._paused(pause.until, pause.error, first=False)
+                        raise self._paused_error(self._clock())
+                    return await self._fetch(fence)
                 finally:
                     await self.store.release(fence)
             token, now = self._token, self._clock()
@@ -204,6 +216,8 @@ class TokenManager:
         if self._clock() >= stored.refresh_at:
             return None
         self.last_source = "store"
+        if self._paused_until:
+            self._resume()  # another process got a token: the credentials are accepted again
         return self._use(stored)
 
     async def _fetch(self, fence: int) -> Token:
