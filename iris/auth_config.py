@@ -195,6 +195,10 @@ class JwtBearerAuth(OAuth2Base):
                              f"{'an RSA' if wanted is rsa.RSAPrivateKey else 'an EC'} key")
         if self.form == "adobe_ims" and (self.client_id is None or self.client_secret is None):
             raise ValueError("client_id: form adobe_ims sends client_id and client_secret")
+        if self.form == "adobe_ims" and (self.scope or self.params or self.client_auth):
+            raise ValueError("scope: form adobe_ims sends only client_id, client_secret and "
+                             "jwt_token; give IMS metascopes as claims instead (scope, params "
+                             "and client_auth do not apply)")
         return self
 
 

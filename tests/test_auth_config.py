@@ -75,6 +75,11 @@ def test_jwt_key_must_match_the_algorithm_and_ims_needs_client_credentials() -> 
     assert error_lines(config(dest(auth={**base, "private_key": make_rsa_key()[0],
                                          "form": "adobe_ims"}))) == [
         "destinations[0].auth.client_id: form adobe_ims sends client_id and client_secret"]
+    ims = {**base, "private_key": make_rsa_key()[0], "form": "adobe_ims", "client_id": "c",
+           "client_secret": "s"}
+    assert auth_of(ims).type == "jwt_bearer"
+    assert error_lines(config(dest(auth={**ims, "scope": "openid"})))[0].startswith(
+        "destinations[0].auth.scope: form adobe_ims sends only client_id, client_secret")
 
 
 def test_http_token_endpoints_are_refused_like_partner_urls() -> None:
