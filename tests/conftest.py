@@ -4,6 +4,7 @@ and a scan of every log line for leaked secrets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -269,3 +270,28 @@ def metric(worker: Worker, name: str, **labels: str) -> float:
     value = worker.metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
 
+
+@asynccontextmanager
+async def trickle(redis: aioredis.Redis, stream_key: str, rate: float = 25,
+                  prefix: str = "u") -> AsyncIterator[list[int]]:
+    """Send events at ``rate`` per second until the block ends; yields the sent count.
+
+    Stopped by a flag, not by cancelling: on Python 3.11 a cancel that lands inside redis-py's
+    ``asyncio.wait_for`` can be swallowed, and the producer would run on for ever."""
+    sent = [0]
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        while not stop.is_set():
+            await redis.xadd(stream_key, {"uuid": f"{prefix}{sent[0]}", "segment": "s1",
+                                          "dpuuid": f"d{sent[0]}"})
+            sent[0] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1 / rate)
+
+    task = asyncio.create_task(produce())
+    try:
+        yield sent
+    finally:
+        stop.set()
+        await task

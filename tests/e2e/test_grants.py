@@ -11,7 +11,6 @@ redis-server. Token requests are checked field by field as the server recorded t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -31,7 +30,15 @@ from iris.config import Config, parse_config
 from iris.demo.partner import PartnerServer
 from iris.demo.servers import LocalServer
 from iris.demo.token_server import OAuthError, error_response
-from tests.conftest import SecretWatch, config_data, metric, pending_total, running, wait_for
+from tests.conftest import (
+    SecretWatch,
+    config_data,
+    metric,
+    pending_total,
+    running,
+    trickle,
+    wait_for,
+)
 from tests.oauth_server import (
     CLIENT_CREDENTIALS,
     IMS_JWT,
@@ -178,30 +185,6 @@ async def deliver(redis: aioredis.Redis, stream_key: str, partner: PartnerServer
 def explain(partner: PartnerServer) -> str:
     return (f"(received={len(partner.segment_changes())}, requests={partner.request_count}, "
             f"auth failures={partner.auth_failures}, problems={partner.problems[:3]})")
-
-
-@contextlib.asynccontextmanager
-async def trickle(redis: aioredis.Redis, stream_key: str, prefix: str,
-                  rate: float = 25) -> AsyncIterator[list[int]]:
-    """Events at ``rate`` per second until the block ends (stopped by a flag, not a cancel)."""
-    sent = [0]
-    stop = asyncio.Event()
-
-    async def produce() -> None:
-        while not stop.is_set():
-            i = sent[0]
-            await redis.xadd(stream_key, {"uuid": f"{prefix}{i}", "segment": "s1",
-                                          "dpuuid": f"d-{prefix}{i}"})
-            sent[0] += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1 / rate)
-
-    task = asyncio.create_task(produce())
-    try:
-        yield sent
-    finally:
-        stop.set()
-        await task
 
 
 async def all_delivered(partner: PartnerServer, prefix: str, sent: int) -> None:
@@ -486,7 +469,7 @@ async def test_rotated_refresh_tokens_survive_a_restart(grant, encrypted, site, 
     initial = REFRESH_TOKEN if grant == "oauth2_refresh_token" else PASSWORD
 
     async with running(config):  # the first worker rotates at least twice
-        async with trickle(redis, stream_key, "a") as sent:
+        async with trickle(redis, stream_key, prefix="a") as sent:
             await wait_for(lambda: oauth.grants_issued.count(REFRESH_TOKEN) >= 3, 8,
                            "three rotations", lambda: oauth.grants_issued)
         await all_delivered(partner, "a", sent[0])
@@ -495,7 +478,7 @@ async def test_rotated_refresh_tokens_survive_a_restart(grant, encrypted, site, 
     current_at_stop = oauth.refresh_minted[-1]
 
     async with running(config):  # a new worker carries on from the stored refresh token
-        async with trickle(redis, stream_key, "b") as sent:
+        async with trickle(redis, stream_key, prefix="b") as sent:
             await wait_for(lambda: len(oauth.refresh_tokens_used) > spent_before and any(
                 b.token not in first_tokens for b in partner.received), 8,
                 "a delivery with a token the new worker refreshed",
@@ -558,7 +541,7 @@ async def test_stopping_during_a_refresh_keeps_the_rotated_refresh_token(site, r
         "refresh_token": oauth.seed_refresh_token(),
     })
     async with running(config):
-        async with trickle(redis, stream_key, "a") as sent:
+        async with trickle(redis, stream_key, prefix="a") as sent:
             await asyncio.wait_for(arrived.wait(), 8)
         await all_delivered(partner, "a", sent[0])
     stopped = time.monotonic()
@@ -698,7 +681,7 @@ async def test_refused_refresh_token_falls_back_to_the_password_grant(site, redi
     })
     caplog.set_level(logging.DEBUG)
     async with running(config) as worker:
-        async with trickle(redis, stream_key, "f") as sent:
+        async with trickle(redis, stream_key, prefix="f") as sent:
             await wait_for(lambda: REFRESH_TOKEN in oauth.grants_issued, 8,
                            "a refresh after the fallback", lambda: oauth.grants_issued)
         await all_delivered(partner, "f", sent[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 
@@ -19,33 +18,9 @@ from tests.conftest import (
     metric,
     pending_total,
     running,
+    trickle,
     wait_for,
 )
-
-
-@contextlib.asynccontextmanager
-async def trickle(redis, stream_key, rate: float, prefix: str = "u"):
-    """Send events at ``rate`` per second until the block ends; yields the sent count.
-
-    Stopped by a flag, not by cancelling: on Python 3.11 a cancel that lands inside redis-py's
-    ``asyncio.wait_for`` can be swallowed, and the producer would run on for ever."""
-    sent = [0]
-    stop = asyncio.Event()
-
-    async def produce() -> None:
-        while not stop.is_set():
-            await redis.xadd(stream_key, {"uuid": f"{prefix}{sent[0]}", "segment": "s1",
-                                          "dpuuid": f"d{sent[0]}"})
-            sent[0] += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1 / rate)
-
-    task = asyncio.create_task(produce())
-    try:
-        yield sent
-    finally:
-        stop.set()
-        await task
 
 
 async def test_short_lived_tokens_are_refreshed_before_expiry(redis_server, redis, stream_key,
