@@ -12,16 +12,17 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from iris.config_base import Positive, SecretsFromFiles, Strict
-from iris.templating import check_template
+
+# cryptography and Jinja2 are imported where a config uses them: a worker that needs neither
+# does not carry them (about 11 MB of resident memory).
 
 
 def _template(source: str) -> str:
+    from iris.templating import check_template
+
     check_template(source)
     return source
 
@@ -185,6 +186,9 @@ class JwtBearerAuth(OAuth2Base):
 
     @model_validator(mode="after")
     def _key(self) -> JwtBearerAuth:
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
         try:
             key = load_pem_private_key(self.private_key.get_secret_value().encode(), None)
         except (ValueError, TypeError):
@@ -259,6 +263,8 @@ class TokenStoreConfig(SecretsFromFiles):
     @model_validator(mode="after")
     def _fernet(self) -> TokenStoreConfig:
         if self.encryption_key is not None:
+            from cryptography.fernet import Fernet
+
             try:
                 Fernet(self.encryption_key.get_secret_value())
             except (ValueError, TypeError):

@@ -10,35 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-
-def form_url_encode(*pairs: Any) -> str:
-    """``formUrlEncode('grant_type', 'client_credentials', 'client_id', id)`` → a form body.
-
-    Spaces become ``%20``: decoders that read ``+`` literally (Authlib) and RFC 6749 Appendix B
-    decoders both read that as a space.
-    """
-    if len(pairs) % 2:
-        raise TemplateError("formUrlEncode needs name/value pairs: got an odd number of arguments")
-    items = [(str(pairs[i]), _text(pairs[i + 1])) for i in range(0, len(pairs), 2)]
-    return urlencode(items, quote_via=_quote)
+from iris.urlforms import form_url_encode
 
 
-def _quote(value: str, safe: str = "", encoding: str | None = None,
-           errors: str | None = None) -> str:
-    return quote(value, safe="", encoding=encoding, errors=errors)  # '/' and '+' encoded too
-
-
-def _text(value: Any) -> str:
-    if value is None or isinstance(value, Undefined):
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _form_url_encode(*pairs: Any) -> str:
+    """``formUrlEncode`` in templates: a missing value is empty, a mistake a template error."""
+    try:
+        return form_url_encode(*(None if isinstance(p, Undefined) else p for p in pairs))
+    except ValueError as exc:
+        raise TemplateError(str(exc)) from None
 
 
 def is_empty(value: Any) -> bool:
@@ -53,7 +37,7 @@ def is_empty(value: Any) -> bool:
 def _environment(undefined: type[Undefined]) -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(autoescape=False, undefined=undefined,
                                         keep_trailing_newline=True)
-    env.globals["formUrlEncode"] = form_url_encode
+    env.globals["formUrlEncode"] = _form_url_encode
     env.filters["raw"] = lambda value: value
     env.tests["empty"] = is_empty
     env.finalize = _finalize

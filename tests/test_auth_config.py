@@ -11,7 +11,8 @@ from cryptography.fernet import Fernet
 
 from iris.auth_config import JwtBearerAuth, OAuth2Base
 from iris.config import parse_config, redacted
-from iris.templating import REQUEST_TEMPLATES, form_url_encode, is_empty
+from iris.templating import REQUEST_TEMPLATES, is_empty
+from iris.urlforms import form_url_encode
 from tests.oauth_server import make_ec_key, make_rsa_key
 from tests.test_config import cc_auth, config, dest, error_lines
 

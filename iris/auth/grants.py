@@ -14,7 +14,6 @@ from urllib.parse import quote
 import orjson
 
 from iris.auth.endpoint import TokenAnswer, TokenHttpRequest
-from iris.auth.jwt_assertion import AssertionSigner
 from iris.auth.tokens import Grant
 from iris.auth_config import (
     AuthorizationCodeAuth,
@@ -25,7 +24,7 @@ from iris.auth_config import (
 )
 from iris.errors import TokenError
 from iris.logs import redact, register_secret
-from iris.templating import form_url_encode
+from iris.urlforms import form_url_encode
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=UTF-8"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -104,7 +103,11 @@ class StandardRequests:
         for secret in (auth.client_secret, getattr(auth, "password", None)):
             if secret is not None:
                 register_secret(secret.get_secret_value())
-        self._signer = AssertionSigner(auth) if isinstance(auth, JwtBearerAuth) else None
+        self._signer = None
+        if isinstance(auth, JwtBearerAuth):
+            from iris.auth.jwt_assertion import AssertionSigner  # PyJWT only where used
+
+            self._signer = AssertionSigner(auth)
         ims = isinstance(auth, JwtBearerAuth) and auth.form == "adobe_ims"
         self._unit = 0.001 if ims else 1.0  # Adobe IMS gives expires_in in milliseconds
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from iris.auth.endpoint import TokenEndpoint
 from iris.auth.grants import StandardRequests
-from iris.auth.templated import TemplatedRequests
 from iris.auth.tokens import Grant
 from iris.auth_config import OAuth2Base, RefreshTokenAuth
 from iris.errors import TokenError
@@ -20,8 +19,11 @@ class EndpointSource:
         self.auth = auth
         self.endpoint = endpoint
         self.standard = StandardRequests(auth)
-        self.templated = (TemplatedRequests(auth, auth.token_request, allow_http)
-                          if auth.token_request is not None else None)
+        self.templated = None
+        if auth.token_request is not None:
+            from iris.auth.templated import TemplatedRequests  # Jinja2 only where used
+
+            self.templated = TemplatedRequests(auth, auth.token_request, allow_http)
         configured = auth.refresh_token if isinstance(auth, RefreshTokenAuth) else None
         self.configured_refresh = configured.get_secret_value() if configured else None
         register_secret(self.configured_refresh)

@@ -22,10 +22,10 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from cryptography.fernet import Fernet, InvalidToken
 
 from iris.streams import unavailable_as_error
 
@@ -74,6 +74,12 @@ return 0
 """
 
 
+def _fernet(key: str) -> Any:
+    from cryptography.fernet import Fernet  # only where tokens are encrypted
+
+    return Fernet(key)
+
+
 def digest(secret: str) -> str:
     """What the store compares refresh tokens by: never the token itself."""
     return hashlib.sha256(secret.encode()).hexdigest()[:32]
@@ -120,7 +126,7 @@ class TokenStore:
         self._fence_key = f"{base}:{fingerprint}:fence"
         self._pause_key = f"{base}:{fingerprint}:pause"
         self.refresh_key = f"{base}:refresh"
-        self._cipher = Fernet(encryption_key) if encryption_key else None
+        self._cipher = _fernet(encryption_key) if encryption_key else None
         self._lease_ms = int(lease * 1000)
         self._acquire = redis.register_script(ACQUIRE)
         self._release = redis.register_script(RELEASE)
@@ -240,6 +246,8 @@ class TokenStore:
         if text.startswith(PLAIN) and self._cipher is None:
             return text.removeprefix(PLAIN)
         if text.startswith(SEALED) and self._cipher is not None:
+            from cryptography.fernet import InvalidToken
+
             try:
                 return self._cipher.decrypt(text.removeprefix(SEALED).encode()).decode()
             except InvalidToken:
