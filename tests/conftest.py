@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from iris.config import Config, parse_config
-from iris.demo.partner import PartnerServer
+from iris.demo.partner import PartnerServer, SignatureCheck
 from iris.demo.servers import LocalServer
 from iris.demo.tls import TLSMaterial, make_tls
 from iris.demo.token_server import TokenServer
@@ -155,11 +155,15 @@ class Partner:
 async def partners(
     tls: TLSMaterial, secret_watch: SecretWatch
 ) -> AsyncIterator[Callable[..., Any]]:
+    """Start a partner (and its token endpoint). At teardown, before the log scan, every
+    signature a partner saw is registered as a secret: none may be logged."""
     servers: list[LocalServer] = []
+    started: list[PartnerServer] = []
 
     async def start(
         dest_id: str, *, https: bool = False, client_secret: str | None = "s3cret-" ,
-        user_dpid: str = "12345", client_id: str = "74323", **token_args: Any,
+        user_dpid: str = "12345", client_id: str = "74323",
+        signature: SignatureCheck | None = None, **token_args: Any,
     ) -> Partner:
         tokens, secret = None, None
         if client_secret is not None:
@@ -167,8 +171,11 @@ async def partners(
             tokens = TokenServer(client_id=f"iris-{dest_id}", client_secret=secret, **token_args)
             secret_watch.add(secret)
             secret_watch.token_servers.append(tokens)
+        if signature is not None:
+            secret_watch.add(*(s for s in signature.keys.values() if isinstance(s, str)))
         partner = PartnerServer(destination_id=dest_id, user_dpid=user_dpid,
-                                client_id=client_id, tokens=tokens)
+                                client_id=client_id, tokens=tokens, signature=signature)
+        started.append(partner)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.add_routes(partner.routes())
         if tokens is not None:
@@ -181,6 +188,14 @@ async def partners(
     yield start
     for server in servers:
         await server.stop()
+    secret_watch.add(*signatures_seen(*started))
+
+
+def signatures_seen(*partners: PartnerServer) -> list[str]:
+    """Every signature header value the partners received, accepted or refused."""
+    out = [b.signature for p in partners for b in p.received if b.signature]
+    out += [r.signature for p in partners for r in p.signature_rejections if r.signature]
+    return out
 
 
 def destination_config(partner: Partner, *, tls: TLSMaterial | None = None,

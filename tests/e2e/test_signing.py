@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,18 +19,15 @@ import pytest
 from aiohttp import web
 
 from iris.demo.partner import PartnerServer, SignatureCheck
-from iris.demo.servers import LocalServer
-from iris.demo.tls import TLSMaterial
-from iris.demo.token_server import TokenServer
 from tests.conftest import (
     Partner,
-    SecretWatch,
     destination_config,
     diagnose,
     make_config,
     metric,
     pending_total,
     running,
+    signatures_seen,
     wait_for,
 )
 
@@ -51,43 +48,13 @@ def iso(dt: datetime) -> str:
 
 
 @pytest.fixture
-async def signed_partners(
-    tls: TLSMaterial, secret_watch: SecretWatch
-) -> AsyncIterator[Callable[..., Any]]:
-    """Like ``partners``, with a ``SignatureCheck`` on the partner. At teardown (before the log
-    scan) every signature any partner saw is registered as a secret: none may be logged."""
-    servers: list[LocalServer] = []
-    started: list[PartnerServer] = []
+def signed_partners(partners: Callable[..., Any]) -> Callable[..., Any]:
+    """``partners`` whose partner checks signatures with ``check``."""
 
     async def start(dest_id: str, check: SignatureCheck | None, *, https: bool = False) -> Partner:
-        secret = f"s3cret-{dest_id}"
-        tokens = TokenServer(client_id=f"iris-{dest_id}", client_secret=secret)
-        secret_watch.add(secret)
-        secret_watch.token_servers.append(tokens)
-        if check is not None:
-            secret_watch.add(*(s for s in check.keys.values() if isinstance(s, str)))
-        partner = PartnerServer(destination_id=dest_id, user_dpid="12345", client_id="74323",
-                                tokens=tokens, signature=check)
-        started.append(partner)
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.add_routes(partner.routes())
-        app.add_routes(tokens.routes())
-        server = LocalServer()
-        servers.append(server)
-        base = await server.start(app, ssl_context=tls.server_context() if https else None)
-        return Partner(dest_id, partner, tokens, base, secret)
+        return await partners(dest_id, https=https, signature=check)
 
-    yield start
-    for server in servers:
-        await server.stop()
-    secret_watch.add(*signatures_seen(*started))
-
-
-def signatures_seen(*partners: PartnerServer) -> list[str]:
-    """Every signature header value the partners received, accepted or refused."""
-    out = [b.signature for p in partners for b in p.received if b.signature]
-    out += [r.signature for p in partners for r in p.signature_rejections if r.signature]
-    return out
+    return start
 
 
 def capture_headers(partner: PartnerServer) -> list[dict[str, str]]:
