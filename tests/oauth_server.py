@@ -312,12 +312,9 @@ class OAuthServer(TokenIssuer):
             content_type=request.headers.get("Content-Type"),
             raw_body_length=len(await request.read()),
         )  # fmt: skip
-        self.requests.append(rec)
-        if self.responder is not None:
-            custom = await self.responder(request)
-            if custom is not None:
-                rec.error, rec.status = "responder", custom.status
-                return custom
+        custom = await self._record(request, rec)
+        if custom is not None:
+            return custom
         if self.delay > 0:
             await asyncio.sleep(self.delay)
         try:

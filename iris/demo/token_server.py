@@ -113,6 +113,18 @@ class TokenIssuer:
     requests: list[Any]
     issued: dict[str, float]
     _revoked: set[str]
+    # Fault hook: awaited before validation; a non-None response is returned as is.
+    responder: Callable[[web.Request], Awaitable[web.StreamResponse | None]] | None
+
+    async def _record(self, request: web.Request, rec: Any) -> web.StreamResponse | None:
+        """Keep ``rec``; the fault hook's answer, recorded as such, if it gives one."""
+        self.requests.append(rec)
+        if self.responder is None:
+            return None
+        custom = await self.responder(request)
+        if custom is not None:
+            rec.error, rec.status = "responder", custom.status
+        return custom
 
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
@@ -190,12 +202,9 @@ class TokenServer(TokenIssuer):
             content_type=request.headers.get("Content-Type"),
             accept_encoding=request.headers.get("Accept-Encoding"),
         )
-        self.requests.append(rec)
-        if self.responder is not None:
-            custom = await self.responder(request)
-            if custom is not None:
-                rec.error, rec.status = "responder", custom.status
-                return custom
+        custom = await self._record(request, rec)
+        if custom is not None:
+            return custom
         try:
             await self._validate(request, rec)
         except OAuthError as e:
