@@ -33,7 +33,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from authlib.common.security import generate_token
-from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import OAuth2Error, OAuth2Request
 from authlib.oauth2.rfc6749.grants import (
     AuthorizationCodeGrant,
@@ -42,7 +42,7 @@ from authlib.oauth2.rfc6749.grants import (
     RefreshTokenGrant,
     ResourceOwnerPasswordCredentialsGrant,
 )
-from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
+from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7523 import JWTBearerGrant
 from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from cryptography.hazmat.primitives import serialization
@@ -62,6 +62,7 @@ from tests.interop.test_authlib_server import (
     SECRET,
     IssuedToken,
     PartnerClient,
+    add_segment_route,
     serving,
 )
 
@@ -379,15 +380,6 @@ class Authority(AuthorizationServer):
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _routes(self, app: Flask) -> Flask:
-        lookup = self.lookup
-
-        class StoreValidator(BearerTokenValidator):
-            def authenticate_token(self, token_string: str) -> IssuedToken | None:
-                return lookup(token_string)
-
-        require_oauth = ResourceProtector()
-        require_oauth.register_token_validator(StoreValidator())
-
         @app.post("/oauth/token")
         def token() -> Any:
             scheme = request.headers.get("Authorization", "").partition(" ")[0]
@@ -410,15 +402,8 @@ class Authority(AuthorizationServer):
                 return self.handle_error_response(None, error)
             return self.create_authorization_response(grant=grant, grant_user=ANA)
 
-        @app.post("/segments/aam")
-        def segments() -> Any:
-            with self.lock:
-                self.resource_authorizations.append(request.headers.get("Authorization", ""))
-            with require_oauth.acquire([SCOPE]) as granted:
-                body = request.get_json()
-                with self.lock:
-                    self.received.append((granted.access_token, body))
-            return {"status": "ok"}
+        add_segment_route(app, self.lookup, self.lock, self.resource_authorizations,
+                          self.received, SCOPE)
 
         return app
 

@@ -154,15 +154,6 @@ class AuthlibPartner:
                                      save_token=self._save_token)
         server.register_grant(ClientCredentialsGrant)
 
-        lookup = self.lookup
-
-        class StoreValidator(BearerTokenValidator):
-            def authenticate_token(self, token_string: str) -> IssuedToken | None:
-                return lookup(token_string)
-
-        require_oauth = ResourceProtector()
-        require_oauth.register_token_validator(StoreValidator())
-
         @app.post("/oauth/token")
         def token() -> Any:
             seen = TokenRequest(request.content_type or "", request.get_data(as_text=True),
@@ -171,16 +162,8 @@ class AuthlibPartner:
                 self.token_requests.append(seen)
             return server.create_token_response()
 
-        @app.post("/segments/aam")
-        def segments() -> Any:
-            with self._lock:
-                self.resource_authorizations.append(request.headers.get("Authorization", ""))
-            with require_oauth.acquire() as granted:
-                body = request.get_json()
-                with self._lock:
-                    self.received.append((granted.access_token, body))
-            return {"status": "ok"}
-
+        add_segment_route(app, self.lookup, self._lock, self.resource_authorizations,
+                          self.received)
         return app
 
     def lookup(self, access_token: str) -> IssuedToken | None:
@@ -192,6 +175,31 @@ class AuthlibPartner:
             bodies = [body for _, body in self.received]
         return [(user["AAM_UUID"], seg["Segment_ID"])
                 for body in bodies for user in body["Users"] for seg in user["Segments"]]
+
+
+def add_segment_route(
+    app: Flask, lookup: Callable[[str], IssuedToken | None], lock: threading.Lock,
+    authorizations: list[str], received: list[tuple[str, Any]], scope: str | None = None,
+) -> None:
+    """The partner's ``POST /segments/aam`` behind Authlib's ``ResourceProtector``: every
+    Authorization header seen is kept, and each accepted body with the token that carried it."""
+
+    class StoreValidator(BearerTokenValidator):
+        def authenticate_token(self, token_string: str) -> IssuedToken | None:
+            return lookup(token_string)
+
+    require_oauth = ResourceProtector()
+    require_oauth.register_token_validator(StoreValidator())
+
+    @app.post("/segments/aam")
+    def segments() -> Any:
+        with lock:
+            authorizations.append(request.headers.get("Authorization", ""))
+        with require_oauth.acquire([scope] if scope else None) as granted:
+            body = request.get_json()
+            with lock:
+                received.append((granted.access_token, body))
+        return {"status": "ok"}
 
 
 @contextmanager
