@@ -174,21 +174,13 @@ class TokenManager:
             adopted = await self._adopt_stored()
             if adopted is not None:
                 return adopted
-            pause = await self.store.paused()
-            self._pause_checked = self._clock()
-            if pause is not None:
-                self._paused(pause.until, pause.error, first=False)
-                raise self._paused_error(self._clock())
-            if self._paused_until > self._clock():
-                self._resume()  # lifted early: a login, or `iris auth test` succeeded
+            await self._raise_if_paused()
             fence = await self.store.acquire()
             if fence is not None:
                 try:
                     if (adopted := await self._adopt_stored()) is not None:
                         return adopted
-                    if (pause := await self.store.paused()) is not None:  # set meanwhile
-                        self._paused(pause.until, pause.error, first=False)
-                        raise self._paused_error(self._clock())
+                    await self._raise_if_paused()  # a refusal may have come meanwhile
                     return await self._fetch(fence)
                 finally:
                     await self.store.release(fence)
@@ -199,6 +191,14 @@ class TokenManager:
             if now - waited_since > 600:
                 raise TokenError("waited 10 minutes for another worker's token request")
             await asyncio.sleep(RECHECK)
+
+    async def _raise_if_paused(self) -> None:
+        """Take part in a pause another replica (or this one) recorded in the store."""
+        pause = await self.store.paused()
+        self._pause_checked = self._clock()
+        if pause is not None:
+            self._paused(pause.until, pause.error, first=False)
+            raise self._paused_error(self._clock())
 
     async def _acquire_or_wait(self) -> int:
         while (fence := await self.store.acquire()) is None:
@@ -216,8 +216,6 @@ class TokenManager:
         if self._clock() >= stored.refresh_at:
             return None
         self.last_source = "store"
-        if self._paused_until:
-            self._resume()  # another process got a token: the credentials are accepted again
         return self._use(stored)
 
     async def _fetch(self, fence: int) -> Token:
@@ -248,8 +246,6 @@ class TokenManager:
             log.warning("%s: the stored refresh token changed while this one was spent (a new "
                         "login?); keeping the stored one", self.destination)
         await self.store.clear_pause()  # accepted: a pause any replica saw is over
-        if self._paused_until:
-            self._resume()
         self.last_source = "endpoint"
         return self._use(stored, hard_expiry)
 
@@ -283,6 +279,8 @@ class TokenManager:
         token = Token(Credential(f"Bearer {stored.access_token}", stored.fence),
                       stored.refresh_at, hard_expiry, stored)
         self._token = token
+        if self._paused_until:  # a token was issued (here, by another replica, a login or
+            self._resume()  # `iris auth test`): the credentials are accepted again
         if self._on_token:
             self._on_token(stored.expires_at)
         return token
