@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from iris.config import Config
 from iris.streams import Entry, Streams
 
 PAGE = 500
+PROGRESS_EVERY = 10_000
 
 
 async def dead_letters(
     streams: Streams, *, destination: str | None = None, reason: str | None = None,
-    limit: int | None = None,
+    limit: int | None = None, end: str = "+",
 ) -> AsyncIterator[Entry]:
-    """Dead-letter entries, oldest first, filtered by destination and reason."""
+    """Dead-letter entries up to ``end``, oldest first, filtered by destination and reason."""
     start, found = "-", 0
     while limit is None or found < limit:
-        page = await streams.page(streams.dead_letters, start, PAGE)
+        page = await streams.page(streams.dead_letters, start, PAGE, end)
         if not page:
             return
         for entry_id, fields in page:
@@ -42,19 +43,49 @@ def original_event(fields: dict[str, str]) -> dict[str, str]:
     return event
 
 
-async def replay(streams: Streams, **filters: object) -> int:
-    """Re-inject matching dead letters into the inbound stream and remove them; returns count."""
+async def replay(
+    streams: Streams, *, destination: str | None = None, reason: str | None = None,
+    limit: int | None = None, dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Re-inject matching dead letters into the inbound stream and remove them; returns count.
+
+    Only the dead letters present when it starts are replayed, each at most once: events that
+    fail again while it runs are dead-lettered behind that point and wait for the next replay.
+    ``progress`` is told the running count every ``PROGRESS_EVERY`` events."""
+    end = await streams.last_id(streams.dead_letters)
+    if end is None:
+        return 0
     batch: list[tuple[str, dict[str, str]]] = []
     total = 0
-    async for entry_id, fields in dead_letters(streams, **filters):  # type: ignore[arg-type]
+    async for entry_id, fields in dead_letters(streams, destination=destination, reason=reason,
+                                               limit=limit, end=end):
         batch.append((entry_id, original_event(fields)))
         if len(batch) >= PAGE:
-            await streams.replay(batch)
-            total, batch = total + len(batch), []
-    if batch:
+            total += await _replay_batch(streams, batch, dry_run)
+            batch = []
+            if progress is not None and total % PROGRESS_EVERY == 0:
+                progress(total)
+    return total + await _replay_batch(streams, batch, dry_run)
+
+
+async def _replay_batch(streams: Streams, batch: list[tuple[str, dict[str, str]]],
+                        dry_run: bool) -> int:
+    if batch and not dry_run:
         await streams.replay(batch)
-        total += len(batch)
-    return total
+    return len(batch)
+
+
+def printable(fields: dict[str, str]) -> dict[str, str]:
+    """Fields as text that can always be printed: bytes that were not UTF-8 (kept by the
+    client as lone surrogates) are shown as ``\\xNN`` escapes."""
+    return {_escape(k): _escape(v) for k, v in fields.items()}
+
+
+def _escape(text: str) -> str:
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 async def status(streams: Streams, config: Config) -> dict[str, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -81,14 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     for action, text in (
         ("list", "print matching dead letters as JSON lines, oldest first"),
-        ("replay", "re-inject matching events into the inbound stream (aimed at the "
-                   "destination that failed them) and remove them from the dead-letter stream"),
+        ("replay", "re-inject the matching events present when it starts into the inbound "
+                   "stream (aimed at the destination that failed them), each once, and remove "
+                   "them from the dead-letter stream"),
     ):
         cmd = dlq_sub.add_parser(action, help=text, description=text[:1].upper() + text[1:] + ".")
         _add_config(cmd)
         cmd.add_argument("--destination", metavar="ID", help="only this destination id")
         cmd.add_argument("--reason", choices=list(REASONS), help="only this reason")
         cmd.add_argument("--limit", type=int, metavar="N", help="at most N entries")
+        if action == "replay":
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="count what would be replayed; change nothing")
 
     auth = sub.add_parser("auth", help="check a destination's credentials, or log in once",
                           description="Check or set up how iris authenticates to destinations.")
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_CONFIG
     except IrisError as exc:
         print(f"iris: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    except Exception:  # not foreseen: one record in the configured log format, not a raw trace
+        logging.getLogger("iris").critical("iris %s failed unexpectedly", args.command,
+                                           exc_info=True)
         code = EXIT_ERROR
     sys.exit(code)
 
@@ -205,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         await worker.run()
 
     run_async(serve)
-    return 0
+    return worker.exit_code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -293,14 +302,19 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     config = _load(args)
     filters = {"destination": args.destination, "reason": args.reason, "limit": args.limit}
     if args.dlq_command == "replay":
-        count = _with_streams(config, lambda streams: admin.replay(streams, **filters))
-        print(f"replayed {count} event(s) into {config.stream.key}")
+        def progress(count: int) -> None:
+            print(f"replayed {count} event(s) so far", file=sys.stderr)
+
+        count = _with_streams(config, lambda streams: admin.replay(
+            streams, **filters, dry_run=args.dry_run, progress=progress))
+        verb = "would replay" if args.dry_run else "replayed"
+        print(f"{verb} {count} event(s) into {config.stream.key}")
         return 0
 
     async def listing(streams: Any) -> int:
         count = 0
         async for entry_id, fields in admin.dead_letters(streams, **filters):
-            print(orjson.dumps({"id": entry_id, **fields}).decode())
+            print(orjson.dumps({"id": entry_id, **admin.printable(fields)}).decode())
             count += 1
         return count
 

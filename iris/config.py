@@ -33,6 +33,7 @@ from iris.errors import ConfigError
 class RedisConfig(Strict):
     url: str = "redis://127.0.0.1:6379/0"
     socket_timeout: Positive | None = None  # seconds; default: block_ms + 5 s
+    max_connections: Annotated[int, Field(ge=4)] = 20  # per worker, whatever the destinations
 
 
 class StreamConfig(Strict):
@@ -43,6 +44,9 @@ class StreamConfig(Strict):
     block_ms: PositiveInt = 1000
     claim_idle_ms: PositiveInt = 60000
     max_deliveries: PositiveInt = 10
+    trim: bool = True  # trim what every group acknowledged from the inbound stream
+    trim_interval_ms: PositiveInt = 10000
+    idle_consumer_ms: PositiveInt = 600000  # remove consumers idle this long with nothing pending
 
 
 class HttpConfig(Strict):

@@ -13,20 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 
 import orjson
 
 from iris.batching import Batch, BatchBuilder
 from iris.config import Config
-from iris.dead_letters import INVALID_EVENT, MAX_DELIVERIES, TOO_LARGE, dead_letter_entry
+from iris.dead_letters import (
+    INVALID_EVENT,
+    MAX_DELIVERIES,
+    TOO_LARGE,
+    dead_letter_entry,
+    report_written,
+)
 from iris.errors import EventError, RedisUnavailable
 from iris.events import parse_event
-from iris.health import Health
+from iris.health import Health, RedisRetry
 from iris.metrics import Metrics
-from iris.recovery import Recovered, Recovery
+from iris.recovery import History, Recovered, Recovery
 from iris.routing import RouteTable
-from iris.streams import HISTORY, NEW, Commit, Entry, Streams
+from iris.streams import NEW, Commit, Entry, Streams
 
 log = logging.getLogger(__name__)
 
@@ -40,59 +45,87 @@ class Consumer:
         self._routes = RouteTable(config.destinations)
         self._builders = {d.id: BatchBuilder(d) for d in config.destinations}
         self._multi: dict[str, list[str]] = {}  # entry id → destinations, for fanned-out entries
-        self._recovery = Recovery(streams, streams.inbound, config.stream)
+        self._recovery = Recovery(streams, streams.inbound, config.stream,
+                                  health.retry("consume: heartbeat"))
+        self._abandoned = False
         self.stopping = asyncio.Event()
+
+    def abandon(self) -> None:
+        """Write nothing more: the entries we hold are another worker's now."""
+        self._abandoned = True
+        self._forget()
 
     async def run(self) -> None:
         """Loop until ``stopping``; then close and write every open batch.
 
         Every (re)start begins from this consumer's own pending history with empty batches:
         after a crash or a lost Redis reply, Redis's pending list is the truth, and batches
-        that were never written can be rebuilt without any partner seeing a duplicate.
+        that were never written can be rebuilt without any partner seeing a duplicate. Only a
+        start counts that re-read as a delivery; a re-read after a Redis fault does not.
+        Reads and writes report apart: when Redis refuses writes (OOM), reads still work, and
+        only a write that succeeds ends the fault.
         """
         self._forget()
-        cursor = HISTORY
+        history = History()
+        reads, writes = self._health.retry("consume"), self._health.retry("consume: write")
         while not self.stopping.is_set():
             try:
-                cursor = await self._round(cursor)
-                self._health.redis_ok()
+                commit = await self._round(history)
             except RedisUnavailable as exc:
-                self._forget()
-                cursor = HISTORY
-                await self._health.redis_failed(exc)
+                await self._start_over(history, reads, exc)
+                continue
+            reads.ok()
+            # before the write: what we hold stays ours even while Redis refuses writes
+            await self._recovery.heartbeat(self._held)
+            if commit and not self._abandoned:
+                try:
+                    await self._streams.commit(commit)
+                except RedisUnavailable as exc:
+                    await self._start_over(history, writes, exc)
+                    continue
+                self._written(commit)
+            if commit or not self._held():  # a write worked, or there is nothing to write
+                writes.ok()
         await self._flush_all()
 
-    async def _round(self, cursor: str) -> str:
-        """One read (new entries, or a page of history), reclaim and heartbeat; one commit."""
+    async def _start_over(self, history: History, retry: RedisRetry,
+                          exc: RedisUnavailable) -> None:
+        """After a fault: forget the open batches, and read what we hold again after a wait."""
+        self._forget()
+        history.restart()
+        await retry.failed(exc)
+
+    async def _round(self, history: History) -> Commit:
+        """One read (new entries, or a page of history) and reclaim: what to commit."""
         stream = self._config.stream
-        entries = await self._streams.read(
-            self._streams.inbound, cursor, stream.read_count, self._block_ms()
-        )
         commit = Commit()
-        if cursor == NEW:
+        if history.done:
+            entries = await self._streams.read(
+                self._streams.inbound, NEW, stream.read_count, self._block_ms())
+            self._metrics.consumed.inc(len(entries))
             self._take(entries, commit)
-        else:  # re-delivered: count deliveries so a poison entry cannot loop forever
-            self._take_recovered(await self._recovery.sort(entries), commit)
-            cursor = entries[-1][0] if entries else NEW
-        claimed = await self._recovery.reclaim(stream.read_count)
+        else:
+            self._take_recovered(await self._recovery.history(history, stream.read_count), commit)
+        claimed = await self._recovery.reclaim(stream.read_count, self._held())
         if claimed is not None:
-            held = self._held()
-            claimed.entries = [e for e in claimed.entries if e[0] not in held]
             self._take_recovered(claimed, commit)
         self._close(commit, due_only=True)
-        if commit:
-            await self._streams.commit(commit)
-        await self._recovery.heartbeat(self._held)
-        return cursor
+        return commit
+
+    def _written(self, commit: Commit) -> None:
+        """Count what a commit did, once it is done."""
+        if commit.dead_letters:
+            report_written(commit.dead_letters, self._metrics.dead_lettered)
+        for reason, count in commit.skipped.items():
+            self._metrics.skipped.labels(reason).inc(count)
 
     def _held(self) -> set[str]:
         """Inbound entries folded into open batches: pending, and still ours to finish."""
         return set().union(*(b.source_ids for b in self._builders.values()))
 
     def _take_recovered(self, recovered: Recovered, commit: Commit) -> None:
-        if recovered.trimmed:
-            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
-            commit.acks.extend(recovered.trimmed)
+        commit.skipped["trimmed"] += len(recovered.trimmed)
+        commit.acks.extend(recovered.trimmed)
         for entry_id, fields in recovered.over_limit:
             commit.dead_letters.append(dead_letter_entry(
                 fields or {}, reason=MAX_DELIVERIES, source_id=entry_id,
@@ -100,10 +133,6 @@ class Consumer:
                 error=f"delivered more than {self._config.stream.max_deliveries} times",
             ))
             commit.acks.append(entry_id)
-        if recovered.over_limit:
-            self._metrics.dead_lettered.labels("", MAX_DELIVERIES).inc(len(recovered.over_limit))
-            log.warning("dead-lettered %d entries delivered more than %d times",
-                        len(recovered.over_limit), self._config.stream.max_deliveries)
         self._take(recovered.entries, commit)
 
     def _block_ms(self) -> int:
@@ -114,12 +143,10 @@ class Consumer:
         return max(1, block)
 
     def _take(self, entries: list[Entry], commit: Commit) -> None:
-        self._metrics.consumed.inc(len(entries))
-        skipped: Counter[str] = Counter()
-        invalid = 0
         for entry_id, fields in entries:
+            assert fields is not None  # trimmed entries only come back from history or claims
             try:
-                self._take_one(entry_id, fields, commit, skipped)
+                self._take_one(entry_id, fields, commit)
                 continue
             except EventError as exc:
                 error = str(exc)
@@ -131,19 +158,11 @@ class Consumer:
                 destination=fields.get("destination", ""),
             ))
             commit.acks.append(entry_id)
-            invalid += 1
-        if invalid:
-            self._metrics.dead_lettered.labels("", INVALID_EVENT).inc(invalid)
-            log.info("dead-lettered %d invalid events", invalid)
-        for reason, count in skipped.items():
-            self._metrics.skipped.labels(reason).inc(count)
 
-    def _take_one(
-        self, entry_id: str, fields: dict[str, str], commit: Commit, skipped: Counter[str]
-    ) -> None:
+    def _take_one(self, entry_id: str, fields: dict[str, str], commit: Commit) -> None:
         event = parse_event(entry_id, fields)
         routes, skips = self._routes.route(event)
-        skipped.update(skips)
+        commit.skipped.update(skips)
         if not routes:
             commit.acks.append(entry_id)
             return
@@ -176,8 +195,6 @@ class Consumer:
                                       destination=batch.destination_id,
                                       error=f"processing failed: {type(exc).__name__}")
                     for source_id, fields in batch.events)
-                self._metrics.dead_lettered.labels(batch.destination_id, INVALID_EVENT).inc(
-                    len(batch.events))
             for entry_id in batch.source_ids:
                 for dest_id in self._multi.pop(entry_id, ()):
                     builder = self._builders[dest_id]
@@ -194,7 +211,6 @@ class Consumer:
                                   destination=dest.id, error=error)
                 for source_id, fields in batch.events
             )
-            self._metrics.dead_lettered.labels(dest.id, TOO_LARGE).inc(len(batch.events))
             return
         commit.batches.append((self._streams.outbound(dest.id), {
             "body": batch.body,
@@ -211,6 +227,8 @@ class Consumer:
         self._multi.clear()
 
     async def _flush_all(self) -> None:
+        if self._abandoned:
+            return
         commit = Commit()
         self._close(commit, due_only=False)
         if commit:
@@ -218,3 +236,5 @@ class Consumer:
                 await self._streams.commit(commit)
             except RedisUnavailable as exc:
                 log.warning("could not write open batches at shutdown (%s); they stay pending", exc)
+                return
+            self._written(commit)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from iris.logs import redact
+
+log = logging.getLogger(__name__)
 
 INVALID_EVENT = "invalid_event"
 REJECTED = "rejected"
@@ -31,3 +35,18 @@ def dead_letter_entry(
         dlq_time=datetime.now(UTC).isoformat(timespec="milliseconds"),
     )
     return entry
+
+
+def report_written(entries: list[dict[str, str]], counter: Any) -> None:
+    """Count (``iris_events_dead_lettered_total``) and log dead letters once they are written,
+    never before: a write that fails is tried again, and must not be counted twice."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for entry in entries:
+        groups.setdefault((entry["dlq_destination"], entry["dlq_reason"]), []).append(entry)
+    for (destination, reason), group in groups.items():
+        counter.labels(destination, reason).inc(len(group))
+        log.log(logging.INFO if reason == INVALID_EVENT else logging.WARNING,
+                "dead-lettered %d event(s)%s as %s: %s", len(group),
+                f" for {destination}" if destination else "", reason,
+                group[0]["dlq_error"] or group[0]["dlq_status"],
+                extra={"destination": destination} if destination else None)

@@ -4,7 +4,9 @@
     ├── ConfigError        bad configuration; carries the key path (``destinations[1].url``)
     ├── EventError         a malformed inbound entry; never retried, dead-lettered
     ├── TokenError         no token; ``permanent`` says whether retrying soon can help
-    └── RedisUnavailable   Redis refused, reset or timed out; back off and retry
+    └── RedisUnavailable   Redis cannot be used now (no connection, or a reply such as OOM,
+        │                  READONLY, NOPERM); ``reply`` names it: back off and retry
+        └── GroupMissing   NOGROUP: the consumer group vanished; recreate it
 
 Only the stream adapter and the sender catch redis or aiohttp exceptions; everything above them
 sees these types.
@@ -47,4 +49,21 @@ class TokenError(IrisError):
 
 
 class RedisUnavailable(IrisError):
-    """Redis did not answer (refused, reset, timed out, loading): back off and retry."""
+    """Redis cannot be used now: no connection, no answer in time, or an error reply that says
+    "not now" (OOM, READONLY, LOADING, BUSY, MISCONF, NOPERM, ...). Back off and retry.
+
+    ``reply`` is the Redis error code, or ``connection``/``timeout``/``other`` (the label of
+    ``iris_redis_errors_total``); ``str()`` is the reason ``/readyz`` shows.
+    """
+
+    def __init__(self, reason: str, reply: str = "connection") -> None:
+        self.reply = reply
+        super().__init__(reason)
+
+
+class GroupMissing(RedisUnavailable):
+    """NOGROUP: the consumer group is gone (a Redis restart without persistence, or an
+    operator's XGROUP DESTROY); the next read recreates it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "NOGROUP")

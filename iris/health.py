@@ -1,28 +1,49 @@
-"""Liveness and readiness state shared by the loops and the HTTP server."""
+"""Liveness and readiness state shared by the loops and the HTTP server.
+
+Each loop that talks to Redis reports its own outcome through a ``RedisRetry``: a failure
+records why (the reply Redis gave), and waits with that loop's own backoff, so one loop's
+trouble never slows another. The worker is ready while no loop is failing. A fault is logged
+twice, however many loops see it and however long it lasts: one WARNING when the first loop
+fails, one INFO once the last one has recovered and none failed again for a second.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from iris.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 2.0
+MAX_BACKOFF = 2.0  # seconds: the longest wait between two tries of a failing loop
 BEAT_EVERY = 1.0  # seconds between heartbeats of the event loop
 STUCK_AFTER = 10.0  # a heartbeat older than this means the event loop is stuck
+QUIET = 1.0  # seconds without a failing loop before a fault is reported over
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: 0.1 s doubling to 2 s."""
+    return min(MAX_BACKOFF, 0.05 * 2 ** min(failures, 10))
 
 
 class Health:
-    """Ready when started, not draining, and Redis answered the last time anyone asked."""
+    """Ready when started, not draining, and no loop's last Redis operation failed."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        on_redis_error: Callable[[str], None] | None = None,
+        on_redis_usable: Callable[[bool], None] | None = None,
+    ) -> None:
         self.starting = True
         self.draining = False
-        self._redis_up = False
-        self._failures = 0
+        self._on_error = on_redis_error  # told the reply of every failure (a metric)
+        self._on_usable = on_redis_usable  # told when Redis turns unusable, and usable again
+        self._faults: dict[str, RedisUnavailable] = {}  # loop -> the fault it saw last
+        self._down_since = 0.0
+        self._cleared_at: float | None = None  # the last fault ended then; not yet logged
         self._beat = time.monotonic()
         self._paused: set[tuple[str, str]] = set()  # (destination, why)
 
@@ -38,6 +59,7 @@ class Health:
         """Runs on the event loop: while it beats, the loop is turning."""
         while True:
             self._beat = time.monotonic()
+            self._log_recovery()
             await asyncio.sleep(BEAT_EVERY)
 
     def liveness(self) -> tuple[bool, float]:
@@ -45,19 +67,39 @@ class Health:
         age = time.monotonic() - self._beat
         return age < STUCK_AFTER, age
 
-    def redis_ok(self) -> None:
-        if not self._redis_up and not self.starting:
-            log.info("redis is reachable again")
-        self._redis_up = True
-        self._failures = 0
+    def retry(self, loop: str) -> RedisRetry:
+        """The outcome reporter and backoff of one loop (or one kind of operation of it)."""
+        return RedisRetry(self, loop)
 
-    async def redis_failed(self, exc: RedisUnavailable) -> None:
-        """Record the failure, log it once per outage, and wait before the caller retries."""
-        if self._redis_up or self._failures == 0:
-            log.warning("%s; retrying", exc)
-        self._redis_up = False
-        self._failures += 1
-        await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(self._failures, 10)))
+    def redis_ok(self, loop: str) -> None:
+        if self._faults.pop(loop, None) is None or self._faults:
+            return
+        self._cleared_at = time.monotonic()  # the INFO line waits for a quiet second
+        if self._on_usable is not None:
+            self._on_usable(True)
+
+    def redis_failed(self, loop: str, exc: RedisUnavailable) -> None:
+        if self._on_error is not None:
+            self._on_error(exc.reply)
+        first = not self._faults
+        self._faults[loop] = exc
+        if first and self._on_usable is not None:
+            self._on_usable(False)
+        if not first or self._cleared_at is not None:  # the same fault, still or again
+            self._cleared_at = None
+            log.debug("%s: %s", loop, exc)
+            return
+        self._down_since = time.monotonic()
+        log.warning("%s; backing off and retrying until it passes (/readyz is 503 meanwhile)",
+                    exc)
+
+    def _log_recovery(self) -> None:
+        """One INFO line once no loop has failed for ``QUIET`` seconds: the other loops may
+        still be finding out about the fault the first one recovered from."""
+        cleared = self._cleared_at
+        if cleared is not None and not self._faults and time.monotonic() - cleared >= QUIET:
+            self._cleared_at = None
+            log.info("redis is usable again (after %.1f s)", cleared - self._down_since)
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = []
@@ -65,7 +107,29 @@ class Health:
             reasons.append("starting")
         if self.draining:
             reasons.append("draining")
-        if not self._redis_up:
-            reasons.append("redis unreachable")
+        reasons.extend(dict.fromkeys(str(exc) for exc in self._faults.values()))
         reasons.extend(f"destination {d} paused ({why})" for d, why in sorted(self._paused))
         return not reasons, reasons
+
+
+class RedisRetry:
+    """One loop's reports to ``Health``, and its own backoff between tries."""
+
+    def __init__(self, health: Health, loop: str) -> None:
+        self._health = health
+        self.loop = loop
+        self._failures = 0
+
+    def ok(self) -> None:
+        self._failures = 0
+        self._health.redis_ok(self.loop)
+
+    def noted(self, exc: RedisUnavailable) -> None:
+        """Record a failure without waiting (the caller schedules its own next try)."""
+        self._failures += 1
+        self._health.redis_failed(self.loop, exc)
+
+    async def failed(self, exc: RedisUnavailable) -> None:
+        """Record the failure, then wait before the caller tries again."""
+        self.noted(exc)
+        await asyncio.sleep(backoff_delay(self._failures))

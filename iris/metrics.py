@@ -23,6 +23,9 @@ from iris.dead_letters import REASONS
 from iris.routing import SKIP_REASONS
 
 TOKEN_OUTCOMES = ("success", "error")
+# The ``reply`` label of iris_redis_errors_total: Redis's error codes, and what is not a reply.
+REDIS_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "NOPERM", "TRYAGAIN",
+                 "CLUSTERDOWN", "MASTERDOWN", "NOGROUP", "connection", "timeout", "other")
 BATCH_USER_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
@@ -63,8 +66,19 @@ class Metrics:
             "iris_stream_pending", "Entries delivered to the group but not acknowledged",
             ["stream", "group"], registry=r)
         self.stream_lag = Gauge(
-            "iris_stream_lag", "Entries not yet delivered to the group", ["stream", "group"],
-            registry=r)
+            "iris_stream_lag", "Entries not yet delivered to the group (absent while Redis "
+            "cannot count them)", ["stream", "group"], registry=r)
+        self.stream_length = Gauge(
+            "iris_stream_length", "Entries the stream holds (XLEN)", ["stream"], registry=r)
+        self.stream_trimmed = Counter(
+            "iris_stream_trimmed", "Acknowledged entries trimmed from the inbound stream",
+            ["stream"], registry=r)
+        self.redis_usable = Gauge(
+            "iris_redis_usable", "1 while every Redis operation of this worker succeeds, 0 "
+            "while any of its loops backs off (refused writes, no connection, ...)", registry=r)
+        self.redis_errors = Counter(
+            "iris_redis_errors", "Redis error replies and connection faults, by reply",
+            ["reply"], registry=r)
         self.circuit_open = Gauge(
             "iris_circuit_open", "1 while the destination's circuit breaker pauses its reads",
             ["destination"], registry=r)
@@ -92,6 +106,10 @@ class Metrics:
         self.dead_lettered.labels("", "invalid_event")
         self.stream_pending.labels(stream, group)
         self.stream_lag.labels(stream, group)
+        self.stream_length.labels(stream)
+        self.stream_trimmed.labels(stream)
+        for reply in REDIS_REPLIES:
+            self.redis_errors.labels(reply)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,15 +24,16 @@ from iris.dead_letters import (
     RETRIES_EXHAUSTED,
     TOO_LARGE,
     dead_letter_entry,
+    report_written,
 )
 from iris.delivery import Sender
 from iris.errors import RedisUnavailable
 from iris.health import Health
 from iris.metrics import Metrics
 from iris.payload import encode_payload
-from iris.recovery import Recovered, Recovery
+from iris.recovery import History, Recovered, Recovery
 from iris.retry import Action, Outcome, backoff, failure
-from iris.streams import HISTORY, NEW, Entry, Streams
+from iris.streams import NEW, Entry, Streams
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ Events = list[tuple[str, dict[str, str]]]
 
 
 class Publisher:
+    """One destination's deliveries. Entries come from its own reads of its outbound stream,
+    from the worker's shared read (``OutboundReader``, which hands over what it took for this
+    destination), from this consumer's history and from reclaims."""
+
     def __init__(
         self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
         health: Health, stream: StreamConfig,
@@ -49,61 +54,120 @@ class Publisher:
         self._sender = sender
         self._metrics = metrics
         self._health = health
-        self._block_ms = stream.block_ms
-        self._key = streams.outbound(dest.id)
-        self._recovery = Recovery(streams, self._key, stream)
+        self.key = streams.outbound(dest.id)
+        self._reads = health.retry(f"publish {dest.id}")
+        self._writes = health.retry(f"publish {dest.id}: write")
+        self._recovery = Recovery(streams, self.key, stream,
+                                  health.retry(f"publish {dest.id}: heartbeat"))
         self._breaker = CircuitBreaker(
             dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
             on_change=self._circuit_changed,
         )
-        self._idle_wake = stream.claim_idle_ms / 3000  # wake at least this often (heartbeat)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
-        self._slot_free = asyncio.Event()
+        self._handed: list[Entry] = []  # taken by the shared read, waiting for a free slot
+        self._crashed: dict[str, float] = {}  # delivery died of a bug → when to try again
+        self._crash_wait = stream.claim_idle_ms / 1000  # as long as a dead worker's entries
+        self._history = History()
+        self._maybe_more = True  # the stream may hold entries no one has read yet
+        self._wake = asyncio.Event()  # a slot freed, entries were handed over, or stopping
+        self.wants_changed = asyncio.Event()  # for the shared read: ``wants()`` may be true now
         self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
 
     def _circuit_changed(self, is_open: bool) -> None:
         self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
         self._health.paused(self.dest.id, is_open, "circuit open")
 
+    def wants(self) -> bool:
+        """Whether the shared read should take a batch for this destination now."""
+        return (self._history.done and not self.stopping.is_set()
+                and self._free() > len(self._handed))
+
+    def hand(self, entries: list[Entry]) -> None:
+        """Batches the shared read took for this destination (they are pending for us now)."""
+        self._handed.extend(entries)
+        self._maybe_more = True  # one came: more may follow
+        self._wake.set()
+
+    def _free(self) -> int:
+        """How many more batches to take now: none while paused or the circuit is open."""
+        if self._sender.auth.pause_remaining():
+            return 0
+        in_flight = len(self._tasks)
+        return self._breaker.capacity(self.dest.limits.max_in_flight - in_flight, in_flight)
+
+    def held(self) -> list[str]:
+        """Entries this publisher works on: pending for us, kept claimed by the heartbeat."""
+        return [*self._tasks, *(entry_id for entry_id, _ in self._handed), *self._crashed]
+
     async def run(self) -> None:
         """Read and dispatch until ``stopping``; first this consumer's own pending history."""
-        cursor = HISTORY
+        self._history = History()
         while not self.stopping.is_set():
+            self._wake.clear()
             try:
-                cursor = await self._round(cursor)
-                self._health.redis_ok()
+                busy = await self._round()
             except RedisUnavailable as exc:
-                await self._health.redis_failed(exc)
-                cursor = HISTORY  # re-read what we hold but may not have settled
+                self._history.restart()  # re-read what we hold but may not have settled
+                await self._recovery.heartbeat(self.held)  # batches in flight stay ours
+                await self._reads.failed(exc)
+                continue
+            self._reads.ok()
+            await self._recovery.heartbeat(self.held)
+            if not busy:
+                await self._idle()
 
-    async def _round(self, cursor: str) -> str:
-        paused = self._sender.auth.pause_remaining()
-        free = 0 if paused else self._breaker.capacity(
-            self.dest.limits.max_in_flight - len(self._tasks), len(self._tasks))
-        if free <= 0:  # full, paused, or the circuit is open: wait for a slot, a probe, the
-            self._slot_free.clear()  # end of the pause, or the next heartbeat
-            wait = paused or self._breaker.seconds_to_probe() or self._idle_wake
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_free.wait(), min(wait, self._idle_wake))
-            fresh: list[Entry] = []
+    async def _round(self) -> bool:
+        """Take what there is room for; True if there may be more to take at once."""
+        free = self._free()
+        if free <= 0:
+            return False
+        fresh: list[Entry] = []
+        if due := self._crashes_due(free):  # a crash counts as a delivery: a poison batch
+            recovered = await self._recovery.redeliver(due)  # ends dead-lettered
+            for entry_id in due:
+                del self._crashed[entry_id]
+            await self._settle_recovered(recovered)
+            fresh = recovered.entries
+        elif not self._history.done:
+            recovered = await self._recovery.history(self._history, free, self._tasks)
+            await self._settle_recovered(recovered)
+            fresh = recovered.entries
+            if self._history.done:
+                self.wants_changed.set()
         else:
-            read = await self._streams.read(self._key, cursor, free, self._block_ms)
-            fresh = read
-            if cursor != NEW:  # history: the cursor follows what was read, settled or not
-                recovered = await self._recovery.sort(read)
-                await self._settle_recovered(recovered)
-                fresh = recovered.entries
-                cursor = read[-1][0] if read else NEW
+            fresh, self._handed = self._handed[:free], self._handed[free:]
+            if len(fresh) < free and self._maybe_more:
+                read = await self._streams.read(self.key, NEW, free - len(fresh), None)
+                self._maybe_more = len(read) == free - len(fresh)
+                fresh += read
         room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
-        claimed = await self._recovery.reclaim(room) if room > 0 else None
+        claimed = await self._recovery.reclaim(room, self.held()) if room > 0 else None
         if claimed is not None:
             await self._settle_recovered(claimed)
             fresh += claimed.entries
         for entry_id, fields in fresh:
-            if entry_id not in self._tasks:
+            if entry_id not in self._tasks and fields is not None:
                 self._dispatch(entry_id, fields)
-        await self._recovery.heartbeat(lambda: list(self._tasks))
-        return cursor
+        return bool(fresh) and (not self._history.done or self._maybe_more or bool(self._handed))
+
+    async def _idle(self) -> None:
+        """Wait for a free slot, handed entries, the end of a pause or a cool-down, or a chore
+        (a claim only when there is room for what it would take)."""
+        waits = [self._recovery.seconds_to_chores(claim=self._free() > 0)]
+        if pause := self._sender.auth.pause_remaining():
+            waits.append(pause)
+        if probe := self._breaker.seconds_to_probe():
+            waits.append(probe)
+        if self._crashed:
+            waits.append(min(self._crashed.values()) - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.01, min(waits)))
+        self._maybe_more = True  # a slot, a probe or the end of a pause: look again
+        self.wants_changed.set()
+
+    def _crashes_due(self, count: int) -> list[str]:
+        now = time.monotonic()
+        return [entry_id for entry_id, due in self._crashed.items() if due <= now][:count]
 
     def _dispatch(self, entry_id: str, fields: dict[str, str]) -> None:
         task = asyncio.create_task(self._handle(entry_id, fields),
@@ -114,25 +178,27 @@ class Publisher:
     async def _settle_recovered(self, recovered: Recovered) -> None:
         """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered."""
         if recovered.trimmed:
-            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
             for entry_id in recovered.trimmed:
-                await self._streams.settle(self._key, entry_id)
+                await self._streams.settle(self.key, entry_id)
+            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
         for entry_id, fields in recovered.over_limit:
             outcome = failure("max_deliveries",
                               f"delivered more than {self._recovery.max_deliveries} times")
-            dead = self._dead(_events_of(entry_id, fields), MAX_DELIVERIES, outcome)
-            await self._streams.settle(self._key, entry_id, dead)
+            dead = self._dead(_events_of(entry_id, fields or {}), MAX_DELIVERIES, outcome)
+            await self._streams.settle(self.key, entry_id, dead)
+            report_written(dead, self._metrics.dead_lettered)
 
     def _finished(self, entry_id: str) -> None:
         task = self._tasks.pop(entry_id, None)
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("delivery of %s to %s failed: %r", entry_id, self.dest.id, task.exception())
-        self._slot_free.set()
+            self._crashed[entry_id] = time.monotonic() + self._crash_wait
+        self._wake.set()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight batches finish within ``timeout``; cancel the rest (they stay pending)."""
         self.stopping.set()
-        self._slot_free.set()
+        self._wake.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=max(timeout, 0))
         for task in list(self._tasks.values()):
@@ -217,10 +283,7 @@ class Publisher:
         return True
 
     def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[dict[str, str]]:
-        self._metrics.dead_lettered.labels(self.dest.id, reason).inc(len(events))
-        log.warning("dead-lettering %d events for %s: %s (%s)", len(events), self.dest.id,
-                    reason, outcome.error or outcome.code,
-                    extra={"destination": self.dest.id, "status": outcome.code})
+        """The dead letters for ``events`` (counted and logged once they are written)."""
         return [
             dead_letter_entry(fields, reason=reason, source_id=source_id,
                               destination=self.dest.id, status=outcome.status, error=outcome.error)
@@ -236,12 +299,16 @@ class Publisher:
         """Acknowledge a finished batch; keep trying while Redis is away (it was delivered)."""
         while True:
             try:
-                await self._streams.settle(self._key, entry_id, dead)
-                return
+                await self._streams.settle(self.key, entry_id, dead)
             except RedisUnavailable as exc:
-                await self._health.redis_failed(exc)
+                await self._writes.failed(exc)
                 if self.stopping.is_set():
                     return  # stays pending: redelivered with the same idempotency key
+                continue
+            self._writes.ok()
+            if dead:
+                report_written(dead, self._metrics.dead_lettered)
+            return
 
     async def _stopped_within(self, delay: float) -> bool:
         try:

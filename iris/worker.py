@@ -8,6 +8,7 @@ stops reading first, writes the batches still open, lets in-flight deliveries fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -23,9 +24,12 @@ from iris.delivery import Sender, make_session
 from iris.errors import RedisUnavailable
 from iris.health import Health
 from iris.http_server import HttpServer
-from iris.metrics import Metrics
+from iris.identity import ConsumerLease
+from iris.metrics import REDIS_REPLIES, Metrics
+from iris.outbound import OutboundReader
 from iris.publisher import Publisher
 from iris.streams import Streams, connect
+from iris.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +64,10 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
 class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.health = Health()
         self.metrics = Metrics([d.id for d in config.destinations], config.stream.key,
                                config.stream.group)
+        self.health = Health(on_redis_error=self._count_redis_error,
+                             on_redis_usable=lambda usable: self.metrics.redis_usable.set(usable))
         host, port = config.http.host_port
         self.http = HttpServer(host, port, self.metrics, self.health, self._refresh_stream_stats)
         self._stop = asyncio.Event()
@@ -71,11 +76,23 @@ class Worker:
         self._auths: list[Auth] = []
         self._publishers: list[Publisher] = []
         self._stats_at = 0.0
+        self._lease_lost = False
+        self.exit_code = 0
+
+    def _count_redis_error(self, reply: str) -> None:
+        self.metrics.redis_errors.labels(reply if reply in REDIS_REPLIES else "other").inc()
 
     def request_stop(self) -> None:
         """Safe from a signal handler: only sets flags; the main coroutine does the work."""
         self.health.draining = True  # /readyz says so from this moment
         self._stop.set()
+
+    def _lost_lease(self) -> None:
+        """Another worker reads with our consumer name now: stop without writing open batches
+        (their entries are that worker's to finish), and exit non-zero."""
+        self._lease_lost = True
+        self.exit_code = 1
+        self.request_stop()
 
     async def run(self) -> None:
         try:
@@ -87,14 +104,14 @@ class Worker:
     async def _startup(self) -> None:
         self.redis = connect(self.config)
         self.streams = Streams(self.redis, self.config)
+        self.lease = ConsumerLease(self.redis, self.config.stream.key)
         await self.http.start()
         self._tasks.append(asyncio.create_task(self.health.heartbeat(), name="heartbeat"))
-        log.info("metrics on http://%s:%d/metrics; consumer %s",
-                 self.config.http.host_port[0], self.http.port, self.config.consumer)
+        log.info("metrics on http://%s:%d/metrics", self.config.http.host_port[0], self.http.port)
         if not await self._wait_for_redis():
             return
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
-        shared = SharedTokens.from_config(self.config, self.redis)
+        shared = SharedTokens.from_config(self.config, self.redis, self.streams.consumer)
         for dest in self.config.destinations:
             session = make_session(dest)
             on_pause = partial(self.health.paused, dest.id, reason=REFUSED)
@@ -105,20 +122,42 @@ class Worker:
                                   self.metrics, self.health, self.config.stream)
             self._publishers.append(publisher)
             self._spawn(f"publish-{dest.id}", publisher.run)
+        self.reader = OutboundReader(self.streams, self._publishers, self.config.stream.block_ms,
+                                     self.health)
+        self._spawn("publish-shared-read", self.reader.run)
         self._spawn("consume", self.consumer.run)
+        upkeep = Upkeep(self.streams, self.lease, self._stream_keys(), self.config.stream,
+                        self.metrics, self.health, on_lease_lost=self._lost_lease)
+        for name, every, chore in upkeep.chores():
+            self._tasks.append(asyncio.create_task(upkeep.run(name, every, chore),
+                                                   name=f"upkeep-{name}"))
         self.health.starting = False
-        log.info("started: %d destinations", len(self.config.destinations))
+        self.metrics.redis_usable.set(1)
+        log.info("started: consumer %s, %d destinations", self.streams.consumer,
+                 len(self.config.destinations))
 
     async def _wait_for_redis(self) -> bool:
-        """Ping and create the groups, retrying until Redis answers or a stop is requested."""
+        """Create the groups, check the Redis user's permissions and claim the consumer name,
+        retrying until Redis can be used or a stop is requested."""
+        retry = self.health.retry("start")
         while not self._stop.is_set():
             try:
                 for key in self._stream_keys():
                     await self.streams.ensure_group(key)
-                self.health.redis_ok()
-                return True
+                await self.streams.check_permissions()
+                claim = asyncio.ensure_future(self.lease.claim(self.config.consumer))
+                stop = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not claim.done():
+                    claim.cancel()
+                    return False
+                self.streams.consumer = claim.result()
             except RedisUnavailable as exc:
-                await self.health.redis_failed(exc)
+                await retry.failed(exc)
+                continue
+            retry.ok()
+            return True
         return False
 
     def _stream_keys(self) -> list[str]:
@@ -144,6 +183,8 @@ class Worker:
         deadline = time.monotonic() + self.config.shutdown_timeout
         consumer = getattr(self, "consumer", None)
         if consumer is not None:
+            if self._lease_lost:
+                consumer.abandon()  # its open batches are another worker's entries now
             consumer.stopping.set()  # it writes its open batches, then returns
             consume = [t for t in self._tasks if t.get_name() == "consume"]
             await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
@@ -157,21 +198,42 @@ class Worker:
         for session in self._sessions:
             await session.close()
         if hasattr(self, "redis"):
+            await self._leave()
             await self.redis.aclose()
         await self.http.stop()
         log.info("stopped")
 
+    async def _leave(self) -> None:
+        """Remove this worker's consumers that hold nothing, and free its name."""
+        if not self.lease.name or self._lease_lost:
+            return
+        try:
+            for key in self._stream_keys():
+                await self.streams.drop_own_consumer(key)
+            await self.lease.release()
+        except RedisUnavailable as exc:
+            log.info("could not remove this worker's consumers (%s); they are removed by the "
+                     "others after stream.idle_consumer_ms", exc)
+
     async def _refresh_stream_stats(self) -> None:
-        """Stream gauges from XINFO GROUPS at scrape time, cached briefly, never on the hot path."""
+        """Stream gauges (XLEN, XINFO GROUPS) at scrape time, cached briefly, never on the hot
+        path. A lag Redis cannot count (nil) and that would take a long scan is left out."""
         if not hasattr(self, "streams") or time.monotonic() - self._stats_at < STATS_CACHE_SECONDS:
             return
         self._stats_at = time.monotonic()
+        group = self.streams.group
         for key in self._stream_keys():
             try:
                 stats = await self.streams.group_stats(key)
             except RedisUnavailable:
                 return
-            if stats is not None:
-                pending, lag = stats
-                self.metrics.stream_pending.labels(key, self.streams.group).set(pending)
-                self.metrics.stream_lag.labels(key, self.streams.group).set(lag)
+            if stats is None:
+                continue
+            length, pending, lag = stats
+            self.metrics.stream_length.labels(key).set(length)
+            self.metrics.stream_pending.labels(key, group).set(pending)
+            if lag is None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.stream_lag.remove(key, group)
+            else:
+                self.metrics.stream_lag.labels(key, group).set(lag)

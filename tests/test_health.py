@@ -76,7 +76,6 @@ def test_liveness_follows_the_heartbeat():
 def test_a_paused_destination_is_a_readiness_reason():
     health = Health()
     health.starting = False
-    health.redis_ok()
     assert health.readiness() == (True, [])
     health.paused("423", True, "circuit open")
     assert health.readiness() == (False, ["destination 423 paused (circuit open)"])

@@ -42,6 +42,7 @@ INSTALL_HINT = "install it with: apt-get update && apt-get install -y prometheus
 EXPECTED_ALERTS = {
     "IrisStreamLagHigh", "IrisPendingStuck", "IrisDeliveryErrorRatio", "IrisDeadLetterGrowing",
     "IrisNoProgress", "IrisTokenFetchFailing", "IrisDestinationPaused", "IrisAuthRefused",
+    "IrisRedisRefusesWrites", "IrisRedisUnavailable", "IrisInboundStreamGrowing",
 }
 RUNBOOK_HINTS = ("iris status", "iris dlq", "partner", "token")
 NAME = re.compile(r"\b(?:iris|process|python)_[a-zA-Z0-9_]*")

@@ -34,9 +34,10 @@ class SharedTokens:
     refusal_pause: float = 60.0
 
     @classmethod
-    def from_config(cls, config: Config, redis: aioredis.Redis) -> SharedTokens:
+    def from_config(cls, config: Config, redis: aioredis.Redis,
+                    consumer: str | None = None) -> SharedTokens:
         key = config.token_store.encryption_key
-        return cls(redis, config.token_key_prefix, config.consumer,
+        return cls(redis, config.token_key_prefix, consumer or config.consumer,
                    key.get_secret_value() if key is not None else None,
                    config.token_store.refusal_pause)
 

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from iris.streams import unavailable_as_error
+from iris.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class TokenStore:
     # -- access tokens ------------------------------------------------------------------------
 
     async def load(self) -> StoredToken | None:
-        async with unavailable_as_error():
+        with redis_errors():
             fields = await self._redis.hgetall(self.token_key)
         data = self._open(fields.get("data"), self.token_key)
         if data is None:
@@ -157,7 +157,7 @@ class TokenStore:
         new_refresh = spent = seed = ""
         if rotated is not None:
             new_refresh, spent, seed = rotated
-        async with unavailable_as_error():
+        with redis_errors():
             return int(await self._save(
                 keys=[self.token_key, self.refresh_key],
                 args=[token.fence, self._seal(orjson.dumps(record).decode()),
@@ -167,27 +167,27 @@ class TokenStore:
 
     async def invalidate(self, fence: int) -> None:
         """Drop the token a partner refused, unless a newer one replaced it already."""
-        async with unavailable_as_error():
+        with redis_errors():
             await self._invalidate(keys=[self.token_key], args=[fence])
 
     # -- the lock -------------------------------------------------------------------------------
 
     async def acquire(self) -> int | None:
         """A fence number if this process may ask the endpoint now, else None."""
-        async with unavailable_as_error():
+        with redis_errors():
             fence = int(await self._acquire(
                 keys=[self._lock_key, self._fence_key, self.token_key],
                 args=[self._lease_ms, FENCE_TTL_MS]))
         return fence or None
 
     async def release(self, fence: int) -> None:
-        async with unavailable_as_error():
+        with redis_errors():
             await self._release(keys=[self._lock_key], args=[fence])
 
     # -- refresh tokens -------------------------------------------------------------------------
 
     async def refresh_token(self) -> StoredRefresh | None:
-        async with unavailable_as_error():
+        with redis_errors():
             fields = await self._redis.hgetall(self.refresh_key)
         token = self._open(fields.get("data"), self.refresh_key)
         if token is None:
@@ -196,13 +196,13 @@ class TokenStore:
 
     async def put_refresh_token(self, token: str, seed: str) -> None:
         """A person's login: replaces whatever was stored, unconditionally."""
-        async with unavailable_as_error():
+        with redis_errors():
             await self._redis.hset(self.refresh_key, mapping={
                 "digest": digest(token), "data": self._seal(token), "seed": seed})
 
     async def drop_refresh_token(self, spent_digest: str) -> None:
         """Forget a refresh token the endpoint refused (only if it is still the stored one)."""
-        async with unavailable_as_error():
+        with redis_errors():
             await self._drop_refresh(keys=[self.refresh_key], args=[spent_digest])
 
     # -- refusals -------------------------------------------------------------------------------
@@ -213,13 +213,13 @@ class TokenStore:
         count = previous.count + 1 if previous is not None else 1
         seconds = min(MAX_PAUSE, base * 2 ** (count - 1))
         pause = Pause(time.time() + seconds, count, error)
-        async with unavailable_as_error():  # kept twice as long, to remember the count
+        with redis_errors():  # kept twice as long, to remember the count
             await self._redis.set(self._pause_key, orjson.dumps(asdict(pause)),
                                   px=int(seconds * 2000))
         return pause
 
     async def paused(self, *, include_expired: bool = False) -> Pause | None:
-        async with unavailable_as_error():
+        with redis_errors():
             raw = await self._redis.get(self._pause_key)
         if raw is None:
             return None
@@ -230,7 +230,7 @@ class TokenStore:
         return pause if include_expired or pause.until > time.time() else None
 
     async def clear_pause(self) -> None:
-        async with unavailable_as_error():
+        with redis_errors():
             await self._redis.delete(self._pause_key)
 
     # -- encryption at rest ---------------------------------------------------------------------

@@ -17,10 +17,15 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 
+from iris.config import Config, parse_config
 from iris.demo.partner import PartnerServer
 from iris.localredis import free_port
+from iris.worker import Worker
+from tests.conftest import Partner, config_data, destination_config, wait_for
 
 REQUIRED_LOG_FIELDS = ("time", "level", "logger", "message")
+GROUP = "iris"
+Pairs = set[tuple[str, str]]
 
 
 def log_problems(text: str, secrets: list[str]) -> list[str]:
@@ -179,3 +184,98 @@ STARTED: list[WorkerProcess] = []  # every worker started, for the log scan afte
 
 def deadline(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+# --------------------------------------------------------------------------- scenario helpers
+
+
+def dest_config(partner: Partner, **overrides: Any) -> dict[str, Any]:
+    """A destination that flushes fast and retries fast, for fault tests."""
+    settings: dict[str, Any] = {
+        "batch": {"max_users": 10, "max_wait": 0.2},
+        "retry": {"base_delay": 0.05, "max_delay": 0.5},
+        "timeout": 2,
+        **overrides,
+    }
+    return destination_config(partner, **settings)
+
+
+def raw_config(redis_url: str, stream_key: str, partner: Partner, *,
+               socket_timeout: float | None = None, dest: dict[str, Any] | None = None,
+               **stream: Any) -> dict[str, Any]:
+    stream = {"claim_idle_ms": 5000, **stream}
+    data = config_data(redis_url, stream_key, [dest_config(partner, **(dest or {}))], **stream)
+    data["shutdown_timeout"] = 3
+    if socket_timeout is not None:
+        data["redis"]["socket_timeout"] = socket_timeout
+    return data
+
+
+def as_config(data: dict[str, Any]) -> Config:
+    return parse_config(data, env={})
+
+
+async def produce(client: aioredis.Redis, key: str, tag: str, count: int) -> Pairs:
+    """XADD ``count`` events with (uuid, segment) pairs unique to ``tag``; return the pairs."""
+    pairs = {(f"{tag}-{i:04d}", "s1") for i in range(count)}
+    async with client.pipeline(transaction=False) as pipe:
+        for uuid, segment in sorted(pairs):
+            pipe.xadd(key, {"uuid": uuid, "segment": segment, "dpuuid": f"dp-{uuid}"})
+        await pipe.execute()
+    return pairs
+
+
+def delivered(partner: Partner) -> Pairs:
+    return {(u, s) for u, _dp, s, _st in partner.server.segment_changes()}
+
+
+def missing(partner: Partner, pairs: Pairs) -> str:
+    lost = pairs - delivered(partner)
+    return f"({len(lost)} of {len(pairs)} missing, e.g. {sorted(lost)[:3]})"
+
+
+async def pending(client: aioredis.Redis, stream_key: str, dest_id: str) -> int:
+    total = 0
+    for key in (stream_key, f"{stream_key}:out:{dest_id}"):
+        if await client.exists(key):
+            total += (await client.xpending(key, GROUP))["pending"]
+    return total
+
+
+async def settled(client: aioredis.Redis, stream_key: str, dest_id: str,
+                  timeout: float = 15.0) -> None:
+    """Wait until nothing is pending (deliveries are acknowledged just after the partner's 2xx)."""
+    async def none_pending() -> bool:
+        return await pending(client, stream_key, dest_id) == 0
+
+    async def state() -> str:
+        return f"(pending={await pending(client, stream_key, dest_id)})"
+
+    await wait_for(none_pending, timeout, "nothing pending", state)
+
+
+async def http_status(port: int, path: str) -> int:
+    """A real GET on the worker's HTTP server; 0 when it does not answer."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}{path}", timeout=aiohttp.ClientTimeout(total=2)
+        ) as response:
+            return response.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
+async def ready_in_process(worker: Worker) -> bool:
+    """Ready by the health state AND by a real GET /readyz (they must agree)."""
+    return worker.health.readiness()[0] and await http_status(worker.http.port, "/readyz") == 200
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; field 3 is state
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name: str, **times: float) -> None:
+    print(f"\n[{name}] " + ", ".join(f"{k}={v:.2f}s" for k, v in times.items()))

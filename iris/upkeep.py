@@ -1,0 +1,83 @@
+"""Periodic chores that keep Redis tidy while the worker runs, each a task of its own.
+
+- Lease: renew this worker's consumer-name lease (``identity``); a lease lost to another
+  worker stops this one, so two workers never read with one name.
+- Trim: keep the inbound stream bounded by trimming what every consumer group has
+  acknowledged (never an entry that some group still holds or has not read).
+- Idle consumers: remove consumers that hold nothing and have been idle for
+  ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
+
+A chore that fails is tried again at its next turn: a Redis fault is reported (readiness) and
+a bug logged, and neither stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from iris.config import StreamConfig
+from iris.errors import RedisUnavailable
+from iris.health import Health
+from iris.identity import RENEW_EVERY, ConsumerLease
+from iris.metrics import Metrics
+from iris.streams import Streams
+
+log = logging.getLogger(__name__)
+
+Chore = tuple[str, float, Callable[[], Awaitable[None]]]  # (name, every seconds, what)
+
+
+class Upkeep:
+    def __init__(self, streams: Streams, lease: ConsumerLease, keys: Sequence[str],
+                 config: StreamConfig, metrics: Metrics, health: Health,
+                 on_lease_lost: Callable[[], None]) -> None:
+        self._streams = streams
+        self._lease = lease
+        self._keys = keys  # the inbound stream, then every outbound stream
+        self._config = config
+        self._metrics = metrics
+        self._health = health
+        self._on_lease_lost = on_lease_lost
+
+    def chores(self) -> list[Chore]:
+        chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease)]
+        if self._config.trim:
+            chores.append(("trim", self._config.trim_interval_ms / 1000, self.trim))
+        every = min(60.0, self._config.idle_consumer_ms / 2000)
+        chores.append(("idle consumers", every, self.drop_idle_consumers))
+        return chores
+
+    async def run(self, name: str, every: float, chore: Callable[[], Awaitable[None]]) -> None:
+        """Run ``chore`` every ``every`` seconds until cancelled."""
+        retry = self._health.retry(f"upkeep: {name}")
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await chore()
+            except RedisUnavailable as exc:
+                retry.noted(exc)
+                continue
+            except Exception:
+                log.exception("upkeep chore %r failed; trying again in %.0f s", name, every)
+                continue
+            retry.ok()
+
+    async def renew_lease(self) -> None:
+        if not await self._lease.renew():
+            log.error("another worker took over the consumer name %r (this one did not renew "
+                      "its lease in time: frozen, or cut off from Redis); stopping, so that two "
+                      "workers never read as one", self._lease.name)
+            self._on_lease_lost()
+
+    async def trim(self) -> None:
+        trimmed = await self._streams.trim(self._streams.inbound)
+        if trimmed:
+            self._metrics.stream_trimmed.labels(self._streams.inbound).inc(trimmed)
+
+    async def drop_idle_consumers(self) -> None:
+        for key in self._keys:
+            removed = await self._streams.drop_idle_consumers(key, self._config.idle_consumer_ms)
+            if removed:
+                log.info("removed %d idle consumer(s) holding nothing from %s", removed, key)

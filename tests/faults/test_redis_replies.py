@@ -1,0 +1,321 @@
+"""Redis answers that are not connection faults: OOM, NOPERM, READONLY, and dropped connections
+while a batch is in its retries (issue 12, acceptance 1 and 2).
+
+In every case nothing healthy is dead-lettered: iris's own re-reads of its pending list are not
+deliveries, the worker backs off without a traceback or a loop restart, ``/readyz`` is 503 and
+names the reply, and the fault costs at most two log lines (one WARNING when it starts, one
+INFO when it ends). A process-killing poison entry still reaches the dead-letter stream after
+``max_deliveries`` crashes. The fault durations are the faults themselves, not waits for an
+outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from iris.localredis import RedisProcess
+from tests.conftest import metric, running, wait_for
+from tests.faults.harness import (
+    GROUP,
+    WorkerProcess,
+    as_config,
+    check_promises,
+    delivered,
+    missing,
+    produce,
+    raw_config,
+    settled,
+)
+from tests.faults.proxy import FaultProxy
+
+FAULT_SECONDS = 25
+NOTABLE = ("info", "warning", "error", "critical")
+
+
+def log_lines_since(worker: WorkerProcess, start: int) -> list[dict[str, Any]]:
+    """The worker's JSON log records from line ``start`` on."""
+    return [json.loads(line) for line in worker.log().splitlines()[start:] if line.strip()]
+
+
+def notable(records: list[dict[str, Any]]) -> list[str]:
+    """INFO and above: what an operator sees."""
+    return [f"{r['level']}: {r['message'][:160]}" for r in records if r["level"] in NOTABLE]
+
+
+async def not_ready_naming(worker: WorkerProcess, reply: str) -> bool:
+    status, body = await worker.get("/readyz")
+    return status == 503 and reply in body
+
+
+class Gate:
+    """A partner responder: 503 until opened, then the partner's normal answer."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.refused = 0
+
+    async def __call__(self, request: web.Request, body: bytes) -> web.Response | None:
+        if self.open:
+            return None
+        self.refused += 1
+        return web.json_response({"status": "503", "message": "down"}, status=503)
+
+
+def patient(**overrides: Any) -> dict[str, Any]:
+    """Retries that outlast the fault, and a circuit that stays closed (its own log lines are
+    not the Redis fault's)."""
+    return {"retry": {"max_attempts": 1000, "base_delay": 0.05, "max_delay": 0.5},
+            "circuit": {"failure_threshold": 100000}, **overrides}
+
+
+async def test_25_s_of_oom_dead_letters_nothing(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """The case `oom-max-deliveries`: iris frozen, 30 events added, Redis at maxmemory
+    (noeviction) for 25 s. With max_deliveries 2, any counting of iris's own re-reads would
+    dead-letter them within seconds; none is, and all 30 arrive once Redis accepts writes."""
+    partner = await partners("423")
+    data = raw_config(own_redis.url, stream_key, partner, max_deliveries=2)
+    with WorkerProcess(data, tmp_path).start() as worker:
+        await wait_for(worker.ready, 20, "worker ready", worker.log)
+        warm = await produce(direct, stream_key, "warm", 10)  # the token is fetched and stored
+        await wait_for(lambda: warm <= delivered(partner), 20, "warm-up delivered")
+        await settled(direct, stream_key, partner.dest_id)
+
+        worker.signal(signal.SIGSTOP)
+        held = await produce(direct, stream_key, "held", 30)
+        used = int((await direct.info("memory"))["used_memory"])
+        await direct.config_set("maxmemory", used // 2)
+        mark = len(worker.log().splitlines())
+        worker.signal(signal.SIGCONT)
+        started = time.monotonic()
+        try:
+            await wait_for(lambda: not_ready_naming(worker, "OOM"), 10,
+                           "/readyz 503 naming OOM", worker.log)
+            while time.monotonic() - started < FAULT_SECONDS:  # the fault itself
+                assert not await worker.ready(), "ready while Redis refuses every write"
+                await asyncio.sleep(1)
+        finally:
+            await direct.config_set("maxmemory", 0)
+        await wait_for(lambda: held <= delivered(partner), 30, "every held event delivered",
+                       lambda: missing(partner, held))
+        await settled(direct, stream_key, partner.dest_id)
+        await wait_for(worker.ready, 10, "ready again")
+        await wait_for(lambda: "redis is usable again" in worker.log(), 10, "the recovery line")
+        dead = await worker.metric("iris_events_dead_lettered_total", destination="",
+                                   reason="max_deliveries")
+        errors = await worker.metric("iris_redis_errors_total", reply="OOM")
+        lines = log_lines_since(worker, mark)
+
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    assert dead == 0
+    assert errors >= 1
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: warm | held})
+    seen = notable(lines)
+    assert len(seen) <= 2, seen
+    assert "OOM" in seen[0] and seen[-1].startswith("info: redis is usable again"), seen
+    assert not [r for r in lines if "Traceback" in json.dumps(r)]
+
+
+async def test_25_s_without_scripting_dead_letters_nothing(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """The Redis user loses ``@scripting`` for 25 s while batches are in their retries (the
+    partner answers 503): every heartbeat (EVALSHA) is refused with NOPERM. Nothing is
+    dead-lettered, /readyz names NOPERM and the command, and everything arrives afterwards."""
+    partner = await partners("423")
+    gate = Gate()
+    partner.server.responder = gate
+    data = raw_config(own_redis.url, stream_key, partner, max_deliveries=2, claim_idle_ms=6000,
+                      dest=patient())
+    with WorkerProcess(data, tmp_path).start() as worker:
+        await wait_for(worker.ready, 20, "worker ready", worker.log)
+        sent = await produce(direct, stream_key, "acl", 20)
+        await wait_for(lambda: gate.refused >= 2, 20, "batches in their retries")
+        mark = len(worker.log().splitlines())
+        await direct.acl_setuser("default", enabled=True, nopass=True, commands=["-@scripting"])
+        started = time.monotonic()
+        try:
+            await wait_for(lambda: not_ready_naming(worker, "evalsha"), 10,
+                           "/readyz 503 naming the refused command", worker.log)
+            while time.monotonic() - started < FAULT_SECONDS:
+                await asyncio.sleep(1)
+        finally:
+            await direct.acl_setuser("default", enabled=True, nopass=True, commands=["+@all"])
+        gate.open = True
+        await wait_for(lambda: sent <= delivered(partner), 30, "every event delivered",
+                       lambda: missing(partner, sent))
+        await settled(direct, stream_key, partner.dest_id)
+        await wait_for(worker.ready, 10, "ready again")
+        lines = log_lines_since(worker, mark)
+
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: sent})
+    seen = notable(lines)
+    assert len(seen) <= 2, seen
+    assert "NOPERM" in seen[0], seen
+    assert not [r for r in lines if "Traceback" in json.dumps(r)]
+
+
+async def test_dropped_connections_while_a_batch_is_retried(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Twelve resets of every Redis connection while a batch waits in its retries (each one
+    made the publisher re-read its pending list): with max_deliveries 10 the batch is not
+    dead-lettered (it used to be, and then delivered as well); it is delivered once, under one
+    Idempotency-Key, and each drop costs at most two log lines."""
+    caplog.set_level(logging.DEBUG)
+    partner = await partners("423")
+    gate = Gate()
+    partner.server.responder = gate
+    async with FaultProxy("127.0.0.1", own_redis.port) as proxy:
+        config = as_config(raw_config(f"redis://127.0.0.1:{proxy.port}/0", stream_key, partner,
+                                      dest=patient()))
+        async with running(config) as worker:
+            sent = await produce(direct, stream_key, "drop", 10)
+            await wait_for(lambda: gate.refused >= 1, 10, "a batch in its retries")
+            mark = len(caplog.records)
+            saw_unready = 0
+            for _ in range(12):
+                accepted = proxy.accepted
+                proxy.reset_all()
+                await wait_for(lambda a=accepted: proxy.accepted > a, 10, "a reconnect")
+                saw_unready += "redis unreachable" in " ".join(worker.health.readiness()[1])
+                await wait_for(lambda: worker.health.readiness()[0], 10, "ready after a drop")
+            gate.open = True
+            await wait_for(lambda: sent <= delivered(partner), 20, "every event delivered",
+                           lambda: missing(partner, sent))
+            await settled(direct, stream_key, partner.dest_id)
+            assert metric(worker, "iris_events_dead_lettered_total", destination="423",
+                          reason="max_deliveries") == 0
+            records = caplog.records[mark:]
+
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    counts = await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                                  {partner.dest_id: sent})
+    keys = {b.idempotency_key for b in partner.server.received}
+    assert len(keys) == 1 and max(counts["423"].values()) == 1, (keys, counts)
+    assert saw_unready >= 1
+    seen = [r.getMessage() for r in records
+            if r.levelno >= logging.INFO and r.name.startswith("iris")]
+    assert len(seen) <= 2 * 12, "\n".join(seen)
+    assert not [r for r in records if r.exc_info or "restarting" in r.getMessage()]
+
+
+async def test_a_process_killing_entry_is_still_dead_lettered_after_max_deliveries(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """An entry whose worker dies every time it holds it (SIGKILL while it sits in an open
+    batch): twice under one consumer name (the restart re-reads it as a delivery) and once
+    taken over by another name (XAUTOCLAIM). With max_deliveries 2 the next holder
+    dead-letters it as ``max_deliveries``; nothing stays pending."""
+    partner = await partners("423")
+    await direct.xgroup_create(stream_key, GROUP, id="0", mkstream=True)
+    poison_id = await direct.xadd(stream_key, {"uuid": "poison", "segment": "s1",
+                                                "dpuuid": "dp-poison"})
+
+    async def held_by(name: str, times: int) -> bool:
+        rows = await direct.xpending_range(stream_key, GROUP, "-", "+", 10)
+        return any(r["consumer"] == name and r["times_delivered"] == times for r in rows)
+
+    def config(name: str) -> dict[str, Any]:
+        return raw_config(own_redis.url, stream_key, partner, consumer=name, max_deliveries=2,
+                          claim_idle_ms=1500, dest={"timeout": 1, "batch": {
+                              "max_users": 1000, "max_wait": 60}})
+
+    for cycle, (name, times) in enumerate((("crash-a", 1), ("crash-a", 2)), 1):
+        with WorkerProcess(config(name), tmp_path, f"w{cycle}").start() as worker:
+            await wait_for(lambda n=name, t=times: held_by(n, t), 30,
+                           f"the poison held by {name} (delivery {times})", worker.log)
+            worker.kill()
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+
+    with WorkerProcess(config("crash-b"), tmp_path, "w3").start() as worker:
+        async def dead_lettered() -> bool:
+            return await direct.xlen(f"{stream_key}:dlq") == 1
+
+        await wait_for(dead_lettered, 20, "poison dead-lettered", worker.log)
+        await settled(direct, stream_key, partner.dest_id)
+    [(_, dead)] = await direct.xrange(f"{stream_key}:dlq")
+    assert dead["dlq_reason"] == "max_deliveries" and dead["dlq_source_id"] == poison_id
+    assert dead["uuid"] == "poison"
+    assert (await direct.xpending(stream_key, GROUP))["pending"] == 0
+
+
+async def test_start_against_a_read_only_replica_waits_until_it_is_promoted(
+    stream_key: str, partners: Any, tmp_path: Path,
+) -> None:
+    """``iris run`` pointed at a replica (a failover left the address on it): it does not exit,
+    /readyz is 503 naming READONLY, and once the replica is promoted it starts and delivers."""
+    partner = await partners("423")
+    with RedisProcess() as primary, RedisProcess() as replica:
+        client = aioredis.Redis.from_url(replica.url, decode_responses=True)
+        try:
+            await client.replicaof("127.0.0.1", primary.port)
+
+            async def linked() -> bool:
+                info = await client.info("replication")
+                return info.get("master_link_status") == "up"
+
+            await wait_for(linked, 20, "replication link up")
+            data = raw_config(replica.url, stream_key, partner)
+            with WorkerProcess(data, tmp_path).start() as worker:
+                await wait_for(lambda: not_ready_naming(worker, "READONLY"), 20,
+                               "/readyz 503 naming READONLY", worker.log)
+                assert (await worker.get("/healthz"))[0] == 200
+                assert worker.proc is not None and worker.proc.poll() is None
+                await client.replicaof("NO", "ONE")
+                await wait_for(worker.ready, 20, "ready once promoted", worker.log)
+                sent = await produce(client, stream_key, "promoted", 20)
+                await wait_for(lambda: sent <= delivered(partner), 20, "delivered",
+                               lambda: missing(partner, sent))
+                await settled(client, stream_key, partner.dest_id)
+                log = worker.log()
+            await check_promises(client, stream_key, GROUP, {partner.dest_id: partner.server},
+                                 {partner.dest_id: sent})
+        finally:
+            await client.aclose()
+    assert "Traceback" not in log and "restarting" not in log
+    levels = [json.loads(line)["level"] for line in log.splitlines() if "READONLY" in line]
+    assert levels.count("warning") == 1, levels
+
+
+async def test_a_missing_permission_is_named_at_start(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """A Redis user without XAUTOCLAIM: the worker checks what it needs at start, waits with
+    /readyz 503 naming the command, and starts as soon as the permission is granted."""
+    partner = await partners("423")
+    await direct.acl_setuser("iris", enabled=True, passwords=["+pw-iris"], keys=["*"],
+                             commands=["+@all", "-xautoclaim"])
+    url = f"redis://iris:pw-iris@127.0.0.1:{own_redis.port}/0"
+    with WorkerProcess(raw_config(url, stream_key, partner), tmp_path).start() as worker:
+        await wait_for(lambda: not_ready_naming(worker, "xautoclaim"), 20,
+                       "/readyz 503 naming xautoclaim", worker.log)
+        await direct.acl_setuser("iris", enabled=True, commands=["+xautoclaim"])
+        await wait_for(worker.ready, 20, "ready once granted", worker.log)
+        sent = await produce(direct, stream_key, "granted", 10)
+        await wait_for(lambda: sent <= delivered(partner), 20, "delivered")
+        await settled(direct, stream_key, partner.dest_id)
+        log = worker.log()
+    assert "pw-iris" not in log
+    warnings = [json.loads(line) for line in log.splitlines() if '"warning"' in line]
+    assert len(warnings) == 1 and "NOPERM for xautoclaim" in warnings[0]["message"], warnings
+
