@@ -12,7 +12,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import Field, ValidationError
@@ -241,11 +241,27 @@ def check_semantics(config: Config) -> None:
             "stream.claim_idle_ms", "must exceed 3 × stream.block_ms, so that the heartbeat "
             "which keeps held entries (open batches, retries) claimed always comes in time",
         )
+    _check_redis_url(config.redis.url)
     timeout = config.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= config.stream.block_ms:
         raise ConfigError(
             "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
         )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def _check_redis_url(url: str) -> None:
+    """A scheme redis-py knows, and every file the URL names (TLS material) present."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError("redis.url", f"must start with {schemes} (got {mask_url(url)[:60]!r})")
+    for name, value in parse_qsl(parts.query):
+        if name in REDIS_FILES and not Path(value).exists():
+            raise ConfigError("redis.url", f"{name}: no such file: {value}")
 
 
 def _check_url(path: str, url: str, allow_http: bool) -> None:

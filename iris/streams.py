@@ -349,6 +349,33 @@ class Streams:
         with redis_errors():
             return int(await self._trim(keys=[key]))
 
+    async def deleted_unread(self, key: str) -> tuple[str, int | None] | None:
+        """Entries deleted from ``key`` before our group read them (a producer's MAXLEN or
+        XTRIM, an XDEL): (the id that marks the loss, how many, when Redis can tell), or None.
+
+        Trimmed from the head past the group's position: the group's last-delivered id is
+        below the first entry, and of the entries ever added, some are neither in the stream
+        nor read by the group. Deleted singly (XDEL) past its position: the newest deleted id
+        is above its last-delivered id."""
+        with redis_errors():
+            info = await self.redis.xinfo_stream(key)
+            groups = await self.redis.xinfo_groups(key)
+        group = next((g for g in groups if g.get("name") == self.group), None)
+        if group is None:
+            return None
+        last = _id_key(group.get("last-delivered-id") or "0-0")
+        deleted = info.get("max-deleted-entry-id") or "0-0"
+        if _id_key(deleted) > last:
+            return deleted, None
+        first = info.get("first-entry")
+        if first is None or _id_key(first[0]) <= last:
+            return None
+        read = group.get("entries-read")
+        if read is None and last != (0, 0):
+            return None  # Redis cannot tell what the group read
+        gone = int(info["entries-added"]) - int(info["length"]) - int(read or 0)
+        return (first[0], gone) if gone > 0 else None
+
     async def drop_idle_consumers(self, key: str, idle_ms: int) -> int:
         """Remove the group's consumers that hold nothing and were idle ``idle_ms`` or more."""
         with redis_errors():

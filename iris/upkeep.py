@@ -3,7 +3,8 @@
 - Lease: renew this worker's consumer-name lease (``identity``); a lease lost to another
   worker stops this one, so two workers never read with one name.
 - Trim: keep the inbound stream bounded by trimming what every consumer group has
-  acknowledged (never an entry that some group still holds or has not read).
+  acknowledged (never an entry that some group still holds or has not read); and warn when
+  something else deleted entries before iris read them (a producer's MAXLEN).
 - Idle consumers: remove consumers that hold nothing and have been idle for
   ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
 
@@ -40,6 +41,7 @@ class Upkeep:
         self._metrics = metrics
         self._health = health
         self._on_lease_lost = on_lease_lost
+        self._lost = ""  # the last unread deletion warned about
 
     def chores(self) -> list[Chore]:
         chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease)]
@@ -71,10 +73,24 @@ class Upkeep:
                       "workers never read as one", self._lease.name)
             self._on_lease_lost()
 
+    async def check_unread_deleted(self) -> None:
+        """Warn (once per occurrence) when entries were deleted before our group read them."""
+        inbound = self._streams.inbound
+        lost = await self._streams.deleted_unread(inbound)
+        if lost is None or lost[0] == self._lost:
+            return
+        self._lost, count = lost
+        log.warning("%s events of %s were deleted before group %s read them (up to %s): a "
+                    "producer's MAXLEN, XTRIM or XDEL drops events iris never saw; remove it "
+                    "(iris trims the stream itself, safely)", "some" if count is None else count,
+                    inbound, self._streams.group, self._lost)
+
     async def trim(self) -> None:
-        trimmed = await self._streams.trim(self._streams.inbound)
+        await self.check_unread_deleted()
+        inbound = self._streams.inbound
+        trimmed = await self._streams.trim(inbound)
         if trimmed:
-            self._metrics.stream_trimmed.labels(self._streams.inbound).inc(trimmed)
+            self._metrics.stream_trimmed.labels(inbound).inc(trimmed)
 
     async def drop_idle_consumers(self) -> None:
         for key in self._keys:

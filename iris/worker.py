@@ -125,9 +125,11 @@ class Worker:
         self.reader = OutboundReader(self.streams, self._publishers, self.config.stream.block_ms,
                                      self.health)
         self._spawn("publish-shared-read", self.reader.run)
-        self._spawn("consume", self.consumer.run)
         upkeep = Upkeep(self.streams, self.lease, self._stream_keys(), self.config.stream,
                         self.metrics, self.health, on_lease_lost=self._lost_lease)
+        with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
+            await upkeep.check_unread_deleted()
+        self._spawn("consume", self.consumer.run)
         for name, every, chore in upkeep.chores():
             self._tasks.append(asyncio.create_task(upkeep.run(name, every, chore),
                                                    name=f"upkeep-{name}"))

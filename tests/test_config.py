@@ -477,3 +477,27 @@ destinations:
     retry: {max_attempts: 10, base_delay: 0.5, max_delay: 60}
     timeout: 30
 """
+
+
+# --------------------------------------------------------------------------- the Redis URL
+
+@pytest.mark.parametrize(("url", "line"), [
+    ("127.0.0.1:6379", "redis.url: must start with redis://, rediss://, unix:// "
+                       "(got '127.0.0.1:6379')"),
+    ("http://redis:6379/0", "redis.url: must start with redis://, rediss://, unix:// "
+                            "(got 'http://redis:6379/0')"),
+    ("rediss://:pw@redis:6380/0?ssl_ca_certs=/nonexistent/ca.pem",
+     "redis.url: ssl_ca_certs: no such file: /nonexistent/ca.pem"),
+    ("rediss://redis:6380/0?ssl_certfile=/nonexistent/c.pem&ssl_keyfile=/nonexistent/k.pem",
+     "redis.url: ssl_certfile: no such file: /nonexistent/c.pem"),
+])
+def test_redis_url_problems_are_caught_before_run(url: str, line: str) -> None:
+    assert error_lines(config(redis={"url": url})) == [line]
+
+
+def test_redis_url_with_tls_files_that_exist(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    url = f"rediss://redis:6380/0?ssl_ca_certs={ca}"
+    assert parse_config(config(redis={"url": url}), env={}).redis.url == url
+    assert parse_config(config(redis={"url": "unix:///run/redis.sock"}), env={})

@@ -9,6 +9,7 @@ that hold nothing are removed after ``idle_consumer_ms``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from iris.localredis import RedisProcess
 from tests.conftest import running, wait_for
@@ -158,3 +160,40 @@ async def test_idle_consumers_of_gone_workers_are_removed(
         took = time.monotonic() - started
         await wait_for(lambda: {("orphan-0000", "s1")} <= delivered(partner), 10, "orphan")
     assert took < 10
+
+
+async def test_the_idle_consumer_reaper_spares_a_consumer_holding_a_batch(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """A quiet stream, one batch held by a slow partner for longer than ``idle_consumer_ms``:
+    the consumer holding it is idle on the outbound stream but not removed (removing it would
+    orphan the batch), and the batch is delivered once."""
+    partner = await partners("423")
+    release = asyncio.Event()
+    seen = [0]
+
+    async def slow(request: web.Request, body: bytes) -> web.Response | None:
+        seen[0] += 1
+        await release.wait()
+        return None
+
+    partner.server.responder = slow
+    config = as_config(raw_config(redis_server.url, stream_key, partner, consumer="holder",
+                                  idle_consumer_ms=1000, claim_idle_ms=40000,
+                                  dest={"timeout": 20}))
+    outbound = f"{stream_key}:out:{partner.dest_id}"
+    async with running(config):
+        sent = await produce(redis, stream_key, "slow", 3)
+        await wait_for(lambda: seen[0] == 1, 10, "the batch at the partner")
+
+        async def idle_while_holding() -> bool:
+            rows = await redis.xinfo_consumers(outbound, GROUP)
+            return any(c["name"] == "holder" and c["pending"] == 1 and c["idle"] > 3000
+                       for c in rows)
+
+        await wait_for(idle_while_holding, 10, "the holder idle past idle_consumer_ms")
+        assert (await consumers(redis, outbound)).get("holder") == 1
+        release.set()
+        await wait_for(lambda: sent <= delivered(partner), 10, "delivered")
+        await settled(redis, stream_key, partner.dest_id)
+    assert seen[0] == 1 and len(partner.server.received) == 1

@@ -319,3 +319,84 @@ async def test_a_missing_permission_is_named_at_start(
     warnings = [json.loads(line) for line in log.splitlines() if '"warning"' in line]
     assert len(warnings) == 1 and "NOPERM for xautoclaim" in warnings[0]["message"], warnings
 
+
+
+async def test_a_failover_leaves_the_worker_on_a_replica(
+    stream_key: str, partners: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While iris runs, its Redis is demoted to a replica (a failover that left the address on
+    the old primary): writes answer READONLY. iris waits (503 naming READONLY), dead-letters
+    nothing, and delivers everything once the node is primary again."""
+    caplog.set_level(logging.DEBUG)
+    partner = await partners("423")
+    with RedisProcess() as node, RedisProcess() as other:
+        client = aioredis.Redis.from_url(node.url, decode_responses=True)
+        peer = aioredis.Redis.from_url(other.url, decode_responses=True)
+        try:
+            config = as_config(raw_config(node.url, stream_key, partner))
+            async with running(config) as worker:
+                before = await produce(client, stream_key, "before", 20)
+                await wait_for(lambda: before <= delivered(partner), 20, "delivered before")
+                await settled(client, stream_key, partner.dest_id)
+                await peer.replicaof("127.0.0.1", node.port)  # the peer takes a copy ...
+
+                async def synced() -> bool:
+                    return (await peer.info("replication")).get("master_link_status") == "up"
+
+                await wait_for(synced, 20, "the peer in sync")
+                await peer.replicaof("NO", "ONE")  # ... becomes the primary ...
+                await client.replicaof("127.0.0.1", other.port)  # ... and ours its replica
+                during = await produce(peer, stream_key, "during", 20)  # written to the primary
+
+                def readonly() -> bool:
+                    return any("READONLY" in r for r in worker.health.readiness()[1])
+
+                await wait_for(readonly, 20, "/readyz naming READONLY")
+                await client.replicaof("NO", "ONE")  # promoted back
+                await wait_for(lambda: during <= delivered(partner), 30, "delivered after",
+                               lambda: missing(partner, during))
+                await settled(client, stream_key, partner.dest_id)
+                await wait_for(lambda: worker.health.readiness()[0], 10, "ready again")
+            assert await client.xlen(f"{stream_key}:dlq") == 0
+            await check_promises(client, stream_key, GROUP, {partner.dest_id: partner.server},
+                                 {partner.dest_id: before | during})
+        finally:
+            await client.aclose()
+            await peer.aclose()
+    assert not [r for r in caplog.records if r.exc_info or "restarting" in r.getMessage()]
+
+
+async def test_a_busy_script_and_a_script_flush(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another client runs a Lua script for 3 s (every command of iris's meanwhile answers
+    BUSY), then flushes the script cache (iris's scripts must load again). Nothing is
+    dead-lettered, /readyz named BUSY, and everything arrives."""
+    caplog.set_level(logging.DEBUG)
+    partner = await partners("423")
+    await direct.config_set("busy-reply-threshold", 100)
+    config = as_config(raw_config(own_redis.url, stream_key, partner, claim_idle_ms=3000))
+    async with running(config) as worker:
+        sent = await produce(direct, stream_key, "warm", 10)
+        await wait_for(lambda: sent <= delivered(partner), 20, "warm-up delivered")
+        spin = asyncio.create_task(direct.eval(
+            "local t = redis.call('TIME') while true do local n = redis.call('TIME') "
+            "if (n[1] - t[1]) * 1000000 + n[2] - t[2] >= 3000000 then return 1 end end", 0))
+        saw_busy = False
+        while not spin.done():  # the fault lasts as long as the script
+            saw_busy |= any("BUSY" in r for r in worker.health.readiness()[1])
+            await asyncio.sleep(0.05)
+        await spin
+        await direct.script_flush()
+        later = await produce(direct, stream_key, "later", 20)
+        sent |= later
+        await wait_for(lambda: sent <= delivered(partner), 20, "delivered after the script",
+                       lambda: missing(partner, sent))
+        await settled(direct, stream_key, partner.dest_id)
+        await wait_for(lambda: worker.health.readiness()[0], 10, "ready again")
+    assert saw_busy
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: sent})
+    assert not [r for r in caplog.records if r.exc_info or "restarting" in r.getMessage()]

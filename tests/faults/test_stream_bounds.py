@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from iris.config import parse_config
@@ -42,6 +43,7 @@ def fast(partner: Any, url: str, stream_key: str, **stream: Any) -> Any:
 
 async def test_inbound_stream_holds_only_what_is_not_acknowledged(
     redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """50,000 delivered events: within a trim interval the stream is empty, and the metric
     counts every trimmed entry. Then the group is destroyed: the worker recreates it, and new
@@ -67,6 +69,7 @@ async def test_inbound_stream_holds_only_what_is_not_acknowledged(
         await wait_for(lambda: later <= delivered(partner), 20, "events after the group vanished")
         await settled(redis, stream_key, partner.dest_id)
     assert len(partner.server.segment_changes()) == received + 5
+    assert not [r for r in caplog.records if "deleted before" in r.getMessage()]  # its own trim
 
 
 async def test_a_lagging_group_keeps_what_it_has_not_acknowledged(
@@ -115,3 +118,26 @@ async def test_lag_after_an_entry_deleted_ahead_of_the_group(
         assert await Streams(client, config).group_stats(stream_key) == (9, 3, 6)
     finally:
         await client.aclose()
+
+
+async def test_a_producer_maxlen_that_drops_unread_events_is_reported(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer caps the stream with MAXLEN while iris lags: events iris never read are
+    gone. iris cannot deliver them, but it says so, once, naming the stream."""
+    partner = await partners("423")
+    await redis.xgroup_create(stream_key, GROUP, id="0", mkstream=True)
+    for n in range(50):
+        await redis.xadd(stream_key, {"uuid": f"u{n}", "segment": "s1", "dpuuid": "d"},
+                         maxlen=10, approximate=False)
+    config = fast(partner, redis_server.url, stream_key)
+    async with running(config):
+        def warned() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if "deleted before group" in r.getMessage()]
+
+        await wait_for(warned, 2 * TRIM_MS / 1000 + 2, "a warning about the lost events")
+        await wait_for(lambda: len(delivered(partner)) == 10, 10, "the 10 left delivered")
+    [line] = warned()
+    assert line.startswith(f"40 events of {stream_key} were deleted") and "MAXLEN" in line
