@@ -259,6 +259,8 @@ class TokenStoreConfig(SecretsFromFiles):
     key_prefix: str = ""  # default: <stream.key>:auth
     encryption_key: SecretStr | None = None  # a Fernet key: tokens encrypted at rest
     refusal_pause: Annotated[float, Field(ge=60)] = 60  # first pause after a refusal
+    fresh_token_age: Annotated[float, Field(ge=0, le=300)] = 5  # a 401 on a younger token
+    # is the partner refusing tokens, not an expired one: no new token for it at once
 
     @model_validator(mode="after")
     def _fernet(self) -> TokenStoreConfig:

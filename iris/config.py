@@ -88,6 +88,7 @@ class Destination(Strict):
     segments: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     allow_http: bool = False
     ca_file: Path | None = None  # extra CA to trust for url and token_url (private PKI)
+    proxy: str | None = None  # http(s)://[user:password@]host:port; default: HTTPS_PROXY etc.
     idempotency_header: HeaderName = "Idempotency-Key"
     auth: AuthConfig = Field(default_factory=NoAuth)
     signing: SigningConfig | None = None  # HMAC of each request body, as AAM signs
