@@ -8,13 +8,14 @@ them can replace its token request with seed 003's templated ``accessTokenReques
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-from iris.config_base import Positive, SecretsFromFiles, Strict
+from iris.config_base import IdText, Positive, SecretsFromFiles, Strict
 
 # cryptography and Jinja2 are imported where a config uses them: a worker that needs neither
 # does not carry them (about 11 MB of resident memory).
@@ -73,7 +74,7 @@ class OAuth2Base(SecretsFromFiles):
 
     token_url: str | None = None
     refresh_token_url: str | None = None  # default: token_url
-    client_id: str | None = Field(None, min_length=1)
+    client_id: IdText | None = Field(None, min_length=1)
     client_secret: SecretStr | None = None
     client_auth: ClientAuthMethod | None = None  # default: basic with a secret, else none
     scope: str | list[str] | None = None
@@ -165,38 +166,42 @@ class AuthorizationCodeAuth(OAuth2Base):
 
 JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
                        "ES256", "ES384", "ES512"]
+EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}  # RFC 7518 §3.4
+CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+MIN_RSA_BITS = 2048  # NIST SP 800-131A; PyJWT warns below it on every signature
+# The claims iris sets in every assertion, and the key that sets each one.
+RESERVED_CLAIMS = {"iss": "issuer", "sub": "subject", "aud": "audience", "iat": "leeway",
+                   "nbf": "leeway", "exp": "lifetime", "jti": "a fresh value per assertion"}
 
 
 class JwtBearerAuth(OAuth2Base):
     """A signed JWT exchanged for a token: RFC 7523 (``assertion``) or Adobe IMS (seed 002:
-    ``client_id``, ``client_secret``, ``jwt_token``)."""
+    ``client_id``, ``client_secret``, ``jwt_token``).
+
+    Everything ``AssertionSigner`` will need is proven at load, by signing one assertion: a
+    key that does not fit the algorithm must stop ``check-config``, not the first token request.
+    """
 
     type: Literal["jwt_bearer"]
     form: Literal["rfc7523", "adobe_ims"] = "rfc7523"
     private_key: SecretStr  # PEM; give it as private_key_file
     algorithm: JwtAlgorithm = "RS256"
-    key_id: str | None = None  # the JWT header's kid
+    key_id: IdText | None = None  # the JWT header's kid
     issuer: str = Field(min_length=1)
     subject: str | None = None
     audience: str = Field(min_length=1)
-    lifetime: Annotated[float, Field(gt=0, le=86400)] = 300  # exp = now + lifetime
+    lifetime: Annotated[float, Field(gt=0, le=86400)] = 300  # exp = iat + lifetime
+    # iat = now - leeway: a token endpoint whose clock is behind ours by up to this much still
+    # sees an assertion issued in its past (PyJWT and Authlib allow no leeway by default).
+    leeway: Annotated[float, Field(ge=0, le=300)] = 5
     claims: dict[str, Any] = Field(default_factory=dict)  # extra claims, e.g. IMS metascopes
 
     needs_client_id: ClassVar[bool] = False  # RFC 7523: client authentication is optional
 
     @model_validator(mode="after")
-    def _key(self) -> JwtBearerAuth:
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        try:
-            key = load_pem_private_key(self.private_key.get_secret_value().encode(), None)
-        except (ValueError, TypeError):
-            raise ValueError("private_key: not an unencrypted PEM private key") from None
-        wanted = rsa.RSAPrivateKey if self.algorithm[0] in "RP" else ec.EllipticCurvePrivateKey
-        if not isinstance(key, wanted):
-            raise ValueError(f"private_key: {self.algorithm} needs "
-                             f"{'an RSA' if wanted is rsa.RSAPrivateKey else 'an EC'} key")
+    def _assertion(self) -> JwtBearerAuth:
+        self._check_claims()
+        self._check_key()
         if self.form == "adobe_ims" and (self.client_id is None or self.client_secret is None):
             raise ValueError("client_id: form adobe_ims sends client_id and client_secret")
         if self.form == "adobe_ims" and (self.scope or self.params or self.client_auth):
@@ -204,6 +209,56 @@ class JwtBearerAuth(OAuth2Base):
                              "jwt_token; give IMS metascopes as claims instead (scope, params "
                              "and client_auth do not apply)")
         return self
+
+    def _check_claims(self) -> None:
+        """A configured claim must never be silently replaced by iris's own, and must be
+        JSON (YAML turns an unquoted date into a date, which no JWT can carry)."""
+        if self.leeway >= self.lifetime:
+            raise ValueError(f"leeway: must be less than lifetime ({self.lifetime:g} s), or "
+                             "the assertion would be expired when it is made")
+        for name, value in self.claims.items():
+            if name in RESERVED_CLAIMS:
+                raise ValueError(f"claims.{name}: iris sets {name} itself (from "
+                                 f"{RESERVED_CLAIMS[name]}); remove it from claims")
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(f"claims.{name}: not a JSON value ({type(value).__name__}): "
+                                 "quote it") from None
+
+    def _check_key(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            key = load_pem_private_key(self.private_key.get_secret_value().encode(), None)
+        except (ValueError, TypeError):
+            raise ValueError("private_key: not an unencrypted PEM private key") from None
+        algorithm = self.algorithm
+        if algorithm in EC_CURVES:
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"private_key: {algorithm} needs an EC key")
+            wanted = EC_CURVES[algorithm]
+            if key.curve.name != wanted:
+                raise ValueError(f"private_key: {algorithm} needs an EC key on curve "
+                                 f"{CURVE_NAMES[wanted]}, not {key.curve.name}")
+        elif not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"private_key: {algorithm} needs an RSA key")
+        elif key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"private_key: {algorithm} needs an RSA key of at least "
+                             f"{MIN_RSA_BITS} bits, not {key.key_size}")
+        _sign_once(key, algorithm)
+
+
+def _sign_once(key: Any, algorithm: str) -> None:
+    """Sign one throw-away assertion, so that whatever PyJWT would refuse is refused now."""
+    import jwt
+
+    try:
+        jwt.encode({"iss": "check-config"}, key, algorithm=algorithm)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ValueError(f"private_key: cannot sign {algorithm} with this key "
+                         f"({type(exc).__name__})") from None
 
 
 AuthConfig = Annotated[
@@ -216,7 +271,7 @@ AUTH_TYPES = ("none", "basic", "bearer", "oauth2_client_credentials", "oauth2_pa
 
 
 class SigningKey(SecretsFromFiles):
-    id: str = Field(min_length=1)  # told to the partner in key_id_header
+    id: IdText = Field(min_length=1)  # told to the partner in key_id_header
     secret: SecretStr
     active_from: datetime | None = None  # signs from this instant on (a rotation cut-over)
 

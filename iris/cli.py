@@ -1,9 +1,14 @@
-"""The ``iris`` command line. The only place that calls ``sys.exit``."""
+"""The ``iris`` command line. The only place that calls ``sys.exit``.
+
+``run``, ``check-config`` and ``auth`` load the whole config; ``status``, ``dlq`` and ``send``
+only its Redis part (``RedisView``), so an operator's machine needs no partner secret.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -15,7 +20,16 @@ import orjson
 import yaml
 
 from iris import __version__
-from iris.config import Config, ConfigErrors, load_config, redacted
+from iris.config import (
+    Config,
+    ConfigErrors,
+    RedisSettings,
+    RedisView,
+    load_config,
+    load_redis_view,
+    redacted,
+    url_passwords,
+)
 from iris.dead_letters import REASONS
 from iris.errors import ConfigError, EventError, IrisError
 from iris.events import parse_event
@@ -25,9 +39,23 @@ EXIT_CONFIG = 2
 EXIT_ERROR = 1
 
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, metavar="FILE",
                         help="YAML configuration (see config/iris.example.yaml)")
+    _add_log_flags(parser)
+
+
+def _add_log_flags(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """The global flags: on the top parser with their defaults, and on every command with none
+    (``SUPPRESS``), so that they may follow the command without resetting what came before."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        default="INFO" if top else argparse.SUPPRESS, help="default: INFO")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        default="text" if top else argparse.SUPPRESS,
+                        help="text lines (default) or one JSON object per line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,26 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "endpoints, batched in AAM's standard payload, with OAuth 2.",
     )
     parser.add_argument("--version", action="version", version=f"iris {__version__}")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="text lines (default) or one JSON object per line")
+    _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the worker (SIGTERM/SIGINT drain and exit 0)",
                          description="Run the worker daemon until SIGTERM or SIGINT.")
     _add_config(run)
 
-    check = sub.add_parser("check-config", help="validate a config and print it, secrets masked",
-                           description="Validate FILE and print the resolved configuration "
-                                       "with every secret masked. Exit 2 if it is invalid.")
+    check = sub.add_parser(
+        "check-config", help="validate a config and print it, secrets as fingerprints",
+        description="Validate FILE as run would (including CA and key files) and print the "
+                    "resolved configuration, each secret as a short fingerprint and its "
+                    "length (never the secret). Exit 2 if it is invalid.")
     _add_config(check)
 
     send = sub.add_parser(
         "send", help="add events to the inbound stream",
         description="Add one event (--uuid/--segment ...) or a JSONL file of events "
-                    "(--file; one JSON object of event fields per line) to the inbound stream. "
-                    "Every event is validated first; nothing is sent if one is invalid.")
+                    "(--file; UTF-8, one JSON object of event fields per line) to the inbound "
+                    "stream. JSON numbers are kept exactly as written. Every event is validated "
+                    "first; nothing is sent if one is invalid.")
     _add_config(send)
     send.add_argument("--file", type=Path, help="JSONL file of events")
     send.add_argument("--uuid", help="the user's AAM_UUID")
@@ -124,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start a private redis-server, an HTTPS mock partner with an OAuth 2 token "
                     "endpoint, and the worker; feed sample events and show what the partner "
                     "receives. Ctrl-C stops everything.")
+    _add_log_flags(demo)
     demo.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop by itself after this many seconds (default: run until Ctrl-C)")
@@ -153,9 +182,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """The whole config: for the commands that talk to partners or show every key."""
     config = load_config(args.config)
     _register_secrets(config.model_dump())
+    for password in url_passwords(config):
+        register_secret(password)
     return config
+
+
+def _load_redis(args: argparse.Namespace) -> RedisView:
+    """Only the Redis part: for the commands that touch nothing but Redis."""
+    view = load_redis_view(args.config)
+    for password in url_passwords(view):
+        register_secret(password)
+    return view
 
 
 def _register_secrets(value: Any) -> None:
@@ -225,11 +265,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _event_fields(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """Stream fields of one event: text exactly as given. Numbers already arrive as the text
+    the producer wrote (see ``_json_object``); objects and lists (``dpuuids``) as JSON."""
     fields = {}
     for key, value in raw.items():
         if value is None:
             continue
-        if isinstance(value, dict | list):
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, dict | list):
             value = orjson.dumps(value).decode()
         fields[str(key)] = str(value)
     try:
@@ -239,40 +283,98 @@ def _event_fields(raw: dict[str, Any], where: str) -> dict[str, str]:
     return fields
 
 
-def _events_from_args(args: argparse.Namespace) -> list[dict[str, str]]:
+class _RepeatedField(ValueError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(name)
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a field given twice is refused (JSON parsers keep either one)."""
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise _RepeatedField(name)
+        obj[name] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line. Numbers are kept as the text that was written, at any depth: a 38-digit
+    uuid, ``1e3`` or ``14356.0`` is an id, and any conversion through int or float changes it."""
+    try:
+        raw = json.loads(line, parse_int=str, parse_float=str, parse_constant=_no_constant,
+                         object_pairs_hook=_unique)
+    except _RepeatedField as exc:
+        raise IrisError(f"{where}: field {exc.name!r} is given twice") from None
+    except ValueError:
+        raise IrisError(f"{where}: not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise IrisError(f"{where}: each line must be a JSON object")
+    return raw
+
+
+def _jsonl_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 file (a BOM is allowed), split on \\n only: U+2028, U+0085 and
+    the other separators ``str.splitlines`` knows are valid inside a JSON string."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IrisError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise IrisError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
+    return text.removeprefix("\ufeff").split("\n")
+
+
+def _events_from_args(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """Each event with where it came from (``FILE:LINE``, or ``event``)."""
     if args.file is not None:
         events = []
-        try:
-            lines = args.file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise IrisError(f"cannot read {args.file}: {exc.strerror}") from None
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
+        for number, line in enumerate(_jsonl_lines(args.file), 1):
+            if not line.strip(" \t\r"):
                 continue
-            try:
-                raw = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise IrisError(f"{args.file}:{number}: not valid JSON") from None
-            if not isinstance(raw, dict):
-                raise IrisError(f"{args.file}:{number}: each line must be a JSON object")
-            events.append(_event_fields(raw, f"{args.file}:{number}"))
+            where = f"{args.file}:{number}"
+            events.append((where, _event_fields(_json_object(line, where), where)))
         return events
     if not args.uuid or not args.segment:
         raise IrisError("send needs --uuid and --segment (or --file)")
     names = ("uuid", "segment", "status", "dpuuid", "dpuuids", "destination", "regions", "ts")
-    return [_event_fields({n: getattr(args, n) for n in names}, "event")]
+    return [("event", _event_fields({n: getattr(args, n) for n in names}, "event"))]
+
+
+def _check_destinations(events: list[tuple[str, dict[str, str]]], view: RedisView) -> None:
+    """An event aimed at a destination the config does not have would only be skipped."""
+    known = [d.id for d in view.destinations]
+    for where, fields in events:
+        wanted = fields.get("destination", "").strip()
+        if wanted and wanted not in known:
+            label = "--destination" if where == "event" else where
+            raise IrisError(f"{label}: {_unknown_destination(wanted, known)}")
+
+
+def _unknown_destination(wanted: str, known: list[str]) -> str:
+    return f"no destination with id {wanted!r} in the config (it has {', '.join(known)})"
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    config = _load(args)
+    view = _load_redis(args)
     events = _events_from_args(args)
-    ids = _with_streams(config, lambda streams: streams.add_many(events))
-    print(f"sent {len(ids)} event(s) to {config.stream.key}" + (f": {ids[0]}" if len(ids) == 1
-                                                                  else ""))
+    _check_destinations(events, view)
+    fields = [event for _, event in events]
+    ids = _with_streams(view, lambda streams: streams.add_many(fields))
+    print(f"sent {len(ids)} event(s) to {view.stream.key}" + (f": {ids[0]}" if len(ids) == 1
+                                                                else ""))
     return 0
 
 
-def _with_streams(config: Config, work: Callable[[Any], Awaitable[Any]]) -> Any:
+def _with_streams(config: RedisSettings, work: Callable[[Any], Awaitable[Any]]) -> Any:
     """Run ``work(streams)`` against the configured Redis, then close the connection."""
     from iris.streams import Streams, connect
 
@@ -289,7 +391,7 @@ def _with_streams(config: Config, work: Callable[[Any], Awaitable[Any]]) -> Any:
 def cmd_status(args: argparse.Namespace) -> int:
     from iris import admin
 
-    config = _load(args)
+    config = _load_redis(args)
     report = _with_streams(config, lambda streams: admin.status(streams, config))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json
           else admin.format_status(report))
@@ -299,7 +401,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from iris import admin
 
-    config = _load(args)
+    config = _load_redis(args)
     filters = {"destination": args.destination, "reason": args.reason, "limit": args.limit}
     if args.dlq_command == "replay":
         def progress(count: int) -> None:
@@ -326,7 +428,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 def _destinations(config: Config, wanted: str | None) -> list[Any]:
     chosen = [d for d in config.destinations if wanted is None or d.id == wanted]
     if not chosen:
-        raise IrisError(f"no destination with id {wanted!r} in the config")
+        raise IrisError(_unknown_destination(str(wanted), [d.id for d in config.destinations]))
     return chosen
 
 

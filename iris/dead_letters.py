@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from iris.log_digest import LogDigest
 from iris.logs import redact
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,8 @@ REJECTED = "rejected"
 MAX_DELIVERIES = "max_deliveries"
 TOO_LARGE = "too_large"
 RETRIES_EXHAUSTED = "retries_exhausted"
-REASONS = (INVALID_EVENT, REJECTED, MAX_DELIVERIES, TOO_LARGE, RETRIES_EXHAUSTED)
+REDIRECTED = "redirected"  # the partner answered a 3xx: its url changed
+REASONS = (INVALID_EVENT, REJECTED, MAX_DELIVERIES, TOO_LARGE, RETRIES_EXHAUSTED, REDIRECTED)
 
 ERROR_MAX_CHARS = 200
 
@@ -37,16 +39,24 @@ def dead_letter_entry(
     return entry
 
 
+_digests: dict[tuple[str, str], LogDigest] = {}
+
+
 def report_written(entries: list[dict[str, str]], counter: Any) -> None:
     """Count (``iris_events_dead_lettered_total``) and log dead letters once they are written,
-    never before: a write that fails is tried again, and must not be counted twice."""
+    never before: a write that fails is tried again, and must not be counted twice. The log
+    has at most one line per destination and reason every 10 s, however many batches fail."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for entry in entries:
         groups.setdefault((entry["dlq_destination"], entry["dlq_reason"]), []).append(entry)
     for (destination, reason), group in groups.items():
         counter.labels(destination, reason).inc(len(group))
-        log.log(logging.INFO if reason == INVALID_EVENT else logging.WARNING,
-                "dead-lettered %d event(s)%s as %s: %s", len(group),
-                f" for {destination}" if destination else "", reason,
-                group[0]["dlq_error"] or group[0]["dlq_status"],
+        digest = _digests.get((destination, reason))
+        if digest is None:
+            where = f" for {destination}" if destination else ""
+            digest = _digests[(destination, reason)] = LogDigest(
+                log, logging.INFO if reason == INVALID_EVENT else logging.WARNING,
+                f"dead-lettered %d event(s){where} as {reason}: %s",
+                f"dead-lettered %d event(s){where} as {reason} in the last %.0f s; last: %s",
                 extra={"destination": destination} if destination else None)
+        digest.add(len(group), group[0]["dlq_error"] or group[0]["dlq_status"])

@@ -45,15 +45,16 @@ class Health:
         self._down_since = 0.0
         self._cleared_at: float | None = None  # the last fault ended then; not yet logged
         self._beat = time.monotonic()
-        self._paused: set[tuple[str, str]] = set()  # (destination, why)
+        self._paused: dict[tuple[str, str], str] = {}  # (destination, source) -> why
 
-    def paused(self, destination: str, is_paused: bool, reason: str) -> None:
-        """A destination paused (its circuit opened, its credentials were refused) or resumed;
-        /readyz lists the paused ones and why."""
-        if is_paused:
-            self._paused.add((destination, reason))
+    def paused(self, destination: str, why: str | None, source: str) -> None:
+        """A destination waits (``why``: its circuit opened, its credentials were refused, it
+        has no token) or resumes (None); ``source`` tells the circuit from the auth. /readyz
+        lists the waiting ones and why."""
+        if why is None:
+            self._paused.pop((destination, source), None)
         else:
-            self._paused.discard((destination, reason))
+            self._paused[(destination, source)] = why
 
     async def heartbeat(self) -> None:
         """Runs on the event loop: while it beats, the loop is turning."""
@@ -90,8 +91,8 @@ class Health:
             log.debug("%s: %s", loop, exc)
             return
         self._down_since = time.monotonic()
-        log.warning("%s; backing off and retrying until it passes (/readyz is 503 meanwhile)",
-                    exc)
+        log.warning("%s — backing off and retrying until it passes (/readyz is 503 meanwhile)",
+                    str(exc).rstrip("."))
 
     def _log_recovery(self) -> None:
         """One INFO line once no loop has failed for ``QUIET`` seconds: the other loops may
@@ -99,7 +100,7 @@ class Health:
         cleared = self._cleared_at
         if cleared is not None and not self._faults and time.monotonic() - cleared >= QUIET:
             self._cleared_at = None
-            log.info("redis is usable again (after %.1f s)", cleared - self._down_since)
+            log.info("redis is usable again (it was not for %.1f s)", cleared - self._down_since)
 
     def readiness(self) -> tuple[bool, list[str]]:
         reasons = []
@@ -108,7 +109,9 @@ class Health:
         if self.draining:
             reasons.append("draining")
         reasons.extend(dict.fromkeys(str(exc) for exc in self._faults.values()))
-        reasons.extend(f"destination {d} paused ({why})" for d, why in sorted(self._paused))
+        if not self._faults and self._cleared_at is not None:  # ready with the INFO line
+            reasons.append("redis recovering: waiting for a quiet second")
+        reasons.extend(f"destination {d} {why}" for (d, _), why in sorted(self._paused.items()))
         return not reasons, reasons
 
 

@@ -57,6 +57,10 @@ class ConsumerLease:
             renewed = last_ttl is not None and ttl > last_ttl
             if renewed or time.monotonic() > deadline:
                 break
+            if last_ttl is None:
+                log.info("consumer name %r is leased by another worker; waiting up to %.0f s to "
+                         "see whether it is alive (a restarted worker takes its name over)",
+                         wanted, ttl / 1000)
             last_ttl = ttl
             await asyncio.sleep(1.0)
         unique = f"{wanted}-{self.token.rsplit('-', 1)[1]}"

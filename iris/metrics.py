@@ -2,6 +2,8 @@
 
 Labels come only from small fixed sets: configured destination ids, status codes, reasons.
 Each worker owns its registry, so several workers can live in one process (tests).
+Request duration buckets reach past the longest configured ``timeout``: with the client's
+default buckets (up to 10 s) every slower request, and so every quantile, would read 10.
 """
 
 from __future__ import annotations
@@ -27,10 +29,32 @@ TOKEN_OUTCOMES = ("success", "error")
 REDIS_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "NOPERM", "TRYAGAIN",
                  "CLUSTERDOWN", "MASTERDOWN", "NOGROUP", "connection", "timeout", "other")
 BATCH_USER_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# prometheus_client's default buckets, without +Inf (5 ms … 10 s), then a ladder beyond them.
+SHORT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                          7.5, 10.0)
+LONG_DURATION_BUCKETS = (15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 450.0,
+                         600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0)
+DEFAULT_TIMEOUT = 30.0  # a destination's default ``timeout``
+
+
+def duration_buckets(longest_timeout: float) -> tuple[float, ...]:
+    """Buckets for request durations: the defaults, then the ladder up to the first bucket
+    above ``longest_timeout``, so that a request which ran into its timeout still lands in a
+    finite bucket and every quantile below it can be read."""
+    buckets = list(SHORT_DURATION_BUCKETS)
+    for edge in LONG_DURATION_BUCKETS:
+        if buckets[-1] > longest_timeout:
+            break
+        buckets.append(edge)
+    if buckets[-1] <= longest_timeout:  # beyond an hour: one bucket just above it
+        buckets.append(float(int(longest_timeout) + 1))
+    return tuple(buckets)
 
 
 class Metrics:
-    def __init__(self, destinations: Iterable[str], stream: str, group: str) -> None:
+    def __init__(self, destinations: Iterable[str], stream: str, group: str, *,
+                 longest_timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``longest_timeout``: the largest ``timeout`` of the configured destinations."""
         self.registry = r = CollectorRegistry()
         self.consumed = Counter("iris_events_consumed", "Inbound entries read", registry=r)
         self.delivered = Counter(
@@ -45,7 +69,8 @@ class Metrics:
             "iris_requests", "Partner requests by outcome code", ["destination", "code"],
             registry=r)
         self.request_duration = Histogram(
-            "iris_request_duration_seconds", "Partner request time", ["destination"], registry=r)
+            "iris_request_duration_seconds", "Partner request time", ["destination"],
+            buckets=duration_buckets(longest_timeout), registry=r)
         self.batch_users = Histogram(
             "iris_batch_users", "Users per delivered batch", ["destination"],
             buckets=BATCH_USER_BUCKETS, registry=r)
@@ -99,6 +124,7 @@ class Metrics:
                            self.token_expiry, self.inflight, self.last_success,
                            self.circuit_open, self.auth_paused):
                 metric.labels(dest)
+            self.requests.labels(dest, "200")  # the other codes appear when they happen
             for reason in REASONS:
                 self.dead_lettered.labels(dest, reason)
             for outcome in TOKEN_OUTCOMES:

@@ -20,6 +20,7 @@ from iris.circuit import CircuitBreaker
 from iris.config import Destination, StreamConfig
 from iris.dead_letters import (
     MAX_DELIVERIES,
+    REDIRECTED,
     REJECTED,
     RETRIES_EXHAUSTED,
     TOO_LARGE,
@@ -29,6 +30,7 @@ from iris.dead_letters import (
 from iris.delivery import Sender
 from iris.errors import RedisUnavailable
 from iris.health import Health
+from iris.log_digest import LogDigest
 from iris.metrics import Metrics
 from iris.payload import encode_payload
 from iris.recovery import History, Recovered, Recovery
@@ -72,10 +74,16 @@ class Publisher:
         self._wake = asyncio.Event()  # a slot freed, entries were handed over, or stopping
         self.wants_changed = asyncio.Event()  # for the shared read: ``wants()`` may be true now
         self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
+        self._retry_report = LogDigest(
+            log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
+            "summed up every 10 s", f"{dest.id}: %d request(s) retried in the last %.0f s; "
+            "last: %s", extra={"destination": dest.id})
+        self._last_redirect = ""
 
     def _circuit_changed(self, is_open: bool) -> None:
         self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
-        self._health.paused(self.dest.id, is_open, "circuit open")
+        self._health.paused(self.dest.id, "paused (circuit open)" if is_open else None,
+                            "circuit")
 
     def wants(self) -> bool:
         """Whether the shared read should take a batch for this destination now."""
@@ -226,16 +234,22 @@ class Publisher:
         refreshed = False
         attempt = 0
         while True:
+            probe = await self._turn()
+            if probe is None:
+                return False
             attempt += 1
             outcome = await self._sender.send(body, key)
             action = outcome.action
             if action is Action.PAUSE:  # no request was made: wait, and spend no attempt
                 attempt -= 1
+                self._breaker.release(probe)
                 if await self._stopped_within(max(outcome.retry_after or 0.0, 1.0)):
                     return False
                 continue
             if action is Action.RETRY:
                 self._breaker.failure()
+                if probe:  # a probe of an open circuit spends no attempt
+                    attempt -= 1
             else:  # the partner answered: it is up, whatever it thought of the batch
                 self._breaker.success()
             if action is Action.DELIVERED:
@@ -246,6 +260,10 @@ class Publisher:
                 continue
             if action is Action.SPLIT:
                 return await self._split(body, events, key, dead, outcome)
+            if action is Action.REDIRECTED:
+                self._redirected(outcome)
+                dead.extend(self._dead(events, REDIRECTED, outcome))
+                return True
             if action in (Action.REFRESH, Action.REJECT):
                 dead.extend(self._dead(events, REJECTED, outcome))
                 return True
@@ -253,6 +271,7 @@ class Publisher:
                 dead.extend(self._dead(events, RETRIES_EXHAUSTED, outcome))
                 return True
             self._metrics.retries.labels(self.dest.id).inc()
+            self._retry_report.add(1, outcome.error or outcome.code)
             delay = backoff(attempt, self.dest.retry.base_delay, self.dest.retry.max_delay,
                             outcome.retry_after)
             log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
@@ -290,6 +309,15 @@ class Publisher:
             for source_id, fields in events
         ]
 
+    def _redirected(self, outcome: Outcome) -> None:
+        """One ERROR per destination and redirect target: its url needs changing."""
+        if outcome.error != self._last_redirect:
+            self._last_redirect = outcome.error
+            log.error("%s: %s; its batches are dead-lettered as redirected (replay them with "
+                      "`iris dlq replay --reason redirected` once the url is fixed)",
+                      self.dest.id, outcome.error,
+                      extra={"destination": self.dest.id, "status": outcome.code})
+
     def _delivered(self, users: int, segments: int) -> None:
         self._metrics.delivered.labels(self.dest.id).inc(segments)
         self._metrics.batch_users.labels(self.dest.id).observe(users)
@@ -309,6 +337,17 @@ class Publisher:
             if dead:
                 report_written(dead, self._metrics.dead_lettered)
             return
+
+    async def _turn(self) -> bool | None:
+        """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
+        turn = asyncio.ensure_future(self._breaker.turn())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not turn.done():
+            turn.cancel()
+            return None
+        return turn.result()
 
     async def _stopped_within(self, delay: float) -> bool:
         try:

@@ -39,16 +39,22 @@ _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.ClusterDownError, "CLUSTERDOWN"),
 )
 TEXT_CHARS = 160
+SCRIPT_DENIED = "user executing the script can't run this command"
+ALIASES = {"UNBLOCKED": "READONLY"}  # a blocking read cut short: the server became a replica
 
 
 def reply_code(exc: rx.ResponseError) -> str:
     """The error code of a reply: redis-py keeps it as a class for some, in the text for others
-    (``MISCONF ...``, ``BUSY ...``, ``NOGROUP ...``)."""
+    (``MISCONF ...``, ``BUSY ...``, ``NOGROUP ...``). A command an ACL denies inside a script
+    comes back as a plain error: it is a NOPERM all the same."""
     for cls, code in _CLASSES:
         if isinstance(exc, cls):
             return code
-    first = str(exc).split(" ", 1)[0]
-    return first if first.isupper() and first.isalpha() else "ERR"
+    text = str(exc)
+    if SCRIPT_DENIED in text:
+        return "NOPERM"
+    first = text.split(" ", 1)[0]
+    return ALIASES.get(first, first) if first.isupper() and first.isalpha() else "ERR"
 
 
 def reply_text(exc: BaseException) -> str:
@@ -58,6 +64,7 @@ def reply_text(exc: BaseException) -> str:
     head, sep, tail = text.partition(" of pipeline caused error: ")
     if sep and head.startswith("Command # "):
         text = tail.removeprefix("(").removesuffix(",)").strip("'\"")
+    text = text.split(" script: ", 1)[0]  # which script and line: noise for an operator
     return " ".join(text.split())[:TEXT_CHARS]
 
 
@@ -69,6 +76,9 @@ def translate(exc: BaseException) -> RedisUnavailable | None:
         if code == "NOGROUP":
             return GroupMissing(f"consumer group missing: {text}")
         detail = text if text.startswith(code) else f"{code} {text}".strip()
+        if SCRIPT_DENIED in text:
+            detail = ("NOPERM for a command inside one of iris's Lua scripts (a restart names "
+                      "the commands the user lacks)")
         meaning = MEANINGS.get(code)
         if meaning is None:
             return RedisUnavailable(f"redis refused a command: {detail}", "other")

@@ -104,6 +104,22 @@ end
 return removed
 """
 
+# A clean stop hands back what this consumer still holds: each entry's delivery count is
+# lowered by one (the next holder's take-over raises it again: handing back is not a crash)
+# and its idle time set to ARGV[3] ms, so that the other workers take it over at once.
+# ARGV: group, consumer, idle ms. Returns how many entries were handed back.
+HAND_BACK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, rows = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 100000, ARGV[2])
+if not ok then return 0 end
+for _, row in ipairs(rows) do
+  local times = math.max(0, row[4] - 1)
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, row[1], 'IDLE', ARGV[3],
+             'RETRYCOUNT', times, 'JUSTID')
+end
+return #rows
+"""
+
 # Remove this worker's consumer from the group when it holds nothing (a clean stop).
 DROP_OWN_CONSUMER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end

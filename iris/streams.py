@@ -90,6 +90,7 @@ class Streams:
         self._trim = self.redis.register_script(stream_scripts.TRIM_ACKNOWLEDGED)
         self._drop_idle = self.redis.register_script(stream_scripts.DROP_IDLE_CONSUMERS)
         self._drop_own = self.redis.register_script(stream_scripts.DROP_OWN_CONSUMER)
+        self._hand_back = self.redis.register_script(stream_scripts.HAND_BACK)
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
@@ -129,7 +130,7 @@ class Streams:
         denied = [name for name, reply in zip(probes, replies, strict=True)
                   if isinstance(reply, Exception) and _is_noperm(reply)]
         for name, probe in (("evalsha", self._touch(keys=[key], args=[PROBE_GROUP, me])),
-                            ("multi", self._multi_ping())):
+                            ("multi", self._multi_ack())):
             try:
                 with redis_errors():
                     await probe
@@ -142,9 +143,9 @@ class Streams:
                 f"the redis user lacks a permission: NOPERM for {', '.join(denied)} (iris needs "
                 "the stream commands, EVALSHA/SCRIPT and MULTI on its keys)", "NOPERM")
 
-    async def _multi_ping(self) -> None:
+    async def _multi_ack(self) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.ping()
+            pipe.xack(self.inbound, self.group, "0-0")  # acknowledges nothing
             await pipe.execute()
 
     async def ensure_group(self, key: str) -> None:
@@ -175,11 +176,11 @@ class Streams:
             with redis_errors():
                 return await command()
         except GroupMissing:
-            log.warning("consumer group %s vanished from %s; recreating it", self.group,
+            for key in keys:
+                await self.ensure_group(key)  # a Redis that refuses (a replica) raises here
+            log.warning("consumer group %s vanished from %s; recreated it", self.group,
                         ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3
                                                 else ""))
-            for key in keys:
-                await self.ensure_group(key)
         with redis_errors():
             return await command()
 
@@ -381,6 +382,13 @@ class Streams:
         with redis_errors():
             return int(await self._drop_idle(keys=[key], args=[self.group, idle_ms,
                                                                self.consumer]))
+
+    async def hand_back(self, key: str, idle_ms: int) -> int:
+        """At a clean stop: what this consumer holds on ``key`` goes to the others at once,
+        without counting as a delivery. Returns how many entries it held."""
+        with redis_errors():
+            return int(await self._hand_back(keys=[key], args=[self.group, self.consumer,
+                                                                idle_ms]))
 
     async def drop_own_consumer(self, key: str) -> bool:
         """Remove this worker's consumer from the group of ``key`` if it holds nothing."""

@@ -54,12 +54,15 @@ class Upkeep:
     async def run(self, name: str, every: float, chore: Callable[[], Awaitable[None]]) -> None:
         """Run ``chore`` every ``every`` seconds until cancelled."""
         retry = self._health.retry(f"upkeep: {name}")
+        wait = every
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(wait)
+            wait = every
             try:
                 await chore()
             except RedisUnavailable as exc:
-                retry.noted(exc)
+                await retry.failed(exc)  # and again soon: the fault holds readiness back
+                wait = 0
                 continue
             except Exception:
                 log.exception("upkeep chore %r failed; trying again in %.0f s", name, every)

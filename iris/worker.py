@@ -15,12 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import aiohttp
-
 from iris.auth import Auth, SharedTokens, make_auth
 from iris.config import Config
 from iris.consumer import Consumer
-from iris.delivery import Sender, make_session
+from iris.delivery import PartnerSession, Sender
 from iris.errors import RedisUnavailable
 from iris.health import Health
 from iris.http_server import HttpServer
@@ -35,7 +33,6 @@ log = logging.getLogger(__name__)
 
 STATS_CACHE_SECONDS = 1.0
 RESTART_DELAY = 1.0
-REFUSED = "token endpoint refused the credentials"
 EXIT_MARGIN = 0.3  # of shutdown_timeout, kept for closing sessions and exiting
 
 
@@ -65,14 +62,15 @@ class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics([d.id for d in config.destinations], config.stream.key,
-                               config.stream.group)
+                               config.stream.group,
+                               longest_timeout=max(d.timeout for d in config.destinations))
         self.health = Health(on_redis_error=self._count_redis_error,
                              on_redis_usable=lambda usable: self.metrics.redis_usable.set(usable))
         host, port = config.http.host_port
         self.http = HttpServer(host, port, self.metrics, self.health, self._refresh_stream_stats)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sessions: list[aiohttp.ClientSession] = []
+        self._sessions: list[PartnerSession] = []
         self._auths: list[Auth] = []
         self._publishers: list[Publisher] = []
         self._stats_at = 0.0
@@ -113,8 +111,8 @@ class Worker:
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
         shared = SharedTokens.from_config(self.config, self.redis, self.streams.consumer)
         for dest in self.config.destinations:
-            session = make_session(dest)
-            on_pause = partial(self.health.paused, dest.id, reason=REFUSED)
+            session = PartnerSession(dest)
+            on_pause = partial(self.health.paused, dest.id, source="auth")
             auth = make_auth(dest, session, self.metrics, shared, on_pause=on_pause)
             self._sessions.append(session)
             self._auths.append(auth)
@@ -135,8 +133,9 @@ class Worker:
                                                    name=f"upkeep-{name}"))
         self.health.starting = False
         self.metrics.redis_usable.set(1)
-        log.info("started: consumer %s, %d destinations", self.streams.consumer,
-                 len(self.config.destinations))
+        count = len(self.config.destinations)
+        log.info("started: consumer %s, %d destination%s", self.streams.consumer, count,
+                 "" if count == 1 else "s")
 
     async def _wait_for_redis(self) -> bool:
         """Create the groups, check the Redis user's permissions and claim the consumer name,
@@ -200,22 +199,31 @@ class Worker:
         for session in self._sessions:
             await session.close()
         if hasattr(self, "redis"):
-            await self._leave()
+            if held := await self._leave():
+                log.info("handed %d unfinished entries back to the other workers", held)
             await self.redis.aclose()
         await self.http.stop()
         log.info("stopped")
 
-    async def _leave(self) -> None:
-        """Remove this worker's consumers that hold nothing, and free its name."""
+    async def _leave(self) -> int:
+        """Hand back what this worker still holds (to the other workers at once, not counted
+        as a delivery), trim what it acknowledged, leave the groups and free its name. Returns
+        how many entries it handed back."""
         if not self.lease.name or self._lease_lost:
-            return
+            return 0
+        stream = self.config.stream
+        held = 0
         try:
             for key in self._stream_keys():
+                held += await self.streams.hand_back(key, stream.claim_idle_ms)
                 await self.streams.drop_own_consumer(key)
+            if stream.trim:
+                await self.streams.trim(self.streams.inbound)
             await self.lease.release()
         except RedisUnavailable as exc:
-            log.info("could not remove this worker's consumers (%s); they are removed by the "
-                     "others after stream.idle_consumer_ms", exc)
+            log.info("could not hand back this worker's entries (%s); the others take them "
+                     "over after stream.claim_idle_ms", exc)
+        return held
 
     async def _refresh_stream_stats(self) -> None:
         """Stream gauges (XLEN, XINFO GROUPS) at scrape time, cached briefly, never on the hot

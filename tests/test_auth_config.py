@@ -6,11 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from iris.auth.jwt_assertion import AssertionSigner
 from iris.auth_config import JwtBearerAuth, OAuth2Base
-from iris.config import parse_config, redacted
+from iris.config import fingerprint, parse_config, redacted
 from iris.templating import REQUEST_TEMPLATES, is_empty
 from iris.urlforms import form_url_encode
 from tests.oauth_server import make_ec_key, make_rsa_key
@@ -105,8 +109,10 @@ def test_signing_and_token_store_settings(tmp_path: Path) -> None:
     signing = loaded.destinations[0].signing
     assert signing is not None and signing.keys[0].secret.get_secret_value() == "hmac-secret"
     shown = redacted(loaded)
-    assert shown["token_store"]["encryption_key"] == "**********"
-    assert shown["destinations"][0]["signing"]["keys"][1]["secret"] == "**********"
+    key = raw["token_store"]["encryption_key"]
+    assert shown["token_store"]["encryption_key"] == fingerprint(key) and key not in str(shown)
+    assert shown["destinations"][0]["signing"]["keys"][0]["secret"] == fingerprint("hmac-secret")
+    assert shown["destinations"][0]["signing"]["keys"][1]["secret"] == fingerprint("old-secret")
     assert error_lines(config(dest(signing={"keys": []}))) == [
         "destinations[0].signing.keys: must not be empty"]
     assert error_lines(config(dest(signing={"keys": [{"id": "k", "secret": "s",
@@ -150,3 +156,102 @@ def test_template_helpers() -> None:
 def test_signing_headers_cannot_collide(signing: dict[str, Any], line: str) -> None:
     raw = {"keys": [{"id": "k", "secret": "s"}], **signing}
     assert error_lines(config(dest(signing=raw))) == [f"destinations[0].{line}"]
+
+
+# --------------------------------------------------------------------------- JWT bearer
+
+JWT_BASE = {"type": "jwt_bearer", "token_url": "https://p.example/t", "issuer": "i",
+            "audience": "a"}
+
+
+def pem(key: Any) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def jwt_lines(**auth: Any) -> list[str]:
+    return error_lines(config(dest(auth={**JWT_BASE, **auth})))
+
+
+@pytest.mark.parametrize(("algorithm", "curve", "line"), [
+    ("ES256", ec.SECP384R1(), "ES256 needs an EC key on curve P-256, not secp384r1"),
+    ("ES384", ec.SECP256R1(), "ES384 needs an EC key on curve P-384, not secp256r1"),
+    ("ES512", ec.SECP384R1(), "ES512 needs an EC key on curve P-521, not secp384r1"),
+    ("ES256", ec.SECP256K1(), "ES256 needs an EC key on curve P-256, not secp256k1"),
+])
+def test_an_ec_key_on_the_wrong_curve_is_refused_at_load(algorithm: str, curve: Any,
+                                                          line: str) -> None:
+    key = pem(ec.generate_private_key(curve))
+    assert jwt_lines(private_key=key, algorithm=algorithm) == [
+        f"destinations[0].auth.private_key: {line}"]
+
+
+@pytest.mark.parametrize(("algorithm", "curve"), [
+    ("ES256", ec.SECP256R1()), ("ES384", ec.SECP384R1()), ("ES512", ec.SECP521R1())])
+def test_an_ec_key_on_its_curve_loads(algorithm: str, curve: Any) -> None:
+    auth = auth_of({**JWT_BASE, "private_key": pem(ec.generate_private_key(curve)),
+                    "algorithm": algorithm})
+    assert isinstance(auth, JwtBearerAuth) and auth.algorithm == algorithm
+
+
+def test_rsa_keys_fit_their_algorithms() -> None:
+    short = pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    assert jwt_lines(private_key=short, algorithm="PS256") == [
+        "destinations[0].auth.private_key: PS256 needs an RSA key of at least 2048 bits, "
+        "not 1024"]
+    assert jwt_lines(private_key=make_rsa_key()[0], algorithm="ES256") == [
+        "destinations[0].auth.private_key: ES256 needs an EC key"]
+
+
+def test_a_key_file_that_is_not_a_private_key(tmp_path: Path) -> None:
+    public = tmp_path / "key.pub"
+    public.write_text(make_rsa_key()[1])
+    assert jwt_lines(private_key_file=str(public)) == [
+        "destinations[0].auth.private_key: not an unencrypted PEM private key"]
+
+
+@pytest.mark.parametrize(("claim", "source"), [
+    ("iss", "issuer"), ("sub", "subject"), ("aud", "audience"), ("iat", "leeway"),
+    ("nbf", "leeway"), ("exp", "lifetime"), ("jti", "a fresh value per assertion")])
+def test_claims_iris_sets_cannot_be_configured(claim: str, source: str) -> None:
+    assert jwt_lines(private_key=make_rsa_key()[0], claims={"tenant": "x", claim: 1}) == [
+        f"destinations[0].auth.claims.{claim}: iris sets {claim} itself (from {source}); "
+        "remove it from claims"]
+
+
+def test_claims_must_be_json() -> None:
+    import datetime
+
+    assert jwt_lines(private_key=make_rsa_key()[0],
+                     claims={"since": datetime.date(2026, 1, 1)}) == [
+        "destinations[0].auth.claims.since: not a JSON value (date): quote it"]
+
+
+def test_leeway_default_and_bounds() -> None:
+    key = make_rsa_key()[0]
+    auth = auth_of({**JWT_BASE, "private_key": key})
+    assert isinstance(auth, JwtBearerAuth) and (auth.leeway, auth.lifetime) == (5, 300)
+    assert jwt_lines(private_key=key, leeway=60, lifetime=60) == [
+        "destinations[0].auth.leeway: must be less than lifetime (60 s), or the assertion "
+        "would be expired when it is made"]
+    assert jwt_lines(private_key=key, leeway=301) == [
+        "destinations[0].auth.leeway: must be <= 300.0"]
+    assert jwt_lines(private_key=key, leeway=-1) == ["destinations[0].auth.leeway: must be >= 0.0"]
+
+
+@pytest.mark.parametrize(("leeway", "iat"), [(None, 1_799_999_995), (0, 1_800_000_000),
+                                              (30, 1_799_999_970), (2.5, 1_799_999_998)])
+def test_the_assertion_is_back_dated_by_the_leeway(leeway: float | None, iat: int) -> None:
+    private, public = make_rsa_key()
+    settings = {**JWT_BASE, "private_key": private, "subject": "s", "lifetime": 120,
+                "claims": {"tenant": "acme"}, "key_id": 7}
+    if leeway is not None:
+        settings["leeway"] = leeway
+    auth = auth_of(settings)
+    assert isinstance(auth, JwtBearerAuth)
+    token = AssertionSigner(auth).assertion(now=1_800_000_000.9)
+    claims = jwt.decode(token, public, algorithms=["RS256"], audience="a",
+                        options={"verify_exp": False, "verify_iat": False})
+    assert jwt.get_unverified_header(token)["kid"] == "7"
+    assert {k: v for k, v in claims.items() if k != "jti"} == {
+        "tenant": "acme", "iss": "i", "sub": "s", "aud": "a", "iat": iat, "exp": iat + 120}

@@ -9,8 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from iris.config import GRAMMAR, fingerprint
 
 SECRET = "Do-Not-Print-Me-42"
 IRIS = [sys.executable, "-m", "iris"]
@@ -70,7 +75,9 @@ def test_check_config_masks_secrets(tmp_path):
     assert SECRET not in result.stdout + result.stderr
     resolved = yaml.safe_load(result.stdout)
     auth = resolved["destinations"][1]["auth"]
-    assert auth["client_id"] == "from-env" and auth["client_secret"] == "**********"
+    assert auth["client_id"] == "from-env"
+    assert auth["client_secret"] == fingerprint(SECRET + "-file") == (
+        f"{fingerprint(SECRET + '-file').partition(',')[0]}, 23 chars")
     assert resolved["redis"]["url"] == "redis://:****@127.0.0.1:7777/0"
 
 
@@ -155,3 +162,220 @@ def test_demo_delivers_over_https_and_stops_on_sigint():
     for pid in children:  # redis-server and anything else it started are gone
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text()
+
+
+# --------------------------------------------------------------------------- config mistakes
+
+def _p384_key() -> str:
+    key = ec.generate_private_key(ec.SECP384R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+JWT_AUTH = {"type": "jwt_bearer", "token_url": "https://partner.example/t", "issuer": "iris",
+            "audience": "https://partner.example/t"}
+
+
+@pytest.mark.parametrize(("case", "line"), [
+    ("ca_file", "destinations[1].ca_file: {tmp}/ca.pem holds no PEM CA certificate "
+                "(NO_CERTIFICATE_OR_CRL_FOUND)"),
+    ("curve", "destinations[1].auth.private_key: ES256 needs an EC key on curve P-256, "
+              "not secp384r1"),
+    ("claims", "destinations[1].auth.claims.iat: iris sets iat itself (from leeway); remove it "
+               "from claims"),
+    ("empty_secret", "destinations[1].auth.client_secret_file: {tmp}/secret is empty"),
+    ("required_var", "destinations[1].auth.client_secret: mount the partner secret "
+                     "(environment variable IRIS_TEST_UNSET_SECRET is not set)"),
+    ("unknown_expansion", "destinations[1].auth.client_secret: cannot read the ${{...}} at "
+                          "character 3: write " + GRAMMAR.replace("{", "{{").replace("}", "}}")),
+    ("float_segment", "destinations[1].segments[0]: must be a string: quote it (YAML read it as "
+                      "the number 14356.0)"),
+    ("redis_url", "redis.url: must start with redis://, rediss://, unix:// "
+                  "(got '127.0.0.1:6379')"),
+])
+def test_check_config_catches_what_run_would_crash_on(tmp_path, case, line):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    (tmp_path / "secret").write_bytes(b"\n")
+    overrides, top = {
+        "ca_file": ({"ca_file": str(tmp_path / "ca.pem")}, {}),
+        "curve": ({"auth": {**JWT_AUTH, "algorithm": "ES256", "private_key": _p384_key()}}, {}),
+        "claims": ({"auth": {**JWT_AUTH, "private_key": _p384_key(), "algorithm": "ES384",
+                             "claims": {"iat": 0}}}, {}),
+        "empty_secret": ({"auth": {"type": "oauth2_client_credentials",
+                                   "token_url": "https://partner.example/t", "client_id": "iris",
+                                   "client_secret_file": str(tmp_path / "secret")}}, {}),
+        "required_var": ({"auth": {"type": "oauth2_client_credentials",
+                                   "token_url": "https://partner.example/t", "client_id": "iris",
+                                   "client_secret": "${IRIS_TEST_UNSET_SECRET:?mount the "
+                                                    "partner secret}"}}, {}),
+        "unknown_expansion": ({"auth": {"type": "oauth2_client_credentials",
+                                        "token_url": "https://partner.example/t",
+                                        "client_id": "iris",
+                                        "client_secret": SECRET[:2] + "${X:+y}"}}, {}),
+        "float_segment": ({"segments": [14356.0]}, {}),
+        "redis_url": ({}, {"redis": {"url": "127.0.0.1:6379"}}),
+    }[case]
+    for command in (["check-config"], ["run"], ["auth", "test"]):
+        result = iris(*command, "-c", str(write_config(tmp_path, overrides, **top)))
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            "iris: config error: " + line.format(tmp=tmp_path)], command
+        assert result.stdout == ""
+        assert SECRET not in result.stderr
+
+
+def test_duplicate_keys_and_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "iris.yaml"
+    path.write_text("destinations:\n  - {id: a, url: 'https://a.example/x', user_dpid: '1',"
+                    " client_id: '2'}\ndestinations:\n  - {id: b, url: 'https://b.example/x',"
+                    " user_dpid: '1', client_id: '2', auth: {type: none}, auth: {type: none}}\n")
+    for command in (["check-config"], ["run"], ["status"], ["send", "--uuid", "u",
+                                                            "--segment", "s", "--dpuuid", "d"]):
+        result = iris(*command, "-c", str(path))
+        assert (result.returncode, result.stderr.splitlines()) == (2, [
+            f"iris: config error: {path}:3: duplicate key 'destinations' (first at line 1); "
+            "YAML keeps only one of them"]), command
+    path.write_bytes(b"destinations: []\n# \xff\n")
+    result = iris("check-config", "-c", str(path))
+    assert (result.returncode, result.stderr) == (
+        2, f"iris: config error: {path}: not UTF-8 (byte 0xff at offset 19)\n")
+
+
+def test_check_config_shows_what_differs_between_secrets(tmp_path):
+    """Two secrets that differ by a doubled $ or a BOM are visibly different; none is shown."""
+    (tmp_path / "bom").write_bytes(b"\xef\xbb\xbf" + SECRET.encode() + b"\r\n")
+    path = write_config(tmp_path, {"auth": {
+        "type": "oauth2_password", "token_url": "https://partner.example/t",
+        "client_id": "iris", "client_secret_file": str(tmp_path / "bom"), "username": "u",
+        "password": "pa$$" + SECRET}})
+    result = iris("check-config", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    auth = yaml.safe_load(result.stdout)["destinations"][1]["auth"]
+    assert auth["client_secret"] == fingerprint(SECRET)  # the BOM and CR LF are gone
+    assert auth["password"] == fingerprint("pa$" + SECRET)  # $$ is one $
+    assert auth["password"].endswith(f", {len(SECRET) + 3} chars")
+    assert SECRET not in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- global flags
+
+def test_global_flags_are_accepted_after_the_command(tmp_path, redis_server, stream_key):
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump({
+        "redis": {"url": redis_server.url},
+        "stream": {"key": stream_key, "block_ms": 200},
+        "http": {"listen": "127.0.0.1:0"}, "shutdown_timeout": 5,
+        "destinations": [{"id": "1", "url": "https://p.example/x", "user_dpid": "1",
+                          "client_id": "2"}]}))
+    assert iris("check-config", "-c", str(path), "--log-level", "DEBUG").returncode == 0
+    assert iris("--log-format", "json", "check-config", "-c", str(path)).returncode == 0
+    assert iris("dlq", "list", "-c", str(path), "--log-format", "json").returncode == 0
+    assert iris("demo", "--log-level", "WARNING", "--help").returncode == 0
+    bad = iris("status", "-c", str(path), "--log-format", "xml")
+    assert bad.returncode == 2 and "invalid choice: 'xml'" in bad.stderr
+    proc = subprocess.Popen([*IRIS, "run", "-c", str(path), "--log-format", "json"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # each line is one JSON object, up to "started"
+            record = orjson.loads(line)
+            lines.append(record)
+            if record["message"].startswith("started"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert {r["level"] for r in lines} <= {"info", "warning"} and lines[-1]["logger"]
+    assert all(orjson.loads(line)["message"] for line in rest.splitlines())
+
+
+# --------------------------------------------------------------------------- only what they use
+
+def _partner_config(tmp_path: Path, redis_url: str, stream_key: str) -> Path:
+    path = tmp_path / "iris.yaml"
+    path.write_text(f"""\
+redis: {{url: "{redis_url}"}}
+stream: {{key: "{stream_key}"}}
+destinations:
+  - id: 423
+    url: https://partner-a.example/aam
+    user_dpid: "1"
+    client_id: "2"
+    auth:
+      type: oauth2_client_credentials
+      token_url: https://partner-a.example/token
+      client_id: ${{PARTNER_A_CLIENT_ID}}
+      client_secret: ${{PARTNER_A_SECRET:?the partner secret}}
+  - id: "424"
+    url: https://partner-b.example/aam
+    user_dpid: "1"
+    client_id: "2"
+    auth: {{type: basic, username: u, password_file: /nonexistent/partner-b}}
+""")
+    return path
+
+
+def _without_partner_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PARTNER_")}
+
+
+def _iris_clean(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*IRIS, *args], capture_output=True, text=True, timeout=60,
+                          env=_without_partner_env())
+
+
+def test_redis_commands_need_no_partner_secret(tmp_path, redis_server, stream_key):
+    import redis as sync_redis
+
+    path = str(_partner_config(tmp_path, redis_server.url, stream_key))
+    sent = _iris_clean("send", "-c", path, "--uuid", "u1", "--segment", "s1", "--dpuuid", "d1",
+                       "--destination", "423")
+    assert sent.returncode == 0, sent.stderr
+    client = sync_redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.xadd(f"{stream_key}:dlq", {"uuid": "u0", "segment": "s", "dlq_reason": "rejected",
+                                      "dlq_destination": "424"})
+    try:
+        status = _iris_clean("status", "-c", path, "--json")
+        assert status.returncode == 0, status.stderr
+        report = orjson.loads(status.stdout)
+        assert [s["stream"] for s in report["streams"]] == [
+            stream_key, f"{stream_key}:out:423", f"{stream_key}:out:424"]
+        assert report["streams"][0]["length"] == 1
+        listed = _iris_clean("dlq", "list", "-c", path)
+        assert listed.returncode == 0, listed.stderr
+        assert [orjson.loads(x)["uuid"] for x in listed.stdout.splitlines()] == ["u0"]
+        dry = _iris_clean("dlq", "replay", "-c", path, "--dry-run")
+        assert (dry.returncode, dry.stdout) == (0, f"would replay 1 event(s) into {stream_key}\n")
+        assert [f for _, f in client.xrange(stream_key)] == [
+            {"uuid": "u1", "segment": "s1", "dpuuid": "d1", "destination": "423"}]
+    finally:
+        client.close()
+    for command in (["check-config"], ["run"], ["auth", "test"]):  # these still need it all
+        result = _iris_clean(*command, "-c", path)
+        assert (result.returncode, result.stderr) == (2, (
+            "iris: config error: destinations[0].auth.client_id: environment variable "
+            "PARTNER_A_CLIENT_ID is not set\n")), command
+
+
+def test_send_to_a_destination_the_config_lacks(tmp_path, redis_server, stream_key):
+    import redis as sync_redis
+
+    path = str(_partner_config(tmp_path, redis_server.url, stream_key))
+    one = _iris_clean("send", "-c", path, "--uuid", "u1", "--segment", "s1", "--dpuuid", "d1",
+                      "--destination", "999")
+    assert (one.returncode, one.stderr) == (1, "iris: --destination: no destination with id "
+                                               "'999' in the config (it has 423, 424)\n")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"uuid": "u1", "segment": "s1", "dpuuid": "d1", "destination": "424"}\n'
+                      '{"uuid": "u2", "segment": "s1", "dpuuid": "d2", "destination": 999}\n')
+    many = _iris_clean("send", "-c", path, "--file", str(events))
+    assert (many.returncode, many.stderr) == (1, f"iris: {events}:2: no destination with id "
+                                                 "'999' in the config (it has 423, 424)\n")
+    client = sync_redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        assert client.exists(stream_key) == 0  # nothing was sent
+    finally:
+        client.close()

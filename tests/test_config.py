@@ -1,7 +1,9 @@
-"""iris.config: interpolation, *_file secrets, validation with key paths, defaults (DESIGN 1.3)."""
+"""iris.config: YAML reading, interpolation, *_file secrets, validation with key paths,
+defaults (DESIGN 1.3), the Redis-only view, and what check-config shows of secrets."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -11,12 +13,17 @@ from typing import Any
 import pytest
 
 from iris.config import (
+    GRAMMAR,
     Config,
     ConfigErrors,
+    fingerprint,
     interpolate,
     load_config,
+    load_redis_view,
     parse_config,
+    parse_redis_view,
     redacted,
+    url_passwords,
 )
 from iris.errors import ConfigError
 
@@ -68,12 +75,58 @@ def validation_lines(raw: Any) -> list[str]:
         ("p$$w$$rd", {}, "p$w$rd"),
         ("$$$$", {}, "$$"),
         ("a$b $ {A}", {}, "a$b $ {A}"),  # a lone $ is literal
+        ("pa$w0rd$", {}, "pa$w0rd$"),
+        ("pa$$w0rd", {}, "pa$w0rd"),  # $$ is one $, as documented
         ("${A}", {"A": "${B}"}, "${B}"),  # a value is not interpolated again
+        ("${A}", {"A": "p$$w"}, "p$$w"),  # nor are its $$
         ("no variables", {}, "no variables"),
+        ("${A-d}", {}, "d"),  # POSIX: without the colon, only an unset variable falls back
+        ("${A-d}", {"A": ""}, ""),
+        ("${A-d}", {"A": "x"}, "x"),
+        ("${A:?say}", {"A": "x"}, "x"),
+        ("${A?say}", {"A": ""}, ""),  # set but empty is fine without the colon
+        ("${A?}", {"A": "x"}, "x"),
+        ("${A:-$x}", {}, "$x"),  # a default is literal text
+        ("{A}$", {"A": "x"}, "{A}$"),
     ],
 )
 def test_interpolate_strings(value: str, env: dict[str, str], expected: str) -> None:
     assert interpolate(value, "k", env) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "line"),
+    [
+        ("${A}", {}, "k: environment variable A is not set"),
+        ("${A:?mount the partner secret}", {},
+         "k: mount the partner secret (environment variable A is not set)"),
+        ("${A:?mount the partner secret}", {"A": ""},
+         "k: mount the partner secret (environment variable A is empty)"),
+        ("${A?say}", {}, "k: say (environment variable A is not set)"),
+        ("${A:?}", {"A": ""}, "k: environment variable A is empty"),
+        ("${A?}", {}, "k: environment variable A is not set"),
+    ],
+)
+def test_required_variables(value: str, env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        interpolate(value, "k", env)
+    assert str(info.value) == line
+
+
+@pytest.mark.parametrize(
+    ("value", "column"),
+    [
+        ("${A:+alt}", 1), ("${A", 1), ("x${}", 2), ("${1A}", 1), ("${A:-${B}}", 1),
+        ("${ A }", 1), ("s3cr${t", 5), ("$${A}${A#x}", 6),
+    ],
+)
+def test_anything_else_after_dollar_brace_is_refused(value: str, column: int) -> None:
+    """Never sent as written; the line says where, not what (the value may be a secret)."""
+    with pytest.raises(ConfigError) as info:
+        interpolate(value, "k", {"A": "x", "B": "y"})
+    assert str(info.value) == f"k: cannot read the ${{...}} at character {column}: write {GRAMMAR}"
+    assert GRAMMAR == ("${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, "
+                       "${NAME?message}, or $$ for a literal $")
 
 
 def test_interpolate_walks_the_tree_and_leaves_other_types() -> None:
@@ -113,6 +166,12 @@ def test_interpolated_values_are_validated() -> None:
     )
 
 
+def test_required_variable_names_the_key_path_and_says_the_message() -> None:
+    raw = config(dest(auth=cc_auth(client_secret="${PARTNER_SECRET:?mount /run/secrets/p}")))
+    assert error_lines(raw) == ["destinations[0].auth.client_secret: mount /run/secrets/p "
+                                "(environment variable PARTNER_SECRET is not set)"]
+
+
 def test_parse_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRIS_TEST_DEST_URL", "https://from-env.example/aam")
     parsed = parse_config(config(dest(url="${IRIS_TEST_DEST_URL}")))
@@ -121,14 +180,43 @@ def test_parse_config_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatc
 
 # --------------------------------------------------------------------------- *_file secrets
 
-@pytest.mark.parametrize("content", ["s3cret\n", "s3cret\r\n", "s3cret"])
-def test_secret_file_trailing_newline_is_stripped(tmp_path: Path, content: str) -> None:
-    path = tmp_path / "partner"
-    path.write_bytes(content.encode())
+def secret_file_auth(path: Path) -> dict[str, Any]:
     auth = cc_auth(client_secret_file=str(path))
     del auth["client_secret"]
-    parsed = parse_config(config(dest(auth=auth)), env={})
+    return auth
+
+
+@pytest.mark.parametrize("content", [b"s3cret\n", b"s3cret\r\n", b"s3cret", b"s3cret\n\n",
+                                     b"\xef\xbb\xbfs3cret\r\n", b"\xef\xbb\xbfs3cret"])
+def test_secret_file_trailing_newline_and_bom_are_stripped(tmp_path: Path,
+                                                           content: bytes) -> None:
+    path = tmp_path / "partner"
+    path.write_bytes(content)
+    parsed = parse_config(config(dest(auth=secret_file_auth(path))), env={})
     assert parsed.destinations[0].auth.client_secret.get_secret_value() == "s3cret"
+
+
+def test_secret_file_keeps_everything_else(tmp_path: Path) -> None:
+    path = tmp_path / "partner"
+    path.write_bytes(" pa$$w0rd ${X} é\r\nline2\n".encode())
+    parsed = parse_config(config(dest(auth=secret_file_auth(path))), env={"X": "no"})
+    assert parsed.destinations[0].auth.client_secret.get_secret_value() == (
+        " pa$$w0rd ${X} é\r\nline2")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n", b"\xef\xbb\xbf\n", b"  \n"])
+def test_empty_secret_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "partner"
+    path.write_bytes(content)
+    assert validation_lines(config(dest(auth=secret_file_auth(path)))) == [
+        f"destinations[0].auth.client_secret_file: {path} is empty"]
+
+
+def test_secret_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "partner"
+    path.write_bytes(b"caf\xe9\n")
+    assert validation_lines(config(dest(auth=secret_file_auth(path)))) == [
+        f"destinations[0].auth.client_secret_file: {path} is not UTF-8 (byte 0xe9 at offset 3)"]
 
 
 def test_secret_files_for_basic_and_bearer(tmp_path: Path) -> None:
@@ -395,7 +483,15 @@ def test_load_config_errors(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- redacted
 
-def test_redacted_masks_secrets() -> None:
+def test_fingerprint() -> None:
+    assert fingerprint("s3cret") == (
+        f"sha256:{hashlib.sha256(b's3cret').hexdigest()[:8]}, 6 chars")
+    assert fingerprint("pa$w0rd") != fingerprint("pa$$w0rd")
+    assert fingerprint("pa$w0rd").endswith(", 7 chars")
+    assert fingerprint("é") == f"sha256:{hashlib.sha256('é'.encode()).hexdigest()[:8]}, 1 chars"
+
+
+def test_redacted_shows_fingerprints_of_secrets() -> None:
     parsed = parse_config(config(
         dest(id="a", auth=cc_auth(client_secret="cc-secret-1")),
         dest(id="b", auth={"type": "basic", "username": "user", "password": "basic-secret-2"}),
@@ -406,10 +502,10 @@ def test_redacted_masks_secrets() -> None:
     text = repr(data)
     for secret in ("cc-secret-1", "basic-secret-2", "bearer-secret-3", "redis-secret-4"):
         assert secret not in text
-    assert data["destinations"][0]["auth"]["client_secret"] == "**********"
-    assert data["destinations"][1]["auth"]["password"] == "**********"
+    assert data["destinations"][0]["auth"]["client_secret"] == fingerprint("cc-secret-1")
+    assert data["destinations"][1]["auth"]["password"] == fingerprint("basic-secret-2")
     assert data["destinations"][1]["auth"]["username"] == "user"
-    assert data["destinations"][2]["auth"]["token"] == "**********"
+    assert data["destinations"][2]["auth"]["token"] == fingerprint("bearer-secret-3")
     assert data["redis"]["url"] == "redis://iris:****@redis.internal:6380/2"
     assert data["redis"]["socket_timeout"] == 6.0
     assert data["stream"]["consumer"] == parsed.consumer
@@ -501,3 +597,207 @@ def test_redis_url_with_tls_files_that_exist(tmp_path: Path) -> None:
     url = f"rediss://redis:6380/0?ssl_ca_certs={ca}"
     assert parse_config(config(redis={"url": url}), env={}).redis.url == url
     assert parse_config(config(redis={"url": "unix:///run/redis.sock"}), env={})
+
+
+# --------------------------------------------------------------------------- YAML
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "iris.yaml"
+    if isinstance(text, str):
+        path.write_text(text)
+    else:
+        path.write_bytes(text)
+    return path
+
+
+def load_error(path: Path, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={} if env is None else env)
+    return str(info.value)
+
+
+DEST_A = """\
+  - id: "a"
+    url: https://a.example/aam
+    user_dpid: "1"
+    client_id: "2"
+"""
+
+
+def test_a_repeated_top_level_key_names_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "destinations:\n" + DEST_A + "destinations:\n"
+                 + DEST_A.replace('"a"', '"b"'))
+    assert load_error(path) == (f"{path}:6: duplicate key 'destinations' (first at line 1); "
+                                "YAML keeps only one of them")
+
+
+def test_a_repeated_nested_key_names_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "destinations:\n" + DEST_A
+                 + "    auth: {type: bearer, token: t}\n    timeout: 5\n    auth: {type: none}\n")
+    assert load_error(path) == (f"{path}:8: duplicate key 'auth' (first at line 6); "
+                                "YAML keeps only one of them")
+    path = write(tmp_path, "destinations:\n" + DEST_A + "    batch: {max_users: 5, max_users: 6}\n")
+    assert load_error(path) == (f"{path}:6: duplicate key 'max_users' (first at line 6); "
+                                "YAML keeps only one of them")
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """``<<: *anchor`` then a key of its own is how YAML overrides a default, not a repeat."""
+    path = write(tmp_path, "destinations:\n" + DEST_A
+                 + "    batch: &batch {max_users: 3, max_wait: 2}\n"
+                 + DEST_A.replace('"a"', '"b"') + "    batch: {<<: *batch, max_users: 4}\n")
+    a, b = load_config(path, env={}).destinations
+    assert (a.batch.max_users, a.batch.max_wait) == (3, 2)
+    assert (b.batch.max_users, b.batch.max_wait) == (4, 2)
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    head = ("destinations:\n" + DEST_A + "    # caf").encode()
+    path = write(tmp_path, head + b"\xe9\n")
+    assert load_error(path) == f"{path}: not UTF-8 (byte 0xe9 at offset {len(head)})"
+
+
+def test_a_config_file_with_a_bom_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\xef\xbb\xbf" + ("destinations:\n" + DEST_A).encode())
+    assert load_config(path, env={}).destinations[0].id == "a"
+
+
+# --------------------------------------------------------------------------- ids as text
+
+def test_unquoted_integer_ids_keep_their_digits(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+destinations:
+  - id: 423
+    url: https://a.example/aam
+    user_dpid: 12345
+    client_id: 074323
+    segments: [14356, "14357", 19393572368547369350319949416899715727]
+    auth: {type: oauth2_client_credentials, token_url: "https://a.example/t",
+           client_id: 99, client_secret: s}
+    signing: {keys: [{id: 202612, secret: k}]}
+""")
+    d = load_config(path, env={}).destinations[0]
+    assert (d.id, d.user_dpid, d.client_id) == ("423", "12345", "074323")  # not octal 30931
+    assert d.segments == ["14356", "14357", "19393572368547369350319949416899715727"]
+    assert d.auth.client_id == "99"
+    assert d.signing is not None and d.signing.keys[0].id == "202612"
+
+
+@pytest.mark.parametrize(("value", "line"), [
+    ("14356.0", "must be a string: quote it (YAML read it as the number 14356.0)"),
+    ("1.5e+3", "must be a string: quote it (YAML read it as the number 1500.0)"),
+    ("0x1A", "must be a string: quote it (YAML read 0x1A as the number 26)"),
+    ("1_000", "must be a string: quote it (YAML read 1_000 as the number 1000)"),
+    ("-5", "must be a string: quote it (YAML read -5 as the number -5)"),
+    ("yes", "must be a string: quote it (YAML read it as the boolean true)"),
+])
+def test_ids_yaml_would_change_must_be_quoted(tmp_path: Path, value: str, line: str) -> None:
+    path = write(tmp_path, "destinations:\n" + DEST_A.replace('"1"', value))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, env={})
+    assert info.value.lines() == [f"destinations[0].user_dpid: {line}"]
+    path = write(tmp_path, "destinations:\n" + DEST_A + f"    segments: [\"1\", {value}]\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, env={})
+    assert info.value.lines() == [f"destinations[0].segments[1]: {line}"]
+
+
+def test_other_strings_given_as_numbers_say_quote_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "destinations:\n" + DEST_A
+                 + "    auth: {type: basic, username: 1001, password: 2026-01-01}\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, env={})
+    assert info.value.lines() == [
+        "destinations[0].auth.username: must be a string: quote it (YAML read it as int)",
+        "destinations[0].auth.password: must be a string: quote it (YAML read it as date)",
+    ]
+
+
+# --------------------------------------------------------------------------- files run opens
+
+def test_a_ca_file_that_is_not_pem(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("this is not a certificate\n")
+    assert error_lines(config(dest(ca_file=str(ca)))) == [
+        f"destinations[0].ca_file: {ca} holds no PEM CA certificate "
+        "(NO_CERTIFICATE_OR_CRL_FOUND)"]
+    assert error_lines(config(dest(ca_file=str(tmp_path)))) == [
+        f"destinations[0].ca_file: no such file: {tmp_path}"]
+
+
+def test_a_pem_ca_file_loads(tls: Any) -> None:
+    parsed = parse_config(config(dest(ca_file=str(tls.ca_file))), env={})
+    assert parsed.destinations[0].ca_file == Path(tls.ca_file)
+
+
+def test_listen_port_must_exist() -> None:
+    assert validation_lines(config(http={"listen": "0.0.0.0:70000"})) == [
+        "http.listen: the port must be at most 65535"]
+
+
+# --------------------------------------------------------------------------- the Redis view
+
+def test_the_redis_view_needs_no_partner_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+redis: {url: "${REDIS_URL:-redis://127.0.0.1:7777/1}"}
+stream: {key: "k:${ENV_NAME}", block_ms: 500}
+http: {listen: "bogus"}
+colour: blue
+destinations:
+  - id: 423
+    url: ${PARTNER_A_URL}
+    client_id: ${PARTNER_A_CLIENT_ID}
+    auth: {type: basic, username: u, password_file: /nonexistent/secret}
+  - id: "b"
+    auth: {type: bearer, token: "${PARTNER_B_TOKEN:?mount it}"}
+""")
+    view = load_redis_view(path, env={"ENV_NAME": "prod"})
+    assert view.redis.url == "redis://127.0.0.1:7777/1"
+    assert (view.stream.key, view.stream.block_ms) == ("k:prod", 500)
+    assert [d.id for d in view.destinations] == ["423", "b"]
+    assert view.redis_socket_timeout == 5.5 and view.consumer
+    with pytest.raises(ConfigError) as info:  # run and check-config still need all of it
+        load_config(path, env={"ENV_NAME": "prod"})
+    assert str(info.value) == "destinations[0].url: environment variable PARTNER_A_URL is not set"
+
+
+@pytest.mark.parametrize(("raw", "lines"), [
+    ({"redis": {"url": "127.0.0.1:6379"}, "destinations": [{"id": "a"}]},
+     ["redis.url: must start with redis://, rediss://, unix:// (got '127.0.0.1:6379')"]),
+    ({"stream": {"key": "${K}"}, "destinations": [{"id": "a"}]},
+     ["stream.key: environment variable K is not set"]),
+    ({"stream": {"block_ms": 0}, "destinations": [{"id": "a b"}, {"url": "x"}]},
+     ["stream.block_ms: must be > 0",
+      "destinations[0].id: string should match pattern '^[A-Za-z0-9_.-]+$'",
+      "destinations[1].id: required"]),
+    ({"redis": {"socket_timeout": 1}, "destinations": [{"id": "a"}]},
+     ["redis.socket_timeout: must exceed stream.block_ms, or blocking reads time out"]),
+    ({}, ["destinations: required"]),
+])
+def test_the_redis_view_still_checks_what_it_reads(raw: dict[str, Any],
+                                                   lines: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_redis_view(raw, env={})
+    exc = info.value
+    assert (exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]) == lines
+
+
+def test_url_passwords_are_masked_and_known(tmp_path: Path) -> None:
+    parsed = parse_config(config(
+        dest(id="a", proxy="http://squid:pr%40xy-secret@proxy.internal:3128"), dest(id="b"),
+        redis={"url": "redis://iris:redis-secret@redis.internal:6380/2"}), env={})
+    data = redacted(parsed)
+    assert data["destinations"][0]["proxy"] == "http://squid:****@proxy.internal:3128"
+    assert data["destinations"][1]["proxy"] is None
+    assert "secret" not in repr(data)
+    assert url_passwords(parsed) == ["redis-secret", "pr%40xy-secret", "pr@xy-secret"]
+    view = parse_redis_view(config(redis={"url": "unix:///run/r.sock?password=q-secret"}), env={})
+    assert url_passwords(view) == ["q-secret"]
+
+
+def test_a_destination_proxy_must_be_an_http_url() -> None:
+    assert error_lines(config(dest(proxy="socks5://127.0.0.1:1080"))) == [
+        "destinations[0].proxy: must be an http:// or https:// URL "
+        "(http://[user:password@]host:port)"]
+    parsed = parse_config(config(dest(proxy="http://u:p@proxy.internal:3128")), env={})
+    assert parsed.destinations[0].proxy == "http://u:p@proxy.internal:3128"

@@ -77,7 +77,11 @@ def test_a_paused_destination_is_a_readiness_reason():
     health = Health()
     health.starting = False
     assert health.readiness() == (True, [])
-    health.paused("423", True, "circuit open")
+    health.paused("423", "paused (circuit open)", "circuit")
     assert health.readiness() == (False, ["destination 423 paused (circuit open)"])
-    health.paused("423", False, "circuit open")
+    health.paused("423", "waiting for a token (HTTP 503)", "auth")
+    assert health.readiness()[1] == ["destination 423 waiting for a token (HTTP 503)",
+                                     "destination 423 paused (circuit open)"]
+    health.paused("423", None, "circuit")
+    health.paused("423", None, "auth")
     assert health.readiness() == (True, [])

@@ -32,6 +32,15 @@ TABLE = [  # (what redis-py raises, reply label, start of the reason /readyz sho
      "redis cluster is resharding: TRYAGAIN"),
     (rx.ClusterDownError("The cluster is down"), "CLUSTERDOWN", "redis cluster is down"),
     (rx.MasterDownError("Link with MASTER is down"), "MASTERDOWN", "redis lost its primary"),
+    (rx.ResponseError("ERR The user executing the script can't run this command or "
+                      "subcommand script: d2b5bc0f, on @user_script:34."), "NOPERM",
+     "the redis user lacks a permission: NOPERM for a command inside one of iris's Lua"),
+    (rx.ResponseError("UNBLOCKED force unblock from blocking operation, instance state "
+                      "changed (master -> replica?)"), "READONLY",
+     "redis is a read-only replica: READONLY UNBLOCKED force unblock"),
+    (rx.ReadOnlyError("You can't write against a read only replica. script: 9f1c, on "
+                      "@user_script:3."), "READONLY",
+     "redis is a read-only replica: READONLY You can't write against a read only replica."),
     (rx.ResponseError("NOGROUP No such key 'k' or consumer group 'iris'"), "NOGROUP",
      "consumer group missing: NOGROUP"),
     (rx.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),

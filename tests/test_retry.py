@@ -23,6 +23,11 @@ NOW = 1_700_000_000.0
 
 CLASSIFY_TABLE = [
     (200, Action.DELIVERED),
+    (301, Action.REDIRECTED),
+    (302, Action.REDIRECTED),
+    (303, Action.REDIRECTED),
+    (307, Action.REDIRECTED),
+    (308, Action.REDIRECTED),
     (201, Action.DELIVERED),
     (204, Action.DELIVERED),
     (400, Action.REJECT),
@@ -58,6 +63,14 @@ def test_classify_with_retry_after(status: int, action: Action) -> None:
     assert outcome.retry_after == (7.0 if action is Action.RETRY else None)
 
 
+def test_a_redirect_names_its_target_without_secrets() -> None:
+    outcome = classify(308, location="http://user:pw@new.example:8080/aam?token=s3cret#x")
+    assert outcome.action is Action.REDIRECTED and outcome.code == "308"
+    assert outcome.error.startswith("HTTP 308 redirect to http://new.example:8080/aam: ")
+    assert "s3cret" not in outcome.error and "pw" not in outcome.error
+    assert "nowhere" in classify(302).error
+
+
 def test_delivered_has_no_error() -> None:
     assert classify(200, body=b'{"ok": true}') == Outcome(Action.DELIVERED, "200", 200)
 
@@ -84,7 +97,7 @@ def test_failure_without_an_answer_is_retried(code: str, error: str) -> None:
 def test_retry_after_seconds() -> None:
     assert parse_retry_after("2", NOW) == 2.0
     assert parse_retry_after(" 120 ", NOW) == 120.0
-    assert parse_retry_after("0", NOW) == 0.0
+    assert parse_retry_after("0", NOW) is None  # "no wait": the normal backoff applies
 
 
 def test_retry_after_http_date_in_the_future() -> None:
@@ -92,7 +105,7 @@ def test_retry_after_http_date_in_the_future() -> None:
 
 
 def test_retry_after_http_date_in_the_past() -> None:
-    assert parse_retry_after(formatdate(NOW - 60, usegmt=True), NOW) == 0.0
+    assert parse_retry_after(formatdate(NOW - 3600, usegmt=True), NOW) is None
 
 
 def test_retry_after_http_date_through_classify() -> None:
@@ -100,7 +113,8 @@ def test_retry_after_http_date_through_classify() -> None:
     assert outcome.retry_after == 3.0
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-1", "1.5", "Wed, 99 Foo 2016 nonsense"])
+@pytest.mark.parametrize("value", [None, "", "soon", "-1", "1.5", "Wed, 99 Foo 2016 nonsense",
+                                   "0"])
 def test_retry_after_garbage(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
 
@@ -121,8 +135,32 @@ def test_backoff_is_full_jitter_within_the_exponential_bound(
 
 def test_backoff_honours_retry_after_capped() -> None:
     assert backoff(1, 0.5, 60, retry_after=5.0) == 5.0
-    assert backoff(9, 0.5, 60, retry_after=0.0) == 0.0
     assert backoff(1, 0.5, 60, retry_after=3600.0) == 60.0
+
+
+# (Retry-After header, attempt) → the wait is the normal backoff's or longer, never shorter
+RETRY_AFTER_TABLE = [
+    ("0", 9), (formatdate(NOW - 3600, usegmt=True), 9), ("soon", 9), ("-5", 9), ("", 9),
+    ("0", 1), ("1", 9), (formatdate(NOW + 2, usegmt=True), 9),
+]
+
+
+@pytest.mark.parametrize(("header", "attempt"), RETRY_AFTER_TABLE)
+def test_retry_after_never_shortens_the_backoff(header: str, attempt: int) -> None:
+    """Over 2,000 draws, the waits spread over the normal backoff's whole range (or sit at a
+    longer Retry-After); a Retry-After of 0 or in the past does not make the retry immediate."""
+    bound = min(60, 0.5 * 2 ** (attempt - 1))
+    retry_after = parse_retry_after(header, NOW)
+    draws = [backoff(attempt, 0.5, 60, retry_after) for _ in range(2000)]
+    floor = min(retry_after or 0.0, 60)
+    assert all(floor <= d <= max(bound, floor) for d in draws)
+    assert max(draws) > max(bound, floor) * 0.95
+
+
+def test_ten_attempts_with_retry_after_0_take_their_time() -> None:
+    """Issue 13: ten attempts answered `Retry-After: 0` used to run within 20 ms."""
+    for _ in range(200):
+        assert sum(backoff(n, 0.5, 60, parse_retry_after("0", NOW)) for n in range(1, 10)) > 1
 
 
 # --------------------------------------------------------------------------- excerpt

@@ -6,12 +6,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
 from iris.auth.base import Auth, Credential
-from iris.auth.endpoint import TokenEndpoint, longest_exchange
+from iris.auth.endpoint import SessionSource, TokenEndpoint, longest_exchange
 from iris.auth.source import EndpointSource
 from iris.auth.static import StaticAuth, basic_header
 from iris.auth.store import TokenStore
@@ -32,6 +31,7 @@ class SharedTokens:
     consumer: str
     encryption_key: str | None = None
     refusal_pause: float = 60.0
+    fresh_token_age: float = 5.0
 
     @classmethod
     def from_config(cls, config: Config, redis: aioredis.Redis,
@@ -39,7 +39,7 @@ class SharedTokens:
         key = config.token_store.encryption_key
         return cls(redis, config.token_key_prefix, consumer or config.consumer,
                    key.get_secret_value() if key is not None else None,
-                   config.token_store.refusal_pause)
+                   config.token_store.refusal_pause, config.token_store.fresh_token_age)
 
 
 def fingerprint(auth: OAuth2Base) -> str:
@@ -60,31 +60,32 @@ def make_store(dest: Destination, shared: SharedTokens) -> TokenStore:
 
 
 def make_token_manager(
-    dest: Destination, session: aiohttp.ClientSession, metrics: Metrics, shared: SharedTokens,
-    on_pause: Callable[[bool], None] | None = None,
+    dest: Destination, session: SessionSource, metrics: Metrics, shared: SharedTokens,
+    on_pause: Callable[[str | None], None] | None = None,
 ) -> TokenManager:
     auth = dest.auth
     assert isinstance(auth, OAuth2Base)
     endpoint = TokenEndpoint(
-        session, dest.timeout,
+        session, dest.timeout, proxy=dest.proxy,
         on_request=lambda outcome: metrics.token_requests.labels(dest.id, outcome).inc())
     store = make_store(dest, shared)
 
-    def paused(is_paused: bool) -> None:
-        metrics.auth_paused.labels(dest.id).set(int(is_paused))
+    def paused(why: str | None) -> None:
+        metrics.auth_paused.labels(dest.id).set(int(why is not None))
         if on_pause is not None:
-            on_pause(is_paused)
+            on_pause(why)
 
     return TokenManager(
         dest.id, EndpointSource(dest.id, auth, endpoint, dest.allow_http), store,
         consumer=shared.consumer, refusal_pause=shared.refusal_pause,
+        fresh_token_age=shared.fresh_token_age,
         on_token=metrics.token_expiry.labels(dest.id).set, on_pause=paused,
     )
 
 
 def make_auth(
-    dest: Destination, session: aiohttp.ClientSession, metrics: Metrics, shared: SharedTokens,
-    on_pause: Callable[[bool], None] | None = None,
+    dest: Destination, session: SessionSource, metrics: Metrics, shared: SharedTokens,
+    on_pause: Callable[[str | None], None] | None = None,
 ) -> Auth:
     auth = dest.auth
     if isinstance(auth, BasicAuth):

@@ -23,11 +23,13 @@ class Auth(Protocol):
     async def credential(self) -> Credential | None:
         """The Authorization value to send now, or None for no header."""
 
-    def refused(self, credential: Credential | None) -> None:
-        """The partner answered 401 to ``credential``: drop it if it is still the current one."""
+    async def refused(self, credential: Credential | None, *, blames_token: bool = True) -> bool:
+        """The partner answered 401 to ``credential`` (``blames_token``: naming the token as
+        the cause): drop it if it is still the current one. True: send once more now; False:
+        the destination is paused instead."""
 
     def pause_remaining(self) -> float:
-        """Seconds the destination stays paused by a token endpoint's refusal (0: not paused)."""
+        """Seconds the destination waits before sending (a refusal's pause, or no token)."""
 
     async def close(self, grace: float = 0.0) -> None:
         """Release resources, letting work that must not be cut short run up to ``grace`` s."""

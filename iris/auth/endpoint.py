@@ -2,7 +2,8 @@
 
 Transient failures (5xx, timeouts, connection errors, unreadable answers) are retried a bounded
 number of times with jittered backoff; refusals (RFC 6749 §5.2 errors such as invalid_client)
-are raised at once as permanent. Every HTTP request is counted as ``success`` or ``error``.
+and redirects (never followed: a token request carries the client's secret) are raised at once
+as permanent. Every HTTP request is counted as ``success`` or ``error``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urljoin
 
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from iris.auth.tokens import Grant
+from iris.egress import proxy_for
 from iris.errors import TokenError
+from iris.http_errors import describe, without_secrets
 
 TOKEN_ATTEMPTS = 3
 MAX_BACKOFF = 5.0
@@ -49,11 +54,22 @@ def longest_exchange(timeout: float) -> float:
     return TOKEN_ATTEMPTS * timeout + (TOKEN_ATTEMPTS - 1) * MAX_BACKOFF
 
 
+class Sessions(Protocol):
+    """Where the current HTTP session comes from (a destination replaces it now and then)."""
+
+    @property
+    def current(self) -> aiohttp.ClientSession: ...
+
+
+SessionSource = aiohttp.ClientSession | Sessions  # one session (a command), or a worker's
+
+
 class TokenEndpoint:
-    def __init__(self, session: aiohttp.ClientSession, timeout: float,
+    def __init__(self, session: SessionSource, timeout: float, *, proxy: str | None = None,
                  on_request: Callable[[str], None] = lambda outcome: None) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._proxy = proxy
         self._on_request = on_request  # told "success" or "error" for every HTTP request
 
     async def exchange(self, build: Callable[[], TokenHttpRequest],
@@ -78,10 +94,16 @@ class TokenEndpoint:
 
     async def send(self, request: TokenHttpRequest) -> TokenAnswer:
         try:
-            async with self._session.request(
+            session = self._session
+            if not isinstance(session, aiohttp.ClientSession):
+                session = session.current
+            async with session.request(
                 request.method, request.url, data=request.body or None,
-                headers=dict(request.headers), timeout=self._timeout,
+                headers=dict(request.headers), timeout=self._timeout, allow_redirects=False,
+                proxy=proxy_for(request.url, self._proxy),
             ) as response:
+                if 300 <= response.status < 400:
+                    raise _redirected(request.url, response)
                 body = await _read_limited(response)
                 headers: dict[str, list[str]] = {}
                 for name, value in response.headers.items():
@@ -92,7 +114,16 @@ class TokenEndpoint:
         except asyncio.CancelledError:
             raise
         except aiohttp.ClientError as exc:
-            raise TokenError(f"token endpoint unreachable: {type(exc).__name__}") from None
+            raise TokenError(f"token endpoint unreachable: {describe(exc)}") from None
+
+
+def _redirected(url: str, response: aiohttp.ClientResponse) -> TokenError:
+    location = response.headers.get("Location")
+    target = without_secrets(urljoin(url, location)) if location else "nowhere (no Location)"
+    return TokenError(f"token endpoint redirected (HTTP {response.status}) to {target}: "
+                      "redirects are not followed, since a token request carries the client's "
+                      "credentials; set token_url to the endpoint itself", permanent=True,
+                      status=response.status, error="redirected")
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:

@@ -8,8 +8,11 @@ config: ``client_secret_basic`` (§2.3.1 encoding), ``client_secret_post``, or `
 from __future__ import annotations
 
 import base64
+import math
+import re
 from collections.abc import Callable
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import parse_qsl, quote
 
 import orjson
 
@@ -28,9 +31,12 @@ from iris.urlforms import form_url_encode
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=UTF-8"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-# RFC 6749 §5.2 errors that retrying cannot cure: the destination pauses until a person acts.
-REFUSALS = frozenset({"invalid_client", "unauthorized_client", "invalid_grant", "invalid_scope",
-                      "unsupported_grant_type", "invalid_request"})
+# RFC 6749 §5.2 errors that say "later": every other error object is a refusal, which
+# retrying cannot cure, and pauses the destination until a person acts.
+PASSING = frozenset({"server_error", "temporarily_unavailable", "slow_down"})  # §5.2, OIDC
+MIN_LIFETIME = 1.0  # seconds: a shorter (positive) expires_in is read as this much
+MAX_LIFETIME = 86400.0  # seconds: a longer one (or "never expires") as a day
+FORM_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a form answer's field names
 
 
 def client_basic_header(client_id: str, client_secret: str) -> str:
@@ -51,31 +57,71 @@ def answer_json(answer: TokenAnswer) -> object:
         return None
 
 
+def answer_fields(answer: TokenAnswer) -> dict[str, Any] | None:
+    """The answer as fields, whatever its declared content type: a JSON object first, then a
+    form (``access_token=...&expires_in=3600``, as some providers answer by default)."""
+    data = answer_json(answer)
+    if isinstance(data, dict):
+        return data
+    if data is not None:
+        return None
+    try:
+        text = answer.body.decode()
+    except UnicodeDecodeError:
+        return None
+    try:
+        pairs = parse_qsl(text.strip(), keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        return None
+    return dict(pairs) if pairs and all(FORM_NAME.fullmatch(k) for k, _ in pairs) else None
+
+
 def refusal(answer: TokenAnswer, data: object, what: str = "") -> TokenError:
-    """The ``TokenError`` for an answer that gave no token: permanent for RFC 6749 §5.2
-    refusals (and 401/403), transient otherwise (5xx, proxies' error pages)."""
+    """The ``TokenError`` for an answer that gave no token: permanent for an OAuth 2 error
+    object (RFC 6749 §5.2: a refusal whatever the status) and for 401/403, transient otherwise
+    (5xx, proxies' error pages). The endpoint's ``error_description`` is kept: it often names
+    the cause (a clock skew, an unknown key)."""
     status = answer.status
     error = data.get("error") if isinstance(data, dict) else None
-    error = error if isinstance(error, str) else None
+    error = error if isinstance(error, str) and error else None
+    described = data.get("error_description") if isinstance(data, dict) else None
     detail = f" ({redact(error)[:60]})" if error else ""
+    if isinstance(described, str) and described:
+        detail += f": {redact(' '.join(described.split()))[:160]}"
     return TokenError(
         what or f"token endpoint answered {status}{detail}",
-        permanent=400 <= status < 500 and (error in REFUSALS or status in (401, 403)),
+        permanent=(error is not None and error not in PASSING) or status in (401, 403),
         status=status, error=error,
     )
 
 
 def parse_token_response(answer: TokenAnswer, default_expires_in: float,
                          expires_in_unit: float = 1.0) -> Grant:
-    """RFC 6749 §5.1/§5.2: a ``Grant``, or a ``TokenError`` that names the problem."""
-    data = answer_json(answer)
-    if not 200 <= answer.status < 300:
+    """RFC 6749 §5.1/§5.2: a ``Grant``, or a ``TokenError`` that names the problem. An error
+    object is a refusal even with a 2xx; a 2xx without a usable token is a (transient) error."""
+    data = answer_fields(answer)
+    if not 200 <= answer.status < 300 or (data is not None and "error" in data):
         raise refusal(answer, data)
-    if not isinstance(data, dict):
-        raise TokenError(f"token endpoint answered {answer.status} without a JSON object",
-                         status=answer.status)
+    if data is None:
+        raise TokenError(f"token endpoint answered {answer.status} with neither a JSON object "
+                         "nor form fields", status=answer.status)
     return make_grant(data.get("access_token"), data.get("expires_in"), data.get("token_type"),
                       data.get("refresh_token"), default_expires_in, expires_in_unit)
+
+
+def token_lifetime(expires_in: object, default: float, unit: float = 1.0) -> float:
+    """Seconds a token lives: ``expires_in`` (a number or a numeric string) in ``unit``s,
+    clamped to [``MIN_LIFETIME``, ``MAX_LIFETIME``]; ``default`` when it is missing, 0 or
+    negative (a partner saying "no expiry" gets a token refreshed daily)."""
+    if expires_in in (None, "") or isinstance(expires_in, bool):
+        return default
+    try:
+        seconds = float(expires_in) * unit  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TokenError("token response has a non-numeric expires_in") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return default if seconds <= 0 else MAX_LIFETIME
+    return min(MAX_LIFETIME, max(MIN_LIFETIME, seconds))
 
 
 def make_grant(access_token: object, expires_in: object, token_type: object,
@@ -85,14 +131,10 @@ def make_grant(access_token: object, expires_in: object, token_type: object,
     if not isinstance(access_token, str) or not access_token:
         raise TokenError("token response has no access_token")
     register_secret(access_token, rotating=True)
-    try:
-        ttl = float(expires_in) * expires_in_unit if expires_in not in (None, "") else 0.0
-    except (TypeError, ValueError):
-        raise TokenError("token response has a non-numeric expires_in") from None
+    ttl = token_lifetime(expires_in, default_expires_in, expires_in_unit)
     refresh = refresh_token if isinstance(refresh_token, str) and refresh_token else None
     register_secret(refresh, rotating=True)
-    return Grant(access_token, ttl if ttl > 0 else default_expires_in,
-                 str(token_type or "Bearer"), refresh)
+    return Grant(access_token, ttl, str(token_type or "Bearer"), refresh)
 
 
 class StandardRequests:

@@ -1,7 +1,13 @@
 """The signed JWT that a ``jwt_bearer`` destination exchanges for an access token.
 
 RFC 7523 §3 claims (``iss``, ``sub``, ``aud``, ``exp``, plus ``iat`` and a unique ``jti``) and
-any extra claims the partner asks for, such as Adobe IMS's metascope claims (seed 002).
+any extra claims the partner asks for, such as Adobe IMS's metascope claims (seed 002). The
+config refuses extra claims that collide with these, so nothing configured is overwritten here.
+
+``iat`` is back-dated by ``leeway``: a token endpoint whose clock runs behind ours would
+otherwise see an assertion issued in its future and refuse it (PyJWT and Authlib check ``iat``
+with no leeway). ``exp`` is ``iat + lifetime``, so a server that caps ``exp - iat`` still sees
+exactly the configured lifetime.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ class AssertionSigner:
 
     def assertion(self, now: float | None = None) -> str:
         auth = self._auth
-        issued = int(time.time() if now is None else now)
+        issued = int((time.time() if now is None else now) - auth.leeway)
         claims: dict[str, Any] = {
-            **auth.claims,
+            **auth.claims,  # none of them is one of ours: refused at load
             "iss": auth.issuer,
             "aud": auth.audience,
             "iat": issued,

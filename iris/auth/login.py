@@ -141,7 +141,8 @@ async def _exchange(dest: Destination, auth: AuthorizationCodeAuth, shared: Shar
     requests = StandardRequests(auth)
     started = time.time()
     async with make_session(dest) as session:
-        answer = await TokenEndpoint(session, dest.timeout).send(
+        answer = await TokenEndpoint(session, dest.timeout,
+                                     proxy=dest.proxy).send(
             requests.code(code, auth.redirect_uri, verifier))
     grant = requests.parse(answer)
     if grant.refresh_token is None:

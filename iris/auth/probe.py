@@ -48,7 +48,8 @@ async def describe(dest: Destination, shared: SharedTokens, metrics: Metrics,
 
 
 async def test_command(dests: list[Destination], shared: SharedTokens, *, fresh: bool) -> int:
-    metrics = Metrics([d.id for d in dests], "auth-test", "auth-test")
+    metrics = Metrics([d.id for d in dests], "auth-test", "auth-test",
+                      longest_timeout=max(d.timeout for d in dests))
     failed = 0
     for dest in dests:
         try:

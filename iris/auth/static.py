@@ -18,8 +18,8 @@ class StaticAuth:
     async def credential(self) -> Credential | None:
         return self._credential
 
-    def refused(self, credential: Credential | None) -> None:
-        return None
+    async def refused(self, credential: Credential | None, *, blames_token: bool = True) -> bool:
+        return True  # once more; a second 401 is a rejection: the header cannot change
 
     def pause_remaining(self) -> float:
         return 0.0

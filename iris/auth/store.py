@@ -54,8 +54,10 @@ return 0
 SAVE = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if current > tonumber(ARGV[1]) then return 0 end
+local at = tonumber(ARGV[3])
+if not at or at <= 0 or at > 1e14 then return redis.error_reply('bad expiry ' .. ARGV[3]) end
 redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'data', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], at)
 if ARGV[4] ~= '' then
   local digest = redis.call('HGET', KEYS[2], 'digest')
   local seed = redis.call('HGET', KEYS[2], 'seed')

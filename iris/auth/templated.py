@@ -6,12 +6,12 @@ templates over ``authData``, and the answer is read through ``response_fields`` 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from jinja2 import TemplateError
 
 from iris.auth.endpoint import TokenAnswer, TokenHttpRequest
-from iris.auth.grants import answer_json, make_grant, refusal
+from iris.auth.grants import answer_fields, answer_json, make_grant, refusal
 from iris.auth.tokens import Grant
 from iris.auth_config import OAuth2Base, TokenRequestTemplate
 from iris.errors import TokenError
@@ -69,8 +69,10 @@ class TemplatedRequests:
 
     def parse(self, answer: TokenAnswer) -> Grant:
         json_body = answer_json(answer)
+        form = answer_fields(answer)
+        body: Any = json_body if json_body is not None else form
         context = {"response": {"status": answer.status, "headers": answer.headers,
-                                "body": json_body if json_body is not None else _body(answer)}}
+                                "body": body if body is not None else _text(answer)}}
         fields = {name: self._read(name, source, context) for name, source in self._fields.items()}
         for name in ("accessToken", "refreshToken"):
             register_secret(fields[name], rotating=True)
@@ -107,9 +109,6 @@ class TemplatedRequests:
                              permanent=True) from None
 
 
-def _body(answer: TokenAnswer) -> Any:
-    """A non-JSON answer: form fields (some partners answer form-encoded), else the text."""
-    text = answer.body.decode("utf-8", "replace")
-    if answer.content_type == "application/x-www-form-urlencoded":
-        return dict(parse_qsl(text, keep_blank_values=True))
-    return text
+def _text(answer: TokenAnswer) -> str:
+    """An answer that is neither JSON nor a form: its text."""
+    return answer.body.decode("utf-8", "replace")

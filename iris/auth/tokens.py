@@ -6,8 +6,12 @@ process that wins the store's lock asks the token endpoint and writes the answer
 on serving the current token until its hard expiry, or wait for the new one. So however many
 replicas and batches ask, one token request is made per token lifetime.
 
-A refusal (invalid_client, invalid_grant, ...) pauses the destination for every replica for at
-least ``refusal_pause`` seconds: no delivery, no retry loop, one clear error in the log.
+A refusal (invalid_client, invalid_grant, ...), or a partner that rejects freshly issued tokens
+(401 on a token younger than ``fresh_token_age``), pauses the destination for every replica for
+at least ``refusal_pause`` seconds: no delivery, no token request, one clear error in the log.
+Any other token trouble (the endpoint down, an answer without a token, the token store away)
+makes the destination wait with a growing backoff, serving the current token while it is valid.
+Token trouble never spends a batch's attempts, so it never dead-letters events.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ log = logging.getLogger(__name__)
 RECHECK = 0.1  # seconds between looks at the store while another replica fetches the token
 PAUSE_RECHECK = 5.0  # seconds between looks at whether a pause was lifted early
 CLOSE_GRACE = 10.0  # seconds a stopping worker waits for a token exchange under way
+MAX_WAIT = 60.0  # seconds: the longest wait between token requests after failures
+REFUSED = "paused (token endpoint refused the credentials)"
+REJECTED = "paused (the partner refuses the tokens its token endpoint issues)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +93,9 @@ class TokenManager:
         *,
         consumer: str,
         refusal_pause: float = 60.0,
+        fresh_token_age: float = 5.0,
         on_token: Callable[[float], None] | None = None,
-        on_pause: Callable[[bool], None] | None = None,
+        on_pause: Callable[[str | None], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.destination = destination
@@ -95,40 +103,97 @@ class TokenManager:
         self.store = store
         self._consumer = consumer
         self._refusal_pause = refusal_pause
+        self._fresh_age = fresh_token_age
         self._on_token = on_token  # told the expiry (epoch) of each token taken into use
-        self._on_pause = on_pause  # told when the destination pauses and resumes
+        self._on_pause = on_pause  # told why the destination waits (None: it does not)
         self._clock = clock
         self._token: Token | None = None
         self._refused: int | None = None  # fence of the last token a partner refused
         self._paused_until = 0.0
         self._pause_checked = 0.0
         self._pause_error = ""
+        self._retry_at = 0.0  # after a failed token request: no other one before this
+        self._replacing = False  # the next token taken into use replaces a refused one
+        self._replacement: int | None = None  # fence of the token that replaced a refused one
+        self._failures = 0
+        self._waiting = ""  # why the destination waits for a token ("" while it does not)
         self._inflight: asyncio.Task[Token] | None = None
         self.last_source = ""  # "store" or "endpoint": where the current token came from
 
     async def credential(self) -> Credential:
+        """The header for the next request; ``TokenError`` while the destination is paused or
+        waits for a token (``retry_in`` says how long: the caller waits, spending nothing)."""
         token, now = self._token, self._clock()
         if token is not None and now < token.refresh_at:
             return token.credential
         if now < self._paused_until and now < self._pause_checked + PAUSE_RECHECK:
             raise self._paused_error(now)
-        if token is not None and now < token.hard_expiry:
+        current = token is not None and now < token.hard_expiry
+        if now < self._retry_at:
+            if current and token is not None:
+                return token.credential  # the next token request waits its turn
+            raise self._waiting_error(now)
+        if current and token is not None:
             self._start_refresh()  # serve the current token while the next one comes
             return token.credential
-        return (await asyncio.shield(self._start_refresh())).credential
+        try:
+            return (await asyncio.shield(self._start_refresh())).credential
+        except TokenError as exc:
+            if exc.permanent:
+                raise
+            raise self._waiting_error(self._clock()) from None
 
-    def refused(self, credential: Credential | None) -> None:
+    async def refused(self, credential: Credential | None, *, blames_token: bool = True) -> bool:
+        """The partner answered 401 to ``credential``; True: send again at once, with a new
+        token; False: wait (the next ``credential()`` says how long).
+
+        A token the partner blames is replaced, but not before it is ``fresh_token_age`` old:
+        a younger one cannot have expired, and asking at once would fetch token after token
+        (a partner that refused iris's tokens drew one token request per batch). If its
+        replacement is refused too while fresh, the partner refuses the tokens iris gets: the
+        destination pauses for every replica, as for a refusal at the token endpoint."""
         token = self._token
-        if token is not None and credential is not None and (
-            credential.generation == token.credential.generation
+        if token is None or credential is None or (
+            credential.generation != token.credential.generation
         ):
-            log.info("partner refused the current token of %s; fetching a new one",
-                     self.destination)
-            self._token = None
-            self._refused = token.credential.generation
+            return True  # already replaced: the next request carries the current token
+        self._token = None
+        self._refused = token.credential.generation
+        age = self._clock() - token.stored.obtained_at
+        young = blames_token and age < self._fresh_age
+        if young and self._replacement == token.credential.generation:
+            await self._pause_rejected(age)
+            return False
+        self._replacing = True
+        if not young:
+            log.info("partner refused the current token of %s (%.0f s old); fetching a new one",
+                     self.destination, age)
+            return True
+        self._retry_at = token.stored.obtained_at + self._fresh_age
+        log.info("partner refused the current token of %s, issued %.1f s ago; a new one in "
+                 "%.1f s (a token that young has not expired)", self.destination, age,
+                 self._fresh_age - age)
+        return False
+
+    async def _pause_rejected(self, age: float) -> None:
+        """The partner refused a token that had just replaced a refused one: pause (or join
+        the pause another replica recorded)."""
+        try:
+            await self._raise_if_paused()
+            await self._refuse(TokenError(
+                f"the partner refused (401) a token issued {age:.1f} s ago, which replaced "
+                "another it had refused: it does not accept the tokens its token endpoint "
+                "issues to iris (check the partner's client registration, audience or scope)",
+                permanent=True, error="rejected_token"))
+        except TokenError:
+            pass
+        except RedisUnavailable:  # pause this worker at least
+            self._paused(self._clock() + self._refusal_pause, "rejected_token", first=True,
+                         message="the partner refused a freshly issued token (401)")
 
     def pause_remaining(self) -> float:
-        """Seconds to wait before asking again: the pause, but at most ``PAUSE_RECHECK``.
+        """Seconds to wait before sending again: a refusal's pause (at most ``PAUSE_RECHECK``),
+        or the wait for the next token request while there is no valid token.
 
         Each time the re-check is due, one look at the store goes out in the background: a
         pause lifted early (a login, a successful ``iris auth test``) ends here too."""
@@ -136,7 +201,12 @@ class TokenManager:
         if now < self._paused_until and now >= self._pause_checked + PAUSE_RECHECK:
             self._pause_checked = now
             self._start_refresh()
-        return min(PAUSE_RECHECK, max(0.0, self._paused_until - now))
+        if now < self._paused_until:
+            return min(PAUSE_RECHECK, self._paused_until - now)
+        token = self._token
+        if now < self._retry_at and (token is None or now >= token.hard_expiry):
+            return self._retry_at - now
+        return 0.0
 
     async def current(self, *, fresh: bool = False) -> StoredToken:
         """The token a worker would use now, for ``iris auth test``: the stored one, else (or
@@ -165,7 +235,31 @@ class TokenManager:
         try:
             return await self._refresh_shared()
         except RedisUnavailable as exc:
-            raise TokenError(f"token store unavailable: {exc}") from None
+            error = TokenError(f"token store unavailable: {exc}")
+        except TokenError as exc:
+            error = exc
+        if not error.permanent:
+            self._wait(error)
+        raise error
+
+    def _wait(self, error: TokenError) -> None:
+        """A token request failed for a reason that may pass: no other one for a while
+        (1 s, doubling to ``MAX_WAIT``); the destination waits if it has no valid token."""
+        self._failures += 1
+        delay = min(MAX_WAIT, 2.0 ** (self._failures - 1))
+        self._retry_at = self._clock() + delay
+        if not self._waiting:
+            log.warning("%s: no token (%s); trying again in %.0f s, the destination waits "
+                        "meanwhile if its token expires", self.destination, error, delay,
+                        extra={"destination": self.destination})
+        self._waiting = f"waiting for a token: {error}"
+        if self._on_pause and not self._paused_until:
+            self._on_pause(self._waiting)
+
+    def _waiting_error(self, now: float) -> TokenError:
+        remaining = max(0.0, self._retry_at - now)
+        return TokenError(f"{self._waiting or 'waiting for a token'} (next try in "
+                          f"{remaining:.0f} s)", retry_in=max(remaining, 0.1))
 
     async def _refresh_shared(self) -> Token:
         """Take a newer token from the store, or win the lock and fetch one, or wait."""
@@ -279,8 +373,11 @@ class TokenManager:
         token = Token(Credential(f"Bearer {stored.access_token}", stored.fence),
                       stored.refresh_at, hard_expiry, stored)
         self._token = token
-        if self._paused_until:  # a token was issued (here, by another replica, a login or
-            self._resume()  # `iris auth test`): the credentials are accepted again
+        self._retry_at, self._failures = 0.0, 0
+        if self._replacing:
+            self._replacing, self._replacement = False, stored.fence
+        if self._paused_until or self._waiting:  # a token was issued (here, by another
+            self._resume()  # replica, a login or `iris auth test`): accepted again
         if self._on_token:
             self._on_token(stored.expires_at)
         return token
@@ -303,13 +400,16 @@ class TokenManager:
                         self.destination, time.strftime("%H:%M:%S", time.localtime(until)),
                         reason, extra={"destination": self.destination})
         if not was_paused and self._on_pause:
-            self._on_pause(True)
+            self._on_pause(REJECTED if reason == "rejected_token" else REFUSED)
 
     def _resume(self) -> None:
-        self._paused_until = 0.0
-        log.info("%s: the pause is over; resuming deliveries", self.destination)
+        if self._paused_until:
+            log.info("%s: the pause is over; resuming deliveries", self.destination)
+        elif self._waiting:
+            log.info("%s: got a token again", self.destination)
+        self._paused_until, self._waiting = 0.0, ""
         if self._on_pause:
-            self._on_pause(False)
+            self._on_pause(None)
 
     def _paused_error(self, now: float) -> TokenError:
         remaining = max(0.0, self._paused_until - now)

@@ -7,7 +7,7 @@ import itertools
 import time
 
 from iris.auth import SharedTokens, make_auth
-from iris.delivery import Sender, make_session
+from iris.delivery import PartnerSession, Sender
 from iris.metrics import Metrics
 from iris.payload import encode_payload
 from iris.retry import Action
@@ -71,7 +71,7 @@ async def test_200_concurrent_batches_wait_on_one_token_request(partners, redis_
         p, limits={"max_in_flight": 200, "requests_per_second": 10000})])
     dest = config.destinations[0]
     metrics = Metrics([dest.id], stream_key, "iris")
-    session = make_session(dest)
+    session = PartnerSession(dest)
     auth = make_auth(dest, session, metrics, SharedTokens.from_config(config, redis))
     sender = Sender(dest, auth, session, metrics)
 

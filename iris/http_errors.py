@@ -1,0 +1,79 @@
+"""What went wrong with an HTTP request, in words an operator can act on.
+
+aiohttp's exceptions carry the host, the port and the cause (the TLS verification message, the
+socket error); their class name alone ("ClientConnectorCertificateError") does not say whether a
+certificate expired or names another host. These texts go into logs and ``dlq_error``; they
+never carry a URL's query or credentials.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from urllib.parse import urlsplit
+
+import aiohttp
+
+_SOCKET_CAUSES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EPIPE: "connection closed while sending",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the cause and the host:port of a failed request."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cause = exc.certificate_error
+        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+        return (f"TLS certificate of {exc.host}:{exc.port} refused: "
+                f"{reason or type(cause).__name__}")
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS handshake with {exc.host}:{exc.port} failed: {_ssl_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup of {exc.host} failed"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"proxy {exc.host}:{exc.port} unreachable: {_socket_cause(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {_socket_cause(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"proxy refused the connection: HTTP {exc.status} {exc.message}"[:160]
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before answering"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return _socket_cause(exc)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut short"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
+    return type(exc).__name__
+
+
+def is_stale_connection(exc: BaseException) -> bool:
+    """How a request fails on a kept-alive connection the server had already closed: the
+    connection ends (EOF) before any answer, or the request could not be written on it. A
+    reset while waiting for the answer is not taken for it: the server may have been working
+    on the request."""
+    return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError)
+
+
+def without_secrets(url: str) -> str:
+    """``url`` without user information, query or fragment: safe to log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
+
+
+def _socket_cause(exc: OSError) -> str:
+    return _SOCKET_CAUSES.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+
+
+def _ssl_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror or type(exc).__name__
