@@ -118,9 +118,6 @@ class BatchBuilder:
     def __len__(self) -> int:
         return len(self._users)
 
-    def holds(self, entry_id: str) -> bool:
-        return entry_id in self._sources
-
     @property
     def source_ids(self) -> set[str]:
         return self._sources

@@ -2,10 +2,12 @@
 and write every closed batch to its destination's outbound stream.
 
 The inbound entries a batch completes are acknowledged in the same MULTI that writes it, so an
-entry is either pending inbound or part of a written batch, never both and never neither. An
-entry routed to several destinations is acknowledged only when every batch holding it is
-written at once: closing one of them closes the others, so a crash can never re-send part of it
-under a new idempotency key.
+entry is either pending inbound or part of a written batch, never both and never neither. Each
+destination batches on its own terms: an entry routed to several destinations is acknowledged
+when its last batch is written. Until then, every MULTI that writes one of its batches also
+records, in ``<stream.key>:written``, which destinations have it: after a crash, the entry is
+read again and folded only into the batches of the destinations that do not, so no partner sees
+it twice under different idempotency keys.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Consumer:
         self._health = health
         self._routes = RouteTable(config.destinations)
         self._builders = {d.id: BatchBuilder(d) for d in config.destinations}
-        self._multi: dict[str, list[str]] = {}  # entry id → destinations, for fanned-out entries
+        self._remaining: dict[str, set[str]] = {}  # fanned-out entry → destinations to write
+        self._done: dict[str, set[str]] = {}  # fanned-out entry → destinations written
         self._recovery = Recovery(streams, streams.inbound, config.stream,
                                   health.retry("consume: heartbeat"))
         self._abandoned = False
@@ -105,10 +108,11 @@ class Consumer:
             self._metrics.consumed.inc(len(entries))
             self._take(entries, commit)
         else:
-            self._take_recovered(await self._recovery.history(history, stream.read_count), commit)
+            await self._take_recovered(
+                await self._recovery.history(history, stream.read_count), commit)
         claimed = await self._recovery.reclaim(stream.read_count, self._held())
         if claimed is not None:
-            self._take_recovered(claimed, commit)
+            await self._take_recovered(claimed, commit)
         self._close(commit, due_only=True)
         return commit
 
@@ -123,9 +127,12 @@ class Consumer:
         """Inbound entries folded into open batches: pending, and still ours to finish."""
         return set().union(*(b.source_ids for b in self._builders.values()))
 
-    def _take_recovered(self, recovered: Recovered, commit: Commit) -> None:
+    async def _take_recovered(self, recovered: Recovered, commit: Commit) -> None:
+        """Entries read again: those trimmed or delivered too often are finished; the others
+        go only to the destinations that do not have them written yet."""
         commit.skipped["trimmed"] += len(recovered.trimmed)
         commit.acks.extend(recovered.trimmed)
+        commit.unwritten.extend(recovered.trimmed)
         for entry_id, fields in recovered.over_limit:
             commit.dead_letters.append(dead_letter_entry(
                 fields or {}, reason=MAX_DELIVERIES, source_id=entry_id,
@@ -133,7 +140,9 @@ class Consumer:
                 error=f"delivered more than {self._config.stream.max_deliveries} times",
             ))
             commit.acks.append(entry_id)
-        self._take(recovered.entries, commit)
+            commit.unwritten.append(entry_id)
+        written = await self._streams.written([entry_id for entry_id, _ in recovered.entries])
+        self._take(recovered.entries, commit, written)
 
     def _block_ms(self) -> int:
         deadlines = [b.deadline for b in self._builders.values() if b.deadline is not None]
@@ -142,11 +151,12 @@ class Consumer:
             block = min(block, int((min(deadlines) - time.monotonic()) * 1000) + 1)
         return max(1, block)
 
-    def _take(self, entries: list[Entry], commit: Commit) -> None:
+    def _take(self, entries: list[Entry], commit: Commit,
+              written: dict[str, set[str]] | None = None) -> None:
         for entry_id, fields in entries:
             assert fields is not None  # trimmed entries only come back from history or claims
             try:
-                self._take_one(entry_id, fields, commit)
+                self._take_one(entry_id, fields, commit, (written or {}).get(entry_id, set()))
                 continue
             except EventError as exc:
                 error = str(exc)
@@ -159,15 +169,22 @@ class Consumer:
             ))
             commit.acks.append(entry_id)
 
-    def _take_one(self, entry_id: str, fields: dict[str, str], commit: Commit) -> None:
+    def _take_one(self, entry_id: str, fields: dict[str, str], commit: Commit,
+                  written: set[str]) -> None:
+        """Route one event and fold it into the open batch of each destination that does not
+        have it written already (``written``: recorded before a crash)."""
         event = parse_event(entry_id, fields)
         routes, skips = self._routes.route(event)
         commit.skipped.update(skips)
+        routes = [(dest, partner_id) for dest, partner_id in routes if dest.id not in written]
         if not routes:
             commit.acks.append(entry_id)
+            if written:
+                commit.unwritten.append(entry_id)
             return
-        if len(routes) > 1:
-            self._multi[entry_id] = [dest.id for dest, _ in routes]
+        if len(routes) > 1 or written:
+            self._remaining[entry_id] = {dest.id for dest, _ in routes}
+            self._done[entry_id] = set(written)
         closed: list[Batch] = []
         for dest, partner_id in routes:
             closed += self._builders[dest.id].add(event, partner_id)
@@ -181,10 +198,9 @@ class Consumer:
                 self._write(builder.close(), commit)
 
     def _write(self, batches: list[Batch], commit: Commit) -> None:
-        """Queue closed batches, closing any other batch that shares an entry with them."""
-        queue = list(batches)
-        while queue:
-            batch = queue.pop()
+        """Queue closed batches; acknowledge the entries they finish, and record which
+        destinations have the others."""
+        for batch in batches:
             try:
                 self._queue_batch(batch, commit)
             except Exception as exc:  # a bug must cost this batch's events, not the stream
@@ -196,11 +212,26 @@ class Consumer:
                                       error=f"processing failed: {type(exc).__name__}")
                     for source_id, fields in batch.events)
             for entry_id in batch.source_ids:
-                for dest_id in self._multi.pop(entry_id, ()):
-                    builder = self._builders[dest_id]
-                    if builder.holds(entry_id):
-                        queue.extend(builder.close())
-                commit.acks.append(entry_id)
+                self._finished(entry_id, batch.destination_id, commit)
+
+    def _finished(self, entry_id: str, destination: str, commit: Commit) -> None:
+        """``entry_id`` is in a batch written for ``destination``."""
+        remaining = self._remaining.get(entry_id)
+        if remaining is None:
+            commit.acks.append(entry_id)
+            return
+        remaining.discard(destination)
+        done = self._done[entry_id]
+        recorded = bool(done) or entry_id in commit.written
+        done.add(destination)
+        if remaining:
+            commit.written[entry_id] = ",".join(sorted(done))
+            return
+        del self._remaining[entry_id], self._done[entry_id]
+        commit.written.pop(entry_id, None)
+        commit.acks.append(entry_id)
+        if recorded:
+            commit.unwritten.append(entry_id)
 
     def _queue_batch(self, batch: Batch, commit: Commit) -> None:
         dest = self._builders[batch.destination_id].dest
@@ -224,7 +255,8 @@ class Consumer:
     def _forget(self) -> None:
         """After a failed commit: drop open batches; their entries are re-read from history."""
         self._builders = {d.id: BatchBuilder(d) for d in self._config.destinations}
-        self._multi.clear()
+        self._remaining.clear()
+        self._done.clear()
 
     async def _flush_all(self) -> None:
         if self._abandoned:

@@ -69,9 +69,11 @@ class Commit:
     batches: list[tuple[str, dict[str, str | bytes]]] = field(default_factory=list)
     acks: list[str] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    written: dict[str, str] = field(default_factory=dict)  # entry → destinations that have it
+    unwritten: list[str] = field(default_factory=list)  # entries no longer to keep track of
 
     def __bool__(self) -> bool:
-        return bool(self.dead_letters or self.batches or self.acks)
+        return bool(self.dead_letters or self.batches or self.acks or self.written)
 
 
 class Streams:
@@ -85,6 +87,7 @@ class Streams:
         self.group = config.stream.group
         self.consumer = config.consumer
         self.dead_letters = f"{self.inbound}:dlq"
+        self.written_key = f"{self.inbound}:written"  # see ``Commit.written``
         self._touch = self.redis.register_script(stream_scripts.TOUCH_OWNED)
         self._claim = self.redis.register_script(stream_scripts.CLAIM_ABANDONED)
         self._trim = self.redis.register_script(stream_scripts.TRIM_ACKNOWLEDGED)
@@ -208,9 +211,22 @@ class Streams:
                     pipe.xadd(self.dead_letters, entry)
                 for key, fields in commit.batches:
                     pipe.xadd(key, fields)
+                if commit.written:
+                    pipe.hset(self.written_key, mapping=commit.written)
+                if commit.unwritten:
+                    pipe.hdel(self.written_key, *commit.unwritten)
                 if commit.acks:
                     pipe.xack(self.inbound, self.group, *commit.acks)
                 await pipe.execute()
+
+    async def written(self, ids: list[str]) -> dict[str, set[str]]:
+        """Which destinations already have each of ``ids`` written (only entries routed to
+        several destinations, some of whose batches were written, are recorded)."""
+        if not ids:
+            return {}
+        with redis_errors():
+            found = await self.redis.hmget(self.written_key, ids)
+        return {i: set(v.split(",")) for i, v in zip(ids, found, strict=True) if v}
 
     async def settle(
         self, key: str, entry_id: str, dead_letters: list[dict[str, str]] | None = None

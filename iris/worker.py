@@ -187,8 +187,8 @@ class Worker:
             if self._lease_lost:
                 consumer.abandon()  # its open batches are another worker's entries now
             consumer.stopping.set()  # it writes its open batches, then returns
-            consume = [t for t in self._tasks if t.get_name() == "consume"]
-            await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
+            if consume := [t for t in self._tasks if t.get_name() == "consume"]:
+                await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
         for publisher in self._publishers:
             publisher.stopping.set()
         await _cancel_all(self._tasks)  # readers in XREADGROUP; deliveries belong to publishers

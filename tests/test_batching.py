@@ -375,21 +375,21 @@ def test_batch_events_and_source_ids() -> None:
     assert len(batch.source_ids) == 3
 
 
-def test_holds() -> None:
+def test_source_ids_of_the_open_batch() -> None:
     dest = destination(max_users=2)
     builder = BatchBuilder(dest)
     e1, e2, e3 = event("u1"), event("u2"), event("u3")
-    assert not builder.holds(e1.id)
+    assert e1.id not in builder.source_ids
     add(builder, e1)
-    assert builder.holds(e1.id)
-    assert not builder.holds(e2.id)
+    assert e1.id in builder.source_ids
+    assert e2.id not in builder.source_ids
     assert only(add(builder, e2)).source_ids == [e1.id, e2.id]
-    assert not builder.holds(e1.id)
-    assert not builder.holds(e2.id)
+    assert e1.id not in builder.source_ids
+    assert e2.id not in builder.source_ids
     add(builder, e3)
-    assert builder.holds(e3.id)
+    assert e3.id in builder.source_ids
     builder.close()
-    assert not builder.holds(e3.id)
+    assert e3.id not in builder.source_ids
 
 
 def test_batches_never_mix_destinations() -> None:

@@ -124,10 +124,13 @@ async def _token(config: Config, redis: aioredis.Redis) -> str:
 async def test_without_the_leeway_the_same_server_refuses(behind, redis_server, redis,
                                                           stream_key, secret_watch):
     tokens, _, where = await behind(5)
-    with pytest.raises(TokenError):
+    with pytest.raises(TokenError) as refused:
         await _token(make(redis_server.url, stream_key, where, leeway=0), redis)
     assert [(r.ok, r.status, r.error) for r in tokens.requests] == [
         (False, 400, "invalid_grant")]
+    # the endpoint's error_description names the cause, and iris keeps it (it is logged)
+    assert "(invalid_grant): assertion rejected: The token is not yet valid (iat)" in str(
+        refused.value)
     secret_watch.add(*tokens.assertions)
 
 

@@ -10,6 +10,7 @@ only timed waits are the producer's pacing and the outage itself (the scenario s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import signal
@@ -657,3 +658,39 @@ async def _zero(awaitable: Awaitable[int]) -> bool:
 
 async def _equals(awaitable: Awaitable[float], value: float) -> bool:
     return await awaitable == value
+
+
+async def test_an_outage_longer_than_the_retries_dead_letters_nothing(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str,
+    partners: Callable[..., Awaitable[Partner]],
+) -> None:
+    """The partner answers 503 for longer than ``max_attempts`` retries would last: once the
+    circuit opens, the batches in flight wait and only probes go out (one at a time, spending
+    no attempt), so nothing reaches ``retries_exhausted``; all arrive when it is back."""
+    a = await partners("423")
+    down = [True]
+    probes: list[float] = []
+
+    async def outage(request: web.Request, body: bytes) -> web.Response | None:
+        if not down[0]:
+            return None
+        probes.append(time.monotonic())
+        return error(503)
+
+    a.server.responder = outage
+    config = make_config(redis_server.url, stream_key, [destination_config(
+        a, batch={"max_users": 2, "max_wait": 0.1}, retry=fast_retry(max_attempts=3),
+        circuit={"failure_threshold": 3, "cooldown": 1.0}, limits={"max_in_flight": 4})])
+    events = [{"uuid": f"u{i}", "segment": "s1", "dpuuid": f"d{i}"} for i in range(8)]
+    async with running(config) as worker:
+        await xadd_all(redis, stream_key, events)
+        await wait_for(lambda: metric(worker, "iris_circuit_open", destination="423") == 1, 10,
+                       "the circuit open")
+        opened = len(probes)
+        await wait_for(lambda: len(probes) >= opened + 6, 20, "six probes")
+        assert await redis.xlen(f"{stream_key}:dlq") == 0
+        gaps = [b - a for a, b in itertools.pairwise(probes[opened:])]
+        down[0] = False
+        await wait_for(lambda: len(pairs_received(a)) == 8, 20, "all delivered")
+    assert await redis.xlen(f"{stream_key}:dlq") == 0
+    assert min(gaps) >= 0.9, gaps  # one probe per cool-down, not a burst

@@ -409,3 +409,38 @@ async def test_a_busy_script_and_a_script_flush(
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
                          {partner.dest_id: sent})
     assert not [r for r in caplog.records if r.exc_info or "restarting" in r.getMessage()]
+
+
+async def test_clean_restarts_during_an_outage_count_no_delivery(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """A partner down (503) while the worker is restarted cleanly (SIGTERM) four times, twice
+    under its own name and twice under new ones, with max_deliveries 3: the batch it held is
+    handed back each time (its count is not raised by a clean stop), so nothing is
+    dead-lettered, and it is delivered once the partner is back."""
+    partner = await partners("423")
+    gate = Gate()
+    partner.server.responder = gate
+    sent = await produce(direct, stream_key, "outage", 5)
+    for cycle, name in enumerate(("same", "same", "other-1", "other-2")):
+        data = raw_config(own_redis.url, stream_key, partner, consumer=name, max_deliveries=3,
+                          dest=patient())
+        with WorkerProcess(data, tmp_path, f"c{cycle}").start() as worker:
+            await wait_for(worker.ready, 20, "worker ready", worker.log)
+            before = gate.refused
+            await wait_for(lambda b=before: gate.refused > b, 20, "a refused attempt",
+                           worker.log)
+            worker.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 20) == 0
+    rows = await direct.xpending_range(f"{stream_key}:out:423", GROUP, "-", "+", 10)
+    # each holder handed it back: the count is the number of holders that died with it, 0
+    assert [r["times_delivered"] for r in rows] == [0], rows
+    gate.open = True
+    data = raw_config(own_redis.url, stream_key, partner, consumer="last", max_deliveries=3)
+    with WorkerProcess(data, tmp_path, "last").start() as worker:
+        await wait_for(lambda: sent <= delivered(partner), 20, "delivered", worker.log)
+        await settled(direct, stream_key, partner.dest_id)
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: sent})
