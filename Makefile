@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis-server promtool clean
+.PHONY: demo test lint bench redis-server promtool kubectl clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
-# Debian packages the tests run for real: redis-server, and prometheus (promtool + server).
+# Debian packages the tests run for real: redis-server, prometheus (promtool + server), and
+# kubectl (`kubectl kustomize` renders deploy/kubernetes offline; no cluster is needed).
 define apt_install
 	@command -v $(1) >/dev/null 2>&1 || { \
 	  echo "$(1) is missing: installing the Debian package $(2)"; \
@@ -30,10 +31,13 @@ redis-server:
 promtool:
 	$(call apt_install,promtool,prometheus)
 
+kubectl:
+	$(call apt_install,kubectl,kubectl)
+
 demo: $(STAMP) redis-server
 	$(BIN)/iris demo
 
-test: $(STAMP) redis-server promtool
+test: $(STAMP) redis-server promtool kubectl
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

