@@ -30,7 +30,10 @@ def backoff_delay(failures: int) -> float:
 
 
 class Health:
-    """Ready when started, not draining, and no loop's last Redis operation failed."""
+    """Ready when started, not draining, and no loop's last Redis operation failed: whether
+    THIS worker can work. A paused destination (its partner down, its credentials refused) is
+    listed beside, not a reason: every replica would be NotReady, and a rollout or a drain
+    during a partner's outage would stall."""
 
     def __init__(
         self,
@@ -111,8 +114,11 @@ class Health:
         reasons.extend(dict.fromkeys(str(exc) for exc in self._faults.values()))
         if not self._faults and self._cleared_at is not None:  # ready with the INFO line
             reasons.append("redis recovering: waiting for a quiet second")
-        reasons.extend(f"destination {d} {why}" for (d, _), why in sorted(self._paused.items()))
         return not reasons, reasons
+
+    def paused_destinations(self) -> list[str]:
+        """The destinations that wait, and why (listed by /readyz; not a readiness reason)."""
+        return [f"destination {d} {why}" for (d, _), why in sorted(self._paused.items())]
 
 
 class RedisRetry:

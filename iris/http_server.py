@@ -59,5 +59,7 @@ class HttpServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, reasons = self._health.readiness()
         return web.json_response(
-            {"ready": ready, "reasons": reasons}, status=200 if ready else 503
+            {"ready": ready, "reasons": reasons,
+             "paused_destinations": self._health.paused_destinations()},
+            status=200 if ready else 503,
         )

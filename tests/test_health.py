@@ -73,15 +73,17 @@ def test_liveness_follows_the_heartbeat():
     assert not alive and age > STUCK_AFTER
 
 
-def test_a_paused_destination_is_a_readiness_reason():
+def test_a_paused_destination_is_listed_but_the_pod_stays_ready():
+    """Issue 15: a partner's outage must not make every replica NotReady."""
     health = Health()
     health.starting = False
-    assert health.readiness() == (True, [])
+    assert health.readiness() == (True, []) and health.paused_destinations() == []
     health.paused("423", "paused (circuit open)", "circuit")
-    assert health.readiness() == (False, ["destination 423 paused (circuit open)"])
+    assert health.readiness() == (True, [])
+    assert health.paused_destinations() == ["destination 423 paused (circuit open)"]
     health.paused("423", "waiting for a token (HTTP 503)", "auth")
-    assert health.readiness()[1] == ["destination 423 waiting for a token (HTTP 503)",
-                                     "destination 423 paused (circuit open)"]
+    assert health.paused_destinations() == ["destination 423 waiting for a token (HTTP 503)",
+                                            "destination 423 paused (circuit open)"]
     health.paused("423", None, "circuit")
     health.paused("423", None, "auth")
-    assert health.readiness() == (True, [])
+    assert health.readiness() == (True, []) and health.paused_destinations() == []

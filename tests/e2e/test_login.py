@@ -100,7 +100,7 @@ async def test_login_follows_the_url_rejects_a_wrong_state_and_feeds_the_workers
     async with running(config) as worker:
         await redis.xadd(stream_key, {"uuid": "before", "segment": "s1", "dpuuid": "d"})
         await wait_for(lambda: "destination 77 paused (token endpoint refused the credentials)"
-                       in worker.health.readiness()[1], 10, "paused before login")
+                       in worker.health.paused_destinations(), 10, "paused before login")
     assert oauth.requests == [] and partner.received == []
 
     login = await start_login(path)

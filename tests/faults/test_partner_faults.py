@@ -344,8 +344,9 @@ async def test_partner_answer_table(
         await wait_for(paused if case.action == "paused" else settled, 20,
                        f"an outcome for {case}", lambda: f"attempts={table.attempts}")
         if case.action == "paused":  # the partner refuses iris's tokens: wait, spend nothing
-            ready, reasons = worker.health.readiness()
-            assert not ready and any(f"destination {dest} paused" in r for r in reasons)
+            assert worker.health.readiness()[0]  # the pod itself can work
+            assert any(f"destination {dest} paused" in r
+                       for r in worker.health.paused_destinations())
             assert await pending_total(redis, config) == 1  # the batch waits in Redis
         elapsed = time.monotonic() - started
         if case.fault == "timeout":
@@ -528,8 +529,8 @@ async def test_one_destination_down_does_not_slow_the_other(
         outbound_a = await redis.xlen(f"{stream_key}:out:A")
         await wait_for(lambda: _equals(worker.metric("iris_circuit_open", destination="A"), 1),
                        max(1.0, out_start + outage_s - time.monotonic()), "A's circuit open")
-        status, body = await worker.get("/readyz")  # a paused destination: not ready, and why
-        assert status == 503 and "destination A paused" in body, body
+        status, body = await worker.get("/readyz")  # the pod works; the paused one is named
+        assert status == 200 and "destination A paused" in body, body
         assert len(seen_a & {(e["uuid"], "sa") for e in bulk_events[:10]}) == 0
         await asyncio.sleep(max(0.0, out_start + outage_s - time.monotonic()))  # the outage
         out_end = time.monotonic()
