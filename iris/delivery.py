@@ -2,7 +2,8 @@
 
 One HTTP session per destination (its own TLS trust, connection pool and DNS cache), replaced
 every ``DNS_CACHE_SECONDS`` so that a partner's DNS change is followed under steady traffic;
-explicit timeouts; the destination's request rate limit; proxies from the environment
+explicit timeouts; the destination's request rate, shared by every replica; proxies from the
+environment
 (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``; see ``egress``) or the destination's own
 ``proxy``. Redirects are
 never followed. A request that fails only because the partner had closed the kept-alive
@@ -19,7 +20,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
-from asyncio_throttle import Throttler
 
 from iris import __version__
 from iris.auth import Auth
@@ -30,6 +30,7 @@ from iris.egress import proxy_for
 from iris.errors import TokenError
 from iris.http_errors import describe, is_stale_connection
 from iris.metrics import Metrics
+from iris.rate_limit import SharedRate
 from iris.retry import Action, Outcome, classify, failure, paused
 
 USER_AGENT = f"iris/{__version__}"
@@ -114,24 +115,20 @@ def _absolute(url: str, headers: Any) -> str | None:
     return urljoin(url, location) if location else None
 
 
-def make_throttler(requests_per_second: float) -> Throttler:
-    rate = max(1, round(requests_per_second))
-    return Throttler(rate_limit=rate, period=rate / requests_per_second)
-
-
 class Sender:
     """POSTs exact bytes with the current credential (and their signature, where the partner
     asks for one); a 401 tells the auth scheme, which decides between a new token and a pause."""
 
     def __init__(
-        self, dest: Destination, auth: Auth, session: PartnerSession, metrics: Metrics
+        self, dest: Destination, auth: Auth, session: PartnerSession, metrics: Metrics,
+        rate: SharedRate,
     ) -> None:
         self.dest = dest
         self.auth = auth
         self._signer = Signer(dest.signing) if dest.signing is not None else None
         self._session = session
         self._proxy = proxy_for(dest.url, dest.proxy)
-        self._throttler = make_throttler(dest.limits.requests_per_second)
+        self._rate = rate
         self._requests = metrics.requests
         self._duration = metrics.request_duration.labels(dest.id)
         self._inflight = metrics.inflight.labels(dest.id)
@@ -144,14 +141,14 @@ class Sender:
         }
         if self._signer is not None:
             headers.update(self._signer.headers(body))
-        async with self._throttler:
-            try:  # only once the rate limit admits us: a queued request must not age its token
-                credential = await self.auth.credential()
-            except TokenError as exc:  # token trouble of any kind: wait, spend nothing
-                return paused(str(exc), exc.retry_in)
-            if credential is not None:
-                headers["Authorization"] = credential.header
-            outcome = await self._post(body, headers)
+        await self._rate.acquire()
+        try:  # only once the rate limit admits us: a queued request must not age its token
+            credential = await self.auth.credential()
+        except TokenError as exc:  # token trouble of any kind: wait, spend nothing
+            return paused(str(exc), exc.retry_in)
+        if credential is not None:
+            headers["Authorization"] = credential.header
+        outcome = await self._post(body, headers)
         self._requests.labels(self.dest.id, outcome.code).inc()
         if outcome.action is Action.REFRESH and not await self.auth.refused(
                 credential, blames_token=outcome.blames_token):

@@ -141,3 +141,21 @@ RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# A destination's request rate across every replica (GCRA): grants up to ARGV[3] request slots
+# now, with at most ARGV[2] requests ahead of the steady schedule of one per ARGV[1] ms.
+# Returns {slots granted, ms to wait when none}. The clock is Redis's own: replicas agree.
+TAKE_RATE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local room = math.floor((tolerance - (tat - now)) / interval) + 1
+if room < 1 then return {0, math.ceil(tat - now - tolerance)} end
+local granted = math.min(room, tonumber(ARGV[3]))
+tat = tat + granted * interval
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now + interval))
+return {granted, 0}
+"""

@@ -94,6 +94,7 @@ class Streams:
         self._drop_idle = self.redis.register_script(stream_scripts.DROP_IDLE_CONSUMERS)
         self._drop_own = self.redis.register_script(stream_scripts.DROP_OWN_CONSUMER)
         self._hand_back = self.redis.register_script(stream_scripts.HAND_BACK)
+        self._rate = self.redis.register_script(stream_scripts.TAKE_RATE)
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
@@ -398,6 +399,19 @@ class Streams:
         with redis_errors():
             return int(await self._drop_idle(keys=[key], args=[self.group, idle_ms,
                                                                self.consumer]))
+
+    def rate_key(self, destination_id: str) -> str:
+        """Where a destination's shared request rate is kept."""
+        return f"{self.inbound}:rate:{destination_id}"
+
+    async def take_rate(self, destination_id: str, interval_ms: float, burst: int,
+                        wanted: int) -> tuple[int, float]:
+        """Up to ``wanted`` request slots of the destination's shared rate: (granted, seconds
+        to wait when none was)."""
+        with redis_errors():
+            granted, wait_ms = await self._rate(keys=[self.rate_key(destination_id)],
+                                                args=[interval_ms, burst, wanted])
+        return int(granted), int(wait_ms) / 1000
 
     async def hand_back(self, key: str, idle_ms: int) -> int:
         """At a clean stop: what this consumer holds on ``key`` goes to the others at once,

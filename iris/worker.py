@@ -26,6 +26,7 @@ from iris.identity import ConsumerLease
 from iris.metrics import REDIS_REPLIES, Metrics
 from iris.outbound import OutboundReader
 from iris.publisher import Publisher
+from iris.rate_limit import SharedRate
 from iris.streams import Streams, connect
 from iris.upkeep import Upkeep
 
@@ -116,8 +117,10 @@ class Worker:
             auth = make_auth(dest, session, self.metrics, shared, on_pause=on_pause)
             self._sessions.append(session)
             self._auths.append(auth)
-            publisher = Publisher(dest, self.streams, Sender(dest, auth, session, self.metrics),
-                                  self.metrics, self.health, self.config.stream)
+            rate = SharedRate(self.streams, dest.id, dest.limits.requests_per_second)
+            sender = Sender(dest, auth, session, self.metrics, rate)
+            publisher = Publisher(dest, self.streams, sender, self.metrics, self.health,
+                                  self.config.stream)
             self._publishers.append(publisher)
             self._spawn(f"publish-{dest.id}", publisher.run)
         self.reader = OutboundReader(self.streams, self._publishers, self.config.stream.block_ms,

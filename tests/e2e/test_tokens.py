@@ -10,7 +10,9 @@ from iris.auth import SharedTokens, make_auth
 from iris.delivery import PartnerSession, Sender
 from iris.metrics import Metrics
 from iris.payload import encode_payload
+from iris.rate_limit import SharedRate
 from iris.retry import Action
+from iris.streams import Streams
 from tests.conftest import (
     destination_config,
     diagnose,
@@ -73,7 +75,8 @@ async def test_200_concurrent_batches_wait_on_one_token_request(partners, redis_
     metrics = Metrics([dest.id], stream_key, "iris")
     session = PartnerSession(dest)
     auth = make_auth(dest, session, metrics, SharedTokens.from_config(config, redis))
-    sender = Sender(dest, auth, session, metrics)
+    rate = SharedRate(Streams(redis, config), dest.id, dest.limits.requests_per_second)
+    sender = Sender(dest, auth, session, metrics, rate)
 
     def body(i: int) -> bytes:
         return encode_payload(destination_id=dest.id, user_dpid="12345", client_id="74323",

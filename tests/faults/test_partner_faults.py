@@ -695,3 +695,34 @@ async def test_an_outage_longer_than_the_retries_dead_letters_nothing(
         await wait_for(lambda: len(pairs_received(a)) == 8, 20, "all delivered")
     assert await redis.xlen(f"{stream_key}:dlq") == 0
     assert min(gaps) >= 0.9, gaps  # one probe per cool-down, not a burst
+
+
+async def test_the_request_rate_holds_across_replicas(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str,
+    partners: Callable[..., Awaitable[Partner]], tmp_path: Path,
+) -> None:
+    """``requests_per_second: 4`` with three replicas and a backlog for all of them: the
+    partner sees at most 4 requests a second in all (plus one burst), not 4 per replica."""
+    a = await partners("423")
+    arrivals: list[float] = []
+    a.server.on_batch = lambda batch: arrivals.append(time.monotonic())
+    dest = destination_config(a, batch={"max_users": 1, "max_wait": 0.05},
+                              limits={"requests_per_second": 4, "max_in_flight": 4})
+    events = [{"uuid": f"r{i}", "segment": "s1", "dpuuid": f"d{i}"} for i in range(200)]
+    await xadd_all(redis, stream_key, events)
+    workers = [WorkerProcess(config_data(redis_server.url, stream_key, [dest],
+                                         consumer=f"rate{i}"), tmp_path, f"rate{i}").start()
+               for i in range(3)]
+    try:
+        for worker in workers:
+            await wait_for(worker.ready, 20, "replica ready", worker.log)
+        await wait_for(lambda: len(arrivals) >= 40, 30, "ten seconds of requests")
+    finally:
+        for worker in workers:
+            worker.kill()
+    window = arrivals[-1] - arrivals[0]
+    per_second = (len(arrivals) - 1) / window
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1) for start in arrivals)
+    print(f"\n[rate] {len(arrivals)} requests in {window:.1f} s: {per_second:.2f}/s, "
+          f"at most {busiest} in any second")
+    assert per_second <= 4.2 and busiest <= 4 + 1, (per_second, busiest)
