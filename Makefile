@@ -35,7 +35,7 @@ kubectl:
 	$(call apt_install,kubectl,kubectl)
 
 demo: $(STAMP) redis-server
-	$(BIN)/iris demo
+	$(BIN)/iris demo --write-config demo-config
 
 test: $(STAMP) redis-server promtool kubectl
 	$(BIN)/ruff check .

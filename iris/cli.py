@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--write-config", type=Path, default=None, metavar="DIR",
+                      help="write the config the demo runs to DIR/iris.yaml (with its CA and "
+                           "secret files beside it), to try other commands against the demo "
+                           "and to start one's own config from")
     return parser
 
 
@@ -461,7 +465,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from iris.demo.runner import run_demo
 
     async def demo(on_stop: Callable[[Callable[[], None]], None]) -> None:
-        await run_demo(rate=args.rate, duration=args.duration, on_stop=on_stop)
+        await run_demo(rate=args.rate, duration=args.duration, on_stop=on_stop,
+                       config_dir=args.write_config)
 
     run_async(demo)
     return 0

@@ -81,6 +81,14 @@ def test_check_config_masks_secrets(tmp_path):
     assert resolved["redis"]["url"] == "redis://:****@127.0.0.1:7777/0"
 
 
+def test_example_config_is_valid_as_shipped():
+    """The first command a newcomer runs: no environment, no secret of theirs yet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARTNER_", "REDIS_"))}
+    result = subprocess.run([*IRIS, "check-config", "-c", "config/iris.example.yaml"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+
+
 def test_example_config_is_valid(tmp_path):
     secret = tmp_path / "partner"
     secret.write_text("x" * 20)

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import random
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from aiohttp import web
 
-from iris.config import Config, parse_config
+from iris.config import load_config
 from iris.demo.partner import PartnerServer, ReceivedBatch
 from iris.demo.servers import LocalServer
 from iris.demo.tls import make_tls
@@ -71,31 +73,42 @@ class DemoPartner:
             self._token_counts[dest] = issued
             say(f"partner {dest}: token requests so far: {issued} (client credentials, gzip)")
 
-    def destination_configs(self, base_url: str, ca_file: Path) -> list[dict[str, object]]:
-        return [
-            {
+    def destination_configs(self, base_url: str, directory: Path) -> list[dict[str, object]]:
+        """Each destination, its CA and client secret in files under ``directory``."""
+        secrets_dir = directory / "secrets"
+        secrets_dir.mkdir(parents=True, exist_ok=True)
+        dests: list[dict[str, object]] = []
+        for dest_id, dpid, client_id, segments, path in DESTINATIONS:
+            secret = secrets_dir / f"partner-{dest_id}"
+            secret.write_text(self.secrets[dest_id] + "\n")
+            secret.chmod(0o600)
+            dests.append({
                 "id": dest_id, "url": base_url + path, "user_dpid": dpid, "client_id": client_id,
-                "segments": segments, "ca_file": str(ca_file),
+                "segments": segments, "ca_file": str(directory / "ca.pem"),
                 "auth": {
                     "type": "oauth2_client_credentials",
                     "token_url": base_url + self.tokens[dest_id].path,
                     "client_id": self.tokens[dest_id].client_id,
-                    "client_secret": self.secrets[dest_id],
+                    "client_secret_file": str(secret),
                 },
                 "batch": {"max_users": 10, "max_wait": 1.0},
-            }
-            for dest_id, dpid, client_id, segments, path in DESTINATIONS
-        ]
+            })
+        return dests
 
 
-def demo_config(redis_url: str, metrics_port: int, destinations: list[dict[str, object]]) -> Config:
-    return parse_config({
-        "redis": {"url": redis_url},
-        "stream": {"consumer": "demo"},
-        "http": {"listen": f"127.0.0.1:{metrics_port}"},
-        "shutdown_timeout": 5,
-        "destinations": destinations,
-    }, env={})
+def write_config(directory: Path, redis_url: str, metrics_port: int,
+                 destinations: list[dict[str, object]]) -> Path:
+    """The demo's config as a file (what the demo runs): a starting point for one's own."""
+    path = directory / "iris.yaml"
+    path.write_text("# Written by `iris demo`: the configuration the demo is running. While it\n"
+                    "# runs, try: iris status -c " + str(path) + "\n" + yaml.safe_dump({
+                        "redis": {"url": redis_url},
+                        "stream": {"consumer": "demo"},
+                        "http": {"listen": f"127.0.0.1:{metrics_port}"},
+                        "shutdown_timeout": 5,
+                        "destinations": destinations,
+                    }, sort_keys=False))
+    return path
 
 
 async def produce(worker: Worker, rate: float, stop: asyncio.Event) -> None:
@@ -129,25 +142,35 @@ async def report(worker: Worker, stop: asyncio.Event) -> None:
 
 
 async def run_demo(rate: float, duration: float | None,
-                   on_stop: Callable[[Callable[[], None]], None]) -> None:
+                   on_stop: Callable[[Callable[[], None]], None],
+                   config_dir: Path | None = None) -> None:
+    """Run everything until a stop; the config it runs is written to ``config_dir`` (kept
+    afterwards) or to a temporary folder."""
     stop = asyncio.Event()
     on_stop(stop.set)
     if duration is not None:
         asyncio.get_running_loop().call_later(duration, stop.set)
     with tempfile.TemporaryDirectory(prefix="iris-demo-") as tmp:
+        directory = (config_dir or Path(tmp)).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
         redis = RedisProcess().start()
         server = LocalServer()
         try:
             partner = DemoPartner()
             tls = make_tls(Path(tmp))
+            shutil.copy(tls.ca_file, directory / "ca.pem")
             base = await server.start(partner.app, ssl_context=tls.server_context())
-            config = demo_config(redis.url, free_port(),
-                                 partner.destination_configs(base, tls.ca_file))
+            path = write_config(directory, redis.url, free_port(),
+                                partner.destination_configs(base, directory))
+            config = load_config(path, env={})
             worker = Worker(config)
             worker_task = asyncio.create_task(worker.run(), name="worker")
             say(f"iris demo: redis-server on port {redis.port}, HTTPS mock partner at {base}")
             say(f"iris demo: metrics at http://127.0.0.1:{config.http.host_port[1]}/metrics "
                 f"(also /healthz, /readyz); Ctrl-C stops everything")
+            if config_dir is not None:
+                say(f"iris demo: the config it runs is {path}; while it runs, try "
+                    f"`iris status -c {config_dir / 'iris.yaml'}`")
             while worker.health.starting and not worker_task.done():
                 await asyncio.sleep(0.05)
             helpers = [asyncio.create_task(produce(worker, rate, stop), name="produce"),
