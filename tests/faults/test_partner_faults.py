@@ -16,6 +16,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -44,6 +45,7 @@ from tests.conftest import (
 )
 from tests.faults.harness import WorkerProcess, check_promises
 from tests.faults.proxy import FaultProxy
+from tests.test_prometheus import ALERTS, tool
 
 GROUP = "iris"
 Responder = Callable[[web.Request, bytes], Awaitable[web.StreamResponse | None]]
@@ -726,3 +728,71 @@ async def test_the_request_rate_holds_across_replicas(
     print(f"\n[rate] {len(arrivals)} requests in {window:.1f} s: {per_second:.2f}/s, "
           f"at most {busiest} in any second")
     assert per_second <= 4.2 and busiest <= 4 + 1, (per_second, busiest)
+
+
+async def test_a_partner_outage_keeps_every_replica_ready(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str,
+    partners: Callable[..., Awaitable[Partner]], tmp_path: Path,
+) -> None:
+    """One destination's partner down, two replicas: /readyz stays 200 on both throughout and
+    names the paused destination in its body (a rollout or a drain does not stall), the other
+    destination keeps delivering, and IrisDestinationPaused fires when Prometheus is fed what
+    the replicas report for five minutes."""
+    down, up = await partners("423"), await partners("424")
+    down.server.responder = lambda request, body: _answer(error(503))
+    dests = [destination_config(down, batch={"max_wait": 0.1, "max_users": 2},
+                                retry=fast_retry(),
+                                circuit={"failure_threshold": 2, "cooldown": 30}),
+             destination_config(up, batch={"max_wait": 0.1})]
+    workers = [WorkerProcess(config_data(redis_server.url, stream_key, dests,
+                                         consumer=f"ready{i}"), tmp_path, f"ready{i}").start()
+               for i in range(2)]
+    samples: list[tuple[int, str]] = []
+    try:
+        for worker in workers:
+            await wait_for(worker.ready, 20, "replica ready", worker.log)
+        for n in range(6):
+            await xadd_all(redis, stream_key, [  # batches of 2 for 423: both replicas get some
+                {"uuid": f"o{n}-{i}", "segment": "s1", "dpuuid": "d"} for i in range(10)])
+
+            async def both_paused() -> bool:
+                return all([await w.metric("iris_circuit_open", destination="423") == 1
+                            for w in workers])
+
+            if n == 0:
+                await wait_for(both_paused, 20, "the circuit open on both replicas")
+            for worker in workers:
+                samples.append(await worker.get("/readyz"))
+            await asyncio.sleep(0.5)  # a few seconds of outage, sampled
+        await wait_for(lambda: len(pairs_received(up)) == 60, 20, "the other one delivers")
+        circuit = [await w.metric("iris_circuit_open", destination="423") for w in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert all(status == 200 and "destination 423 paused (circuit open)" in body
+               for status, body in samples), samples
+    assert circuit == [1, 1]
+    assert_destination_paused_fires(tmp_path, len(workers))
+
+
+async def _answer(response: web.Response) -> web.Response:
+    return response
+
+
+def assert_destination_paused_fires(tmp_path: Path, replicas: int) -> None:
+    """promtool: the replicas report iris_circuit_open 1 for ten minutes."""
+    (tmp_path / "alerts.yml").write_text(ALERTS.read_text())
+    series = [{"series": f'iris_circuit_open{{destination="423",instance="iris-{i}"}}',
+               "values": "1x10"} for i in range(replicas)]
+    (tmp_path / "outage.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["alerts.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": 'ALERTS{alertname="IrisDestinationPaused",alertstate="firing"}',
+             "eval_time": "7m", "exp_samples": [{"labels": (
+                 'ALERTS{alertname="IrisDestinationPaused",alertstate="firing",'
+                 'destination="423",severity="warning"}'), "value": 1}]}]}],
+    }))
+    result = subprocess.run([tool("promtool"), "test", "rules",
+                             str(tmp_path / "outage.test.yml")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
