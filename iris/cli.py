@@ -30,6 +30,7 @@ from iris.config import (
     redacted,
     url_passwords,
 )
+from iris.config_base import read_utf8
 from iris.dead_letters import REASONS
 from iris.errors import ConfigError, EventError, IrisError
 from iris.events import parse_event
@@ -326,15 +327,9 @@ def _jsonl_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 file (a BOM is allowed), split on \\n only: U+2028, U+0085 and
     the other separators ``str.splitlines`` knows are valid inside a JSON string."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IrisError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IrisError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset "
-                        f"{exc.start})") from None
-    return text.removeprefix("\ufeff").split("\n")
+        return read_utf8(path).split("\n")
+    except ValueError as exc:
+        raise IrisError(str(exc)) from None
 
 
 def _events_from_args(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:

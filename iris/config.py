@@ -33,7 +33,7 @@ from iris.auth_config import (
     SigningConfig,
     TokenStoreConfig,
 )
-from iris.config_base import IdText, LiteralInt, Positive, PositiveInt, Strict
+from iris.config_base import IdText, LiteralInt, Positive, PositiveInt, Strict, read_utf8
 from iris.errors import ConfigError
 
 
@@ -476,14 +476,9 @@ ConfigLoader.add_constructor("tag:yaml.org,2002:int", ConfigLoader.construct_lit
 def read_yaml(path: str | Path) -> Any:
     """The raw tree of the YAML file at ``path``; every problem is one line naming the file."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("", f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset "
-                              f"{exc.start})") from None
+        text = read_utf8(Path(path))
+    except ValueError as exc:
+        raise ConfigError("", str(exc)) from None
     try:
         return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader
     except DuplicateKey as exc:

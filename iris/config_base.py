@@ -80,20 +80,29 @@ class SecretsFromFiles(Strict):
         return data
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's content, without a UTF-8 byte order mark; ``ValueError`` naming the first
+    byte that is not UTF-8, or why the file cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
+    return text.removeprefix("\ufeff")
+
+
 def read_secret_file(key: str, path: Any) -> str:
     """The secret exactly as the file holds it, less what editors and ``echo`` add: trailing
     newlines (LF or CR LF) and a UTF-8 byte order mark. Never interpolated. An empty file is
     refused: it is a mount that went wrong, not a secret."""
     try:
-        data = Path(str(path)).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{key}: cannot read {path}: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{key}: {path} is not UTF-8 "
-                         f"(byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-    text = text.removeprefix("\ufeff").rstrip("\r\n")
+        text = read_utf8(Path(str(path))).rstrip("\r\n")
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
     if not text.strip():
         raise ValueError(f"{key}: {path} is empty")
     return text

@@ -35,6 +35,7 @@ from iris.metrics import Metrics
 from iris.payload import encode_payload
 from iris.recovery import History, Recovered, Recovery
 from iris.retry import Action, Outcome, backoff, failure
+from iris.stopping import unless_stopped
 from iris.streams import NEW, Entry, Streams
 
 log = logging.getLogger(__name__)
@@ -340,14 +341,8 @@ class Publisher:
 
     async def _turn(self) -> bool | None:
         """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
-        turn = asyncio.ensure_future(self._breaker.turn())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not turn.done():
-            turn.cancel()
-            return None
-        return turn.result()
+        done, probe = await unless_stopped(self._breaker.turn(), self.stopping)
+        return probe if done else None
 
     async def _stopped_within(self, delay: float) -> bool:
         try:

@@ -15,6 +15,7 @@ import asyncio
 from asyncio_throttle import Throttler
 
 from iris.errors import RedisUnavailable
+from iris.health import RedisRetry
 from iris.streams import Streams
 
 BURST_SECONDS = 0.1  # how much of a second's rate may go out at once
@@ -28,8 +29,9 @@ def local_throttler(requests_per_second: float) -> Throttler:
 
 class SharedRate:
     def __init__(self, streams: Streams, destination_id: str,
-                 requests_per_second: float) -> None:
+                 requests_per_second: float, retry: RedisRetry) -> None:
         self._streams = streams
+        self._retry = retry  # a Redis fault is reported (readiness, one WARNING), not hidden
         self._destination = destination_id
         self._interval_ms = 1000 / requests_per_second
         self.burst = max(1, round(requests_per_second * BURST_SECONDS))
@@ -44,9 +46,11 @@ class SharedRate:
                 try:
                     granted, wait = await self._streams.take_rate(
                         self._destination, self._interval_ms, self.burst, self.burst)
-                except RedisUnavailable:
+                except RedisUnavailable as exc:
+                    self._retry.noted(exc)
                     async with self._fallback:
                         return
+                self._retry.ok()
                 self._slots = granted
                 if not granted:
                     await asyncio.sleep(wait)

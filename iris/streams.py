@@ -112,6 +112,7 @@ class Streams:
         """Run every kind of command iris needs once, harmlessly, on its own keys; raise
         ``RedisUnavailable`` (NOPERM) naming each one the Redis user may not run."""
         key, group, me = self.inbound, self.group, self.consumer
+        probe = f"{key}:permission-check"  # never written
         probes = {
             "xreadgroup": ("XREADGROUP", "GROUP", PROBE_GROUP, me, "COUNT", 1, "STREAMS", key,
                            NEW),
@@ -125,6 +126,14 @@ class Streams:
             "xinfo": ("XINFO", "GROUPS", key),
             "xtrim": ("XTRIM", key, "MINID", "0-0"),
             "xgroup": ("XGROUP", "DELCONSUMER", key, PROBE_GROUP, me),
+            "time": ("TIME",),  # the shared rate limit's clock
+            "get": ("GET", probe),  # tokens, leases, rates: keys under the stream's name
+            "set": ("SET", probe, "v", "XX"),  # XX: sets nothing, the key does not exist
+            "del": ("DEL", probe),
+            "pexpire": ("PEXPIRE", probe, 1),
+            "pttl": ("PTTL", probe),
+            "hgetall": ("HGETALL", probe),
+            "hdel": ("HDEL", probe, "f"),
         }
         async with self.redis.pipeline(transaction=False) as pipe:
             for args in probes.values():
@@ -145,7 +154,8 @@ class Streams:
         if denied:
             raise RedisUnavailable(
                 f"the redis user lacks a permission: NOPERM for {', '.join(denied)} (iris needs "
-                "the stream commands, EVALSHA/SCRIPT and MULTI on its keys)", "NOPERM")
+                "+@stream +@scripting +@transaction +@string +@hash +@keyspace +@connection "
+                "+time on the keys under its stream's name)", "NOPERM")
 
     async def _multi_ack(self) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

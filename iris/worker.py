@@ -27,6 +27,7 @@ from iris.metrics import REDIS_REPLIES, Metrics
 from iris.outbound import OutboundReader
 from iris.publisher import Publisher
 from iris.rate_limit import SharedRate
+from iris.stopping import unless_stopped
 from iris.streams import Streams, connect
 from iris.upkeep import Upkeep
 
@@ -117,7 +118,8 @@ class Worker:
             auth = make_auth(dest, session, self.metrics, shared, on_pause=on_pause)
             self._sessions.append(session)
             self._auths.append(auth)
-            rate = SharedRate(self.streams, dest.id, dest.limits.requests_per_second)
+            rate = SharedRate(self.streams, dest.id, dest.limits.requests_per_second,
+                              self.health.retry(f"publish {dest.id}: rate"))
             sender = Sender(dest, auth, session, self.metrics, rate)
             publisher = Publisher(dest, self.streams, sender, self.metrics, self.health,
                                   self.config.stream)
@@ -149,14 +151,11 @@ class Worker:
                 for key in self._stream_keys():
                     await self.streams.ensure_group(key)
                 await self.streams.check_permissions()
-                claim = asyncio.ensure_future(self.lease.claim(self.config.consumer))
-                stop = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if not claim.done():
-                    claim.cancel()
+                claimed, name = await unless_stopped(self.lease.claim(self.config.consumer),
+                                                     self._stop)
+                if not claimed or name is None:
                     return False
-                self.streams.consumer = claim.result()
+                self.streams.consumer = name
             except RedisUnavailable as exc:
                 await retry.failed(exc)
                 continue

@@ -1,5 +1,6 @@
 """The benchmark harness works end to end on a small run. No timing is asserted: only that every
-phase ran, the figures are there, and everything it started is gone."""
+phase ran (iris and the FastStream pipeline at both batch sizes, the naive loop, the latency
+run), the figures and the comparison are there, and everything it started is gone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("iris_events_per_s", "naive_events_per_s", "ratio", "p50_ms", "p99_ms", "max_rss_mb",
-        "events", "requests_per_s", "users_per_request", "aam10_events_per_s", "workers")
+        "events", "requests_per_s", "users_per_request", "aam10_events_per_s", "workers",
+        "faststream_events_per_s", "faststream10_events_per_s", "comparison", "partner_procs")
+PHASES = {"iris": ("iris", 1000), "faststream": ("faststream", 1000), "aam10": ("iris", 10),
+          "faststream10": ("faststream", 10)}
+COLUMNS = ("max_users", "pipeline", "events/s", "from ready", "iris/peer", "worker CPU s",
+           "events/CPU-s", "redis CPU s", "cmds/event")
 
 
 def _alive(pid: int) -> bool:
@@ -22,12 +28,16 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
 def test_bench_smoke(tmp_path):
     output = tmp_path / "results.json"
     proc = subprocess.Popen(
-        [sys.executable, "benchmarks/run.py", "--events", "2000", "--json", "--destinations", "2",
-         "--latency-seconds", "2", "--rate", "500", "--naive-seconds", "1",
-         "--output", str(output)],
+        [sys.executable, "benchmarks/run.py", "--events", "2000", "--aam-events", "1000",
+         "--json", "--destinations", "2", "--latency-seconds", "2", "--rate", "500",
+         "--naive-seconds", "1", "--partner-procs", "2", "--output", str(output)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=100)
@@ -42,12 +52,52 @@ def test_bench_smoke(tmp_path):
     assert results["events"] == 2000
     assert results["complete"] is True
     for key in ("iris_events_per_s", "naive_events_per_s", "ratio", "p50_ms", "p99_ms",
-                "max_rss_mb", "aam10_events_per_s"):
-        assert isinstance(results[key], int | float) and results[key] > 0, key
-    assert set(results["phases"]) == {"iris", "aam10", "naive", "latency"}
-    assert results["phases"]["latency"]["latency"]["count"] == results["phases"]["latency"][
-        "events"]
+                "max_rss_mb", "aam10_events_per_s", "faststream_events_per_s",
+                "faststream10_events_per_s"):
+        assert _positive(results[key]), key
+    phases = results["phases"]
+    assert set(phases) == {*PHASES, "naive", "latency"}
+    assert phases["latency"]["latency"]["count"] == phases["latency"]["events"]
+
+    # every throughput phase: all events delivered once, measured the same way
+    for name, (pipeline, max_users) in PHASES.items():
+        p = phases[name]
+        assert (p["pipeline"], p["max_users"]) == (pipeline, max_users), name
+        assert p["partner"]["unique_users"] == p["events"], name
+        assert p["partner"]["duplicate_users"] == 0, name
+        assert p["partner"]["unauthorized"] == p["partner"]["bad_payloads"] == 0, name
+        assert len(p["partner"]["processes"]) == 2, name  # the partner's processes
+        assert p["pending_after"] == 0, name  # every read acknowledged
+        for key in ("events_per_s", "events_per_s_after_ready", "worker_cpu_s",
+                    "events_per_worker_cpu_s"):
+            assert _positive(p[key]), (name, key)
+        assert p["redis_cpu_s"] >= 0, name
+        commands = p["redis_commands"]
+        assert _positive(commands["per_event"]) and commands["top"], name
+        assert sum(commands["by_command"].values()) == commands["total"], name
+        assert "xreadgroup" in commands["by_command"], name
+    assert phases["faststream10"]["users_per_request"] <= 10
+    assert phases["aam10"]["users_per_request"] <= 10
+
+    # the comparison: iris against FastStream at both batch sizes
+    rows = {row["max_users"]: row for row in results["comparison"]}
+    assert set(rows) == {1000, 10}
+    for row in rows.values():
+        for side in ("iris", "faststream"):
+            for key in ("events_per_s", "worker_cpu_s", "events_per_worker_cpu_s",
+                        "redis_commands_per_event"):
+                assert _positive(row[side][key]), (row["max_users"], side, key)
+        assert _positive(row["ratio_events_per_s"])
+        assert _positive(row["ratio_events_per_worker_cpu_s"])
+
     assert json.loads(stdout) == results  # --json: stdout is the JSON alone
-    assert "iris end-to-end" in stderr  # and the table went to stderr
-    assert len(results["pids"]) >= 6  # redis, partner, 3 workers, the naive loop
+    assert "iris end-to-end" in stderr  # and the tables went to stderr
+    assert "iris vs FastStream" in stderr
+    header = next(line for line in stderr.splitlines() if line.lstrip().startswith("max_users"))
+    for column in COLUMNS:
+        assert column in header, column
+    assert "top Redis commands" in stderr
+    assert "iris/FastStream at max_users 10:" in stderr
+    # redis, the partner and its 2 processes, 3 iris workers, 2 FastStream pipelines, naive
+    assert len(results["pids"]) >= 10
     assert [pid for pid in results["pids"] if _alive(pid)] == []  # nothing is left behind

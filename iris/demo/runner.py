@@ -157,7 +157,7 @@ async def run_demo(rate: float, duration: float | None,
         server = LocalServer()
         try:
             partner = DemoPartner()
-            tls = make_tls(Path(tmp))
+            tls = make_tls(Path(tmp) / "tls")
             shutil.copy(tls.ca_file, directory / "ca.pem")
             base = await server.start(partner.app, ssl_context=tls.server_context())
             path = write_config(directory, redis.url, free_port(),

@@ -8,6 +8,7 @@ import time
 
 from iris.auth import SharedTokens, make_auth
 from iris.delivery import PartnerSession, Sender
+from iris.health import Health
 from iris.metrics import Metrics
 from iris.payload import encode_payload
 from iris.rate_limit import SharedRate
@@ -75,7 +76,8 @@ async def test_200_concurrent_batches_wait_on_one_token_request(partners, redis_
     metrics = Metrics([dest.id], stream_key, "iris")
     session = PartnerSession(dest)
     auth = make_auth(dest, session, metrics, SharedTokens.from_config(config, redis))
-    rate = SharedRate(Streams(redis, config), dest.id, dest.limits.requests_per_second)
+    rate = SharedRate(Streams(redis, config), dest.id, dest.limits.requests_per_second,
+                      Health().retry("rate"))
     sender = Sender(dest, auth, session, metrics, rate)
 
     def body(i: int) -> bytes:
