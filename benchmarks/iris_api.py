@@ -7,8 +7,8 @@ below is the one line to change.
 
 from __future__ import annotations
 
-from iris.config import load_config
-from iris.localredis import RedisProcess, free_port
-from iris.payload import aam_date
+from iris.config.model import load_config
+from iris.core.payload import aam_date
+from iris_demo.localredis import RedisProcess, free_port
 
 __all__ = ["RedisProcess", "aam_date", "free_port", "load_config"]

@@ -1,5 +1,5 @@
 """``python -m iris``."""
 
-from iris.cli import main
+from iris.cli.main import main
 
 main()

@@ -17,13 +17,13 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.config import Config, parse_config
-from iris.demo.partner import PartnerServer, SignatureCheck
-from iris.demo.servers import LocalServer
-from iris.demo.tls import TLSMaterial, make_tls
-from iris.demo.token_server import TokenServer
-from iris.localredis import RedisProcess
-from iris.worker import Worker
+from iris.config.model import Config, parse_config
+from iris.runtime.worker import Worker
+from iris_demo.localredis import RedisProcess
+from iris_demo.partner import PartnerServer, SignatureCheck
+from iris_demo.servers import LocalServer
+from iris_demo.tls import TLSMaterial, make_tls
+from iris_demo.token_server import TokenServer
 
 _keys = itertools.count()
 

@@ -9,7 +9,7 @@ import base64
 import contextlib
 from urllib.parse import urlsplit
 
-from iris.localredis import free_port
+from iris_demo.localredis import free_port
 
 
 class HttpProxy:

@@ -4,7 +4,7 @@ RFC 6749 (client authentication §2.3, authorization code §4.1, password §4.3,
 credentials §4.4, refresh §6, answers §5), RFC 7636 (PKCE, S256 only), RFC 7523 §2.1 (JWT
 bearer grant) and Adobe IMS's server-to-server JWT exchange. It rejects what a picky real
 server rejects, so a client that passes here is not relying on leniency. The form, Basic and
-error plumbing is shared with ``iris.demo.token_server``; secrets are never recorded, and every
+error plumbing is shared with ``iris_demo.token_server``; secrets are never recorded, and every
 issued token, refresh token and code is kept so tests can validate and scan for leaks.
 """
 
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from iris.demo.token_server import (
+from iris_demo.token_server import (
     FORM_TYPE,
     OAuthError,
     TokenIssuer,

@@ -12,11 +12,11 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from iris.auth.forms import form_url_encode
 from iris.auth.jwt_assertion import AssertionSigner
-from iris.auth_config import JwtBearerAuth, OAuth2Base
-from iris.config import fingerprint, parse_config, redacted
-from iris.templating import REQUEST_TEMPLATES, is_empty
-from iris.urlforms import form_url_encode
+from iris.auth.templating import REQUEST_TEMPLATES, is_empty
+from iris.config.auth import JwtBearerAuth, OAuth2Base
+from iris.config.model import fingerprint, parse_config, redacted
 from tests.oauth_server import make_ec_key, make_rsa_key
 from tests.test_config import cc_auth, config, dest, error_lines
 

@@ -1,4 +1,4 @@
-"""iris.batching.BatchBuilder: one destination's open batch, closed at max_users, max_bytes or
+"""iris.core.batching.BatchBuilder: one destination's open batch, closed at max_users, max_bytes or
 max_wait (DESIGN 1.2 and Part 2 "Batch"). Every body is checked by the mock partner's validator,
 which shares no code with the builder."""
 
@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from iris.batching import Batch, BatchBuilder
-from iris.config import Destination, parse_config
-from iris.demo.partner import validate_payload
-from iris.events import Event, parse_event
-from iris.payload import aam_date, envelope_size
+from iris.config.model import Destination, parse_config
+from iris.core.batching import Batch, BatchBuilder
+from iris.core.events import Event, parse_event
+from iris.core.payload import aam_date, envelope_size
+from iris_demo.partner import validate_payload
 
 T0 = 1469636242  # Wed Jul 27 16:17:22 UTC 2016
 

@@ -15,7 +15,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from iris.config import GRAMMAR, fingerprint
+from iris.config.model import GRAMMAR, fingerprint
 
 SECRET = "Do-Not-Print-Me-42"
 IRIS = [sys.executable, "-m", "iris"]

@@ -1,4 +1,4 @@
-"""iris.config: YAML reading, interpolation, *_file secrets, validation with key paths,
+"""iris.config.model: YAML reading, interpolation, *_file secrets, validation with key paths,
 defaults (DESIGN 1.3), the Redis-only view, and what check-config shows of secrets."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from iris.config import (
+from iris.config.model import (
     GRAMMAR,
     Config,
     ConfigErrors,
@@ -25,7 +25,7 @@ from iris.config import (
     redacted,
     url_passwords,
 )
-from iris.errors import ConfigError
+from iris.core.errors import ConfigError
 
 
 def dest(**overrides: Any) -> dict[str, Any]:

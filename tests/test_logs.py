@@ -9,7 +9,7 @@ import orjson
 
 SCRIPT = """
 import logging
-from iris.logs import register_secret, setup_logging
+from iris.core.logs import register_secret, setup_logging
 setup_logging("DEBUG", "{fmt}")
 register_secret("tok-0123456789abcdef")
 log = logging.getLogger("iris.test")

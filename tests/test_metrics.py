@@ -1,11 +1,11 @@
-"""iris.metrics: request duration buckets that reach past the configured timeouts, and every
+"""iris.runtime.metrics: request duration buckets that reach past the configured timeouts, and every
 destination's request series present from start."""
 
 from __future__ import annotations
 
 import pytest
 
-from iris.metrics import SHORT_DURATION_BUCKETS, Metrics, duration_buckets
+from iris.runtime.metrics import SHORT_DURATION_BUCKETS, Metrics, duration_buckets
 
 
 @pytest.mark.parametrize(("longest", "beyond_ten"), [

@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from iris.demo.partner import PartnerServer, ReceivedBatch
-from iris.demo.servers import LocalServer
-from iris.demo.tls import make_tls
-from iris.demo.token_server import TokenServer
+from iris_demo.partner import PartnerServer, ReceivedBatch
+from iris_demo.servers import LocalServer
+from iris_demo.tls import make_tls
+from iris_demo.token_server import TokenServer
 
 CLIENT_ID = "iris client:1"
 SECRET = "s3+cr%41t: é x"  # + % : é and a space: only a §2.3.1-encoding client gets in

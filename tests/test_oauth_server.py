@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from iris.demo.partner import PartnerServer
-from iris.demo.servers import LocalServer
+from iris_demo.partner import PartnerServer
+from iris_demo.servers import LocalServer
 from tests.oauth_server import (
     AUTHORIZATION_CODE,
     CLIENT_AUTH_METHODS,

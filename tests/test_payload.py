@@ -1,4 +1,4 @@
-"""iris.payload: the AAM date format and the standard payload envelope (DESIGN 1.2, seed 000)."""
+"""iris.core.payload: the AAM date format and the standard payload envelope (DESIGN 1.2)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from iris.payload import DATE_LEN, aam_date, encode_payload, envelope_size
+from iris.core.payload import DATE_LEN, aam_date, encode_payload, envelope_size
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -28,8 +28,8 @@ import yaml
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from iris.localredis import free_port
-from iris.metrics import Metrics
+from iris.runtime.metrics import Metrics
+from iris_demo.localredis import free_port
 from tests.conftest import destination_config, make_config, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from iris.errors import GroupMissing, RedisUnavailable
-from iris.localredis import RedisProcess
-from iris.redis_errors import redis_errors, translate
+from iris.core.errors import GroupMissing, RedisUnavailable
+from iris.store.errors import redis_errors, translate
+from iris_demo.localredis import RedisProcess
 
 TABLE = [  # (what redis-py raises, reply label, start of the reason /readyz shows)
     (rx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "OOM",

@@ -1,4 +1,4 @@
-"""iris.retry: what to do with a partner's answer (DESIGN Part 2, "Deliver"), checked by a table."""
+"""iris.core.retry: what to do with a partner's answer, checked by a table."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from email.utils import formatdate
 import orjson
 import pytest
 
-from iris.logs import register_secret
-from iris.retry import (
+from iris.core.logs import register_secret
+from iris.core.retry import (
     EXCERPT_CHARS,
     Action,
     Outcome,

@@ -1,4 +1,4 @@
-"""iris.routing.RouteTable: which destinations take an event, and why the others do not."""
+"""iris.core.routing.RouteTable: which destinations take an event, and why the others do not."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from iris.config import Destination, parse_config
-from iris.events import Event, parse_event
-from iris.routing import (
+from iris.config.model import Destination, parse_config
+from iris.core.events import Event, parse_event
+from iris.core.routing import (
     NO_DESTINATION,
     NO_PARTNER_ID,
     SKIP_REASONS,

@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from iris.auth.signing import Signer
-from iris.auth_config import SigningConfig
-from iris.logs import redact
+from iris.config.auth import SigningConfig
+from iris.core.logs import redact
 
 
 def b64_of_hex(hex_digest: str) -> str:

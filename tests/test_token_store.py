@@ -8,7 +8,7 @@ import time
 import pytest
 from cryptography.fernet import Fernet
 
-from iris.auth.store import StoredToken, TokenStore, digest
+from iris.store.tokens import StoredToken, TokenStore, digest
 
 
 def token(value: str, fence: int, ttl: float = 60) -> StoredToken:

@@ -16,18 +16,18 @@ from urllib.parse import parse_qsl, quote
 
 import orjson
 
-from iris.auth.endpoint import TokenAnswer, TokenHttpRequest
+from iris.auth.forms import form_url_encode
 from iris.auth.tokens import Grant
-from iris.auth_config import (
+from iris.config.auth import (
     AuthorizationCodeAuth,
     ClientCredentialsAuth,
     JwtBearerAuth,
     OAuth2Base,
     PasswordAuth,
 )
-from iris.errors import TokenError
-from iris.logs import redact, register_secret
-from iris.urlforms import form_url_encode
+from iris.core.errors import TokenError
+from iris.core.logs import redact, register_secret
+from iris.http.token_endpoint import TokenAnswer, TokenHttpRequest
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=UTF-8"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

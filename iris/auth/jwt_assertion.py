@@ -19,8 +19,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from iris.auth_config import JwtBearerAuth
-from iris.logs import register_secret
+from iris.config.auth import JwtBearerAuth
+from iris.core.logs import register_secret
 
 
 class AssertionSigner:

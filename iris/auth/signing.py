@@ -12,8 +12,8 @@ import hmac
 import time
 from collections.abc import Callable
 
-from iris.auth_config import SigningConfig, SigningKey
-from iris.logs import register_secret
+from iris.config.auth import SigningConfig, SigningKey
+from iris.core.logs import register_secret
 
 
 class Signer:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from iris.auth.endpoint import TokenEndpoint
 from iris.auth.grants import StandardRequests
 from iris.auth.tokens import Grant
-from iris.auth_config import OAuth2Base, RefreshTokenAuth
-from iris.errors import TokenError
-from iris.logs import register_secret
+from iris.config.auth import OAuth2Base, RefreshTokenAuth
+from iris.core.errors import TokenError
+from iris.core.logs import register_secret
+from iris.http.token_endpoint import TokenEndpoint
 
 
 class EndpointSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from iris.auth.base import Credential
-from iris.logs import register_secret
+from iris.core.logs import register_secret
 
 
 class StaticAuth:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from iris.auth.base import Credential
-from iris.auth.store import StoredRefresh, StoredToken, TokenStore, digest
-from iris.errors import RedisUnavailable, TokenError
+from iris.core.errors import RedisUnavailable, TokenError
+from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
 
 log = logging.getLogger(__name__)
 

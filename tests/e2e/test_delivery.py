@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from iris.payload import aam_date
+from iris.core.payload import aam_date
 from tests.conftest import (
     destination_config,
     make_config,

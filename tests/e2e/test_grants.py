@@ -24,12 +24,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from cryptography.fernet import Fernet
 
-from iris.auth import SharedTokens, make_store
-from iris.auth.store import digest
-from iris.config import Config, parse_config
-from iris.demo.partner import PartnerServer
-from iris.demo.servers import LocalServer
-from iris.demo.token_server import OAuthError, error_response
+from iris.config.model import Config, parse_config
+from iris.runtime.wiring import SharedTokens, make_store
+from iris.store.tokens import digest
+from iris_demo.partner import PartnerServer
+from iris_demo.servers import LocalServer
+from iris_demo.token_server import OAuthError, error_response
 from tests.conftest import (
     SecretWatch,
     config_data,

@@ -17,14 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.auth import SharedTokens
-from iris.auth.probe import describe
-from iris.config import Config, parse_config
-from iris.demo.partner import PartnerServer
-from iris.demo.servers import LocalServer
-from iris.demo.token_server import OAuthError
-from iris.errors import TokenError
-from iris.metrics import Metrics
+from iris.cli.auth_test import describe
+from iris.config.model import Config, parse_config
+from iris.core.errors import TokenError
+from iris.runtime.metrics import Metrics
+from iris.runtime.wiring import SharedTokens
+from iris_demo.partner import PartnerServer
+from iris_demo.servers import LocalServer
+from iris_demo.token_server import OAuthError
 from tests.conftest import SecretWatch, config_data, running, wait_for
 from tests.oauth_server import JWT_BEARER, OAuthServer, make_rsa_key
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from iris.auth.store import digest
-from iris.demo.partner import PartnerServer
-from iris.demo.servers import LocalServer
-from iris.localredis import free_port
+from iris.store.tokens import digest
+from iris_demo.localredis import free_port
+from iris_demo.partner import PartnerServer
+from iris_demo.servers import LocalServer
 from tests.conftest import SecretWatch, config_data, make_config, running, wait_for
 from tests.oauth_server import OAuthServer
 

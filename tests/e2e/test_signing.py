@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from iris.demo.partner import PartnerServer, SignatureCheck
+from iris_demo.partner import PartnerServer, SignatureCheck
 from tests.conftest import (
     Partner,
     destination_config,

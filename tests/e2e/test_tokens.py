@@ -6,14 +6,14 @@ import asyncio
 import itertools
 import time
 
-from iris.auth import SharedTokens, make_auth
-from iris.delivery import PartnerSession, Sender
-from iris.health import Health
-from iris.metrics import Metrics
-from iris.payload import encode_payload
-from iris.rate_limit import SharedRate
-from iris.retry import Action
-from iris.streams import Streams
+from iris.core.payload import encode_payload
+from iris.core.retry import Action
+from iris.http.sender import PartnerSession, Sender
+from iris.runtime.health import Health
+from iris.runtime.metrics import Metrics
+from iris.runtime.rate_limit import SharedRate
+from iris.runtime.wiring import SharedTokens, make_auth
+from iris.store.streams import Streams
 from tests.conftest import (
     destination_config,
     diagnose,

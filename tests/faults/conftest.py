@@ -12,7 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import SecretWatch
 from tests.faults.harness import STARTED, log_problems
 

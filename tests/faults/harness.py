@@ -17,10 +17,10 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 
-from iris.config import Config, parse_config
-from iris.demo.partner import PartnerServer
-from iris.localredis import free_port
-from iris.worker import Worker
+from iris.config.model import Config, parse_config
+from iris.runtime.worker import Worker
+from iris_demo.localredis import free_port
+from iris_demo.partner import PartnerServer
 from tests.conftest import Partner, config_data, destination_config, wait_for
 
 REQUIRED_LOG_FIELDS = ("time", "level", "logger", "message")

@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import running, wait_for
 from tests.faults.harness import (
     GROUP,

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import wait_for
 from tests.faults.harness import WorkerProcess, raw_config
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import config_data, destination_config, wait_for
 from tests.faults.harness import GROUP, WorkerProcess, check_promises, delivered, produce
 

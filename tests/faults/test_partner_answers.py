@@ -27,9 +27,9 @@ import trustme
 import yaml
 from aiohttp import web
 
-from iris.demo.servers import LocalServer
-from iris.demo.tls import TLSMaterial
-from iris.localredis import RedisProcess, free_port
+from iris_demo.localredis import RedisProcess, free_port
+from iris_demo.servers import LocalServer
+from iris_demo.tls import TLSMaterial
 from tests.conftest import (
     config_data,
     destination_config,

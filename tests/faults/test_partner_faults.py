@@ -30,9 +30,9 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 
-from iris.config import parse_config
-from iris.demo.partner import ReceivedBatch, validate_payload
-from iris.localredis import RedisProcess
+from iris.config.model import parse_config
+from iris_demo.localredis import RedisProcess
+from iris_demo.partner import ReceivedBatch, validate_payload
 from tests.conftest import (
     Partner,
     config_data,

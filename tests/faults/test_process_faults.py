@@ -23,8 +23,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.config import parse_config
-from iris.localredis import RedisProcess
+from iris.config.model import parse_config
+from iris_demo.localredis import RedisProcess
 from tests.conftest import (
     Partner,
     config_data,
@@ -449,7 +449,7 @@ async def test_sigterm_during_slow_partner_call(
         exited_in = time.monotonic() - termed_at
         assert code == 0, t1.log()[-3000:]
         assert "Traceback" not in t1.log(), t1.log()[-3000:]
-        drained_in = logged_at(t1, "iris.worker", "stopped") - termed_wall
+        drained_in = logged_at(t1, "iris.runtime.worker", "stopped") - termed_wall
 
         # nothing acknowledged without delivery, per event ...
         assert await unsafe_acks(redis, stream_key, "423", sent, partner) == []

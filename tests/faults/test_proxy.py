@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from iris.localredis import RedisProcess, free_port
+from iris_demo.localredis import RedisProcess, free_port
 from tests.conftest import wait_for
 from tests.faults.proxy import TASK_PREFIX, FaultProxy
 

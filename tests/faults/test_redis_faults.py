@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
     GROUP,

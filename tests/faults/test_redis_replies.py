@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.localredis import RedisProcess
+from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
     GROUP,
@@ -51,7 +51,7 @@ def notable(records: list[dict[str, Any]]) -> list[str]:
     """INFO and above about Redis: what an operator sees of the fault (the partner's own
     trouble, in the scenarios that add some, has lines of its own)."""
     return [f"{r['level']}: {r['message'][:160]}" for r in records
-            if r["level"] in NOTABLE and r["logger"] != "iris.publisher"]
+            if r["level"] in NOTABLE and r["logger"] != "iris.runtime.publisher"]
 
 
 async def not_ready_naming(worker: WorkerProcess, reply: str) -> bool:
@@ -215,7 +215,7 @@ async def test_dropped_connections_while_a_batch_is_retried(
     assert saw_unready >= 1
     seen = [r.getMessage() for r in records  # the Redis fault's lines (not the partner's)
             if r.levelno >= logging.INFO and r.name.startswith("iris")
-            and r.name != "iris.publisher"]
+            and r.name != "iris.runtime.publisher"]
     assert len(seen) <= 2 * 12, "\n".join(seen)
     assert not [r for r in records if r.exc_info or "restarting" in r.getMessage()]
 

@@ -37,10 +37,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.config import parse_config
-from iris.demo.partner import PartnerServer
-from iris.demo.servers import LocalServer
-from iris.localredis import RedisProcess
+from iris.config.model import parse_config
+from iris_demo.localredis import RedisProcess
+from iris_demo.partner import PartnerServer
+from iris_demo.servers import LocalServer
 from tests.conftest import SecretWatch, config_data, wait_for
 from tests.faults.harness import WorkerProcess, check_promises, log_problems
 from tests.oauth_server import OAuthServer

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from iris.config import parse_config
-from iris.localredis import RedisProcess
-from iris.streams import Streams, connect
+from iris.config.model import parse_config
+from iris.store.streams import Streams, connect
+from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import GROUP, as_config, delivered, missing, raw_config, settled
 

@@ -50,12 +50,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, request
 from joserfc.jwk import RSAKey
 
-from iris.auth.endpoint import TokenEndpoint
 from iris.auth.source import EndpointSource
 from iris.auth.tokens import Grant
-from iris.auth_config import OAuth2Base
-from iris.config import parse_config
-from iris.localredis import RedisProcess, free_port
+from iris.config.auth import OAuth2Base
+from iris.config.model import parse_config
+from iris.http.token_endpoint import TokenEndpoint
+from iris_demo.localredis import RedisProcess, free_port
 from tests.conftest import SecretWatch, config_data, make_config, running, wait_for
 from tests.interop.test_authlib_server import (
     CLIENT_ID,

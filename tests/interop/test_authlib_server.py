@@ -1,6 +1,6 @@
 """Interop: iris against Authlib, a real, well-kept OAuth 2 server, not only our own.
 
-The token servers in ``iris.demo`` were written from the same reading of seed 000 and RFC 6749
+The token servers in ``iris_demo`` were written from the same reading of seed 000 and RFC 6749
 as the client, so a misunderstanding shared by both would pass every other test. Here the token
 endpoint is Authlib's ``AuthorizationServer`` with its ``ClientCredentialsGrant`` and the partner
 endpoint is guarded by Authlib's ``ResourceProtector``: a token iris obtains and a request that
@@ -29,13 +29,13 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from flask import Flask, request
 from werkzeug.serving import make_server
 
-from iris.auth.endpoint import TokenEndpoint
 from iris.auth.source import EndpointSource
 from iris.auth.tokens import Grant
-from iris.auth_config import ClientCredentialsAuth
-from iris.config import parse_config
-from iris.errors import TokenError
-from iris.localredis import RedisProcess
+from iris.config.auth import ClientCredentialsAuth
+from iris.config.model import parse_config
+from iris.core.errors import TokenError
+from iris.http.token_endpoint import TokenEndpoint
+from iris_demo.localredis import RedisProcess
 from tests.conftest import SecretWatch, make_config, running, wait_for
 
 EXPIRES_IN = 3600

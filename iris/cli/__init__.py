@@ -1,0 +1,5 @@
+"""The ``iris`` command line."""
+
+from iris.cli.main import main
+
+__all__ = ["main"]

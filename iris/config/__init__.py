@@ -1,0 +1,1 @@
+"""Configuration: one pydantic model tree, read from YAML, checked once at load."""

@@ -1,0 +1,360 @@
+"""Deliver one destination's closed batches from its outbound stream, and acknowledge them.
+
+Each batch is read from Redis, POSTed (retried, refreshed or split as ``retry.classify`` says),
+then settled: XACK + XDEL after a 2xx, or dead-lettered and acknowledged in one MULTI. A batch
+that is neither stays pending in Redis. At most ``max_in_flight`` batches are held in memory:
+the rest of a slow partner's backlog waits in its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from iris.config.model import Destination, StreamConfig
+from iris.core.circuit import CircuitBreaker
+from iris.core.dead_letters import (
+    MAX_DELIVERIES,
+    REDIRECTED,
+    REJECTED,
+    RETRIES_EXHAUSTED,
+    TOO_LARGE,
+    dead_letter_entry,
+    report_written,
+)
+from iris.core.errors import RedisUnavailable
+from iris.core.log_digest import LogDigest
+from iris.core.payload import encode_payload
+from iris.core.retry import Action, Outcome, backoff, failure
+from iris.http.sender import Sender
+from iris.runtime.health import Health
+from iris.runtime.metrics import Metrics
+from iris.runtime.stopping import unless_stopped
+from iris.store.recovery import History, Recovered, Recovery
+from iris.store.streams import NEW, Entry, Streams
+
+log = logging.getLogger(__name__)
+
+Events = list[tuple[str, dict[str, str]]]
+
+
+class Publisher:
+    """One destination's deliveries. Entries come from its own reads of its outbound stream,
+    from the worker's shared read (``OutboundReader``, which hands over what it took for this
+    destination), from this consumer's history and from reclaims."""
+
+    def __init__(
+        self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
+        health: Health, stream: StreamConfig,
+    ) -> None:
+        self.dest = dest
+        self._streams = streams
+        self._sender = sender
+        self._metrics = metrics
+        self._health = health
+        self.key = streams.outbound(dest.id)
+        self._reads = health.retry(f"publish {dest.id}")
+        self._writes = health.retry(f"publish {dest.id}: write")
+        self._recovery = Recovery(streams, self.key, stream,
+                                  health.retry(f"publish {dest.id}: heartbeat"))
+        self._breaker = CircuitBreaker(
+            dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
+            on_change=self._circuit_changed,
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
+        self._handed: list[Entry] = []  # taken by the shared read, waiting for a free slot
+        self._crashed: dict[str, float] = {}  # delivery died of a bug → when to try again
+        self._crash_wait = stream.claim_idle_ms / 1000  # as long as a dead worker's entries
+        self._history = History()
+        self._maybe_more = True  # the stream may hold entries no one has read yet
+        self._wake = asyncio.Event()  # a slot freed, entries were handed over, or stopping
+        self.wants_changed = asyncio.Event()  # for the shared read: ``wants()`` may be true now
+        self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
+        self._retry_report = LogDigest(
+            log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
+            "summed up every 10 s", f"{dest.id}: %d request(s) retried in the last %.0f s; "
+            "last: %s", extra={"destination": dest.id})
+        self._last_redirect = ""
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
+        self._health.paused(self.dest.id, "paused (circuit open)" if is_open else None,
+                            "circuit")
+
+    def wants(self) -> bool:
+        """Whether the shared read should take a batch for this destination now."""
+        return (self._history.done and not self.stopping.is_set()
+                and self._free() > len(self._handed))
+
+    def hand(self, entries: list[Entry]) -> None:
+        """Batches the shared read took for this destination (they are pending for us now)."""
+        self._handed.extend(entries)
+        self._maybe_more = True  # one came: more may follow
+        self._wake.set()
+
+    def _free(self) -> int:
+        """How many more batches to take now: none while paused or the circuit is open."""
+        if self._sender.auth.pause_remaining():
+            return 0
+        in_flight = len(self._tasks)
+        return self._breaker.capacity(self.dest.limits.max_in_flight - in_flight, in_flight)
+
+    def held(self) -> list[str]:
+        """Entries this publisher works on: pending for us, kept claimed by the heartbeat."""
+        return [*self._tasks, *(entry_id for entry_id, _ in self._handed), *self._crashed]
+
+    async def run(self) -> None:
+        """Read and dispatch until ``stopping``; first this consumer's own pending history."""
+        self._history = History()
+        while not self.stopping.is_set():
+            self._wake.clear()
+            try:
+                busy = await self._round()
+            except RedisUnavailable as exc:
+                self._history.restart()  # re-read what we hold but may not have settled
+                await self._recovery.heartbeat(self.held)  # batches in flight stay ours
+                await self._reads.failed(exc)
+                continue
+            self._reads.ok()
+            await self._recovery.heartbeat(self.held)
+            if not busy:
+                await self._idle()
+
+    async def _round(self) -> bool:
+        """Take what there is room for; True if there may be more to take at once."""
+        free = self._free()
+        if free <= 0:
+            return False
+        fresh: list[Entry] = []
+        if due := self._crashes_due(free):  # a crash counts as a delivery: a poison batch
+            recovered = await self._recovery.redeliver(due)  # ends dead-lettered
+            for entry_id in due:
+                del self._crashed[entry_id]
+            await self._settle_recovered(recovered)
+            fresh = recovered.entries
+        elif not self._history.done:
+            recovered = await self._recovery.history(self._history, free, self._tasks)
+            await self._settle_recovered(recovered)
+            fresh = recovered.entries
+            if self._history.done:
+                self.wants_changed.set()
+        else:
+            fresh, self._handed = self._handed[:free], self._handed[free:]
+            if len(fresh) < free and self._maybe_more:
+                read = await self._streams.read(self.key, NEW, free - len(fresh), None)
+                self._maybe_more = len(read) == free - len(fresh)
+                fresh += read
+        room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
+        claimed = await self._recovery.reclaim(room, self.held()) if room > 0 else None
+        if claimed is not None:
+            await self._settle_recovered(claimed)
+            fresh += claimed.entries
+        for entry_id, fields in fresh:
+            if entry_id not in self._tasks and fields is not None:
+                self._dispatch(entry_id, fields)
+        return bool(fresh) and (not self._history.done or self._maybe_more or bool(self._handed))
+
+    async def _idle(self) -> None:
+        """Wait for a free slot, handed entries, the end of a pause or a cool-down, or a chore
+        (a claim only when there is room for what it would take)."""
+        waits = [self._recovery.seconds_to_chores(claim=self._free() > 0)]
+        if pause := self._sender.auth.pause_remaining():
+            waits.append(pause)
+        if probe := self._breaker.seconds_to_probe():
+            waits.append(probe)
+        if self._crashed:
+            waits.append(min(self._crashed.values()) - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.01, min(waits)))
+        self._maybe_more = True  # a slot, a probe or the end of a pause: look again
+        self.wants_changed.set()
+
+    def _crashes_due(self, count: int) -> list[str]:
+        now = time.monotonic()
+        return [entry_id for entry_id, due in self._crashed.items() if due <= now][:count]
+
+    def _dispatch(self, entry_id: str, fields: dict[str, str]) -> None:
+        task = asyncio.create_task(self._handle(entry_id, fields),
+                                   name=f"deliver-{self.dest.id}-{entry_id}")
+        self._tasks[entry_id] = task
+        task.add_done_callback(lambda _t, i=entry_id: self._finished(i))
+
+    async def _settle_recovered(self, recovered: Recovered) -> None:
+        """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered."""
+        if recovered.trimmed:
+            for entry_id in recovered.trimmed:
+                await self._streams.settle(self.key, entry_id)
+            self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
+        for entry_id, fields in recovered.over_limit:
+            outcome = failure("max_deliveries",
+                              f"delivered more than {self._recovery.max_deliveries} times")
+            dead = self._dead(_events_of(entry_id, fields or {}), MAX_DELIVERIES, outcome)
+            await self._streams.settle(self.key, entry_id, dead)
+            report_written(dead, self._metrics.dead_lettered)
+
+    def _finished(self, entry_id: str) -> None:
+        task = self._tasks.pop(entry_id, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("delivery of %s to %s failed: %r", entry_id, self.dest.id, task.exception())
+            self._crashed[entry_id] = time.monotonic() + self._crash_wait
+        self._wake.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight batches finish within ``timeout``; cancel the rest (they stay pending)."""
+        self.stopping.set()
+        self._wake.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=max(timeout, 0))
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        """Deliver one batch entry. A corrupt entry raises: it stays pending, is reclaimed, and
+        after ``max_deliveries`` ends in the dead-letter stream."""
+        events: Events = orjson.loads(fields["events"])
+        dead: list[dict[str, str]] = []
+        counts = (int(fields["users"]), int(fields["segments"]))
+        done = await self._deliver(
+            fields["body"].encode(), events, fields.get("key") or f"{self.dest.id}-{entry_id}",
+            counts, dead
+        )
+        if done:
+            await self._settle(entry_id, dead)
+
+    async def _deliver(
+        self, body: bytes, events: Events, key: str, counts: tuple[int, int],
+        dead: list[dict[str, str]],
+    ) -> bool:
+        """Deliver one body (or its halves); False if stopped before an outcome was reached."""
+        refreshed = False
+        attempt = 0
+        while True:
+            probe = await self._turn()
+            if probe is None:
+                return False
+            attempt += 1
+            outcome = await self._sender.send(body, key)
+            action = outcome.action
+            if action is Action.PAUSE:  # no request was made: wait, and spend no attempt
+                attempt -= 1
+                self._breaker.release(probe)
+                if await self._stopped_within(max(outcome.retry_after or 0.0, 1.0)):
+                    return False
+                continue
+            if action is Action.RETRY:
+                self._breaker.failure()
+                if probe:  # a probe of an open circuit spends no attempt
+                    attempt -= 1
+            else:  # the partner answered: it is up, whatever it thought of the batch
+                self._breaker.success()
+            if action is Action.DELIVERED:
+                self._delivered(*counts)
+                return True
+            if action is Action.REFRESH and not refreshed:
+                refreshed = True
+                continue
+            if action is Action.SPLIT:
+                return await self._split(body, events, key, dead, outcome)
+            if action is Action.REDIRECTED:
+                self._redirected(outcome)
+                dead.extend(self._dead(events, REDIRECTED, outcome))
+                return True
+            if action in (Action.REFRESH, Action.REJECT):
+                dead.extend(self._dead(events, REJECTED, outcome))
+                return True
+            if attempt >= self.dest.retry.max_attempts:
+                dead.extend(self._dead(events, RETRIES_EXHAUSTED, outcome))
+                return True
+            self._metrics.retries.labels(self.dest.id).inc()
+            self._retry_report.add(1, outcome.error or outcome.code)
+            delay = backoff(attempt, self.dest.retry.base_delay, self.dest.retry.max_delay,
+                            outcome.retry_after)
+            log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
+                      delay, extra={"destination": self.dest.id, "batch_id": key,
+                                    "attempt": attempt, "status": outcome.code})
+            if await self._stopped_within(delay):
+                return False
+
+    async def _split(
+        self, body: bytes, events: Events, key: str, dead: list[dict[str, str]], outcome: Outcome
+    ) -> bool:
+        """413: send each half with its own stable key; one user that cannot fit is dead."""
+        users: list[dict[str, Any]] = orjson.loads(body)["Users"]
+        if len(users) == 1:
+            dead.extend(self._dead(events, TOO_LARGE, outcome))
+            return True
+        half = len(users) // 2
+        for index, part in enumerate((users[:half], users[half:])):
+            uuids = {u["AAM_UUID"] for u in part}
+            part_body = encode_payload(
+                destination_id=self.dest.id, user_dpid=self.dest.user_dpid,
+                client_id=self.dest.client_id, users=part,
+            )
+            part_events = [e for e in events if e[1].get("uuid", "").strip() in uuids]
+            counts = (len(part), sum(len(u["Segments"]) for u in part))
+            if not await self._deliver(part_body, part_events, f"{key}.{index}", counts, dead):
+                return False
+        return True
+
+    def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[dict[str, str]]:
+        """The dead letters for ``events`` (counted and logged once they are written)."""
+        return [
+            dead_letter_entry(fields, reason=reason, source_id=source_id,
+                              destination=self.dest.id, status=outcome.status, error=outcome.error)
+            for source_id, fields in events
+        ]
+
+    def _redirected(self, outcome: Outcome) -> None:
+        """One ERROR per destination and redirect target: its url needs changing."""
+        if outcome.error != self._last_redirect:
+            self._last_redirect = outcome.error
+            log.error("%s: %s; its batches are dead-lettered as redirected (replay them with "
+                      "`iris dlq replay --reason redirected` once the url is fixed)",
+                      self.dest.id, outcome.error,
+                      extra={"destination": self.dest.id, "status": outcome.code})
+
+    def _delivered(self, users: int, segments: int) -> None:
+        self._metrics.delivered.labels(self.dest.id).inc(segments)
+        self._metrics.batch_users.labels(self.dest.id).observe(users)
+        self._metrics.last_success.labels(self.dest.id).set(time.time())
+
+    async def _settle(self, entry_id: str, dead: list[dict[str, str]]) -> None:
+        """Acknowledge a finished batch; keep trying while Redis is away (it was delivered)."""
+        while True:
+            try:
+                await self._streams.settle(self.key, entry_id, dead)
+            except RedisUnavailable as exc:
+                await self._writes.failed(exc)
+                if self.stopping.is_set():
+                    return  # stays pending: redelivered with the same idempotency key
+                continue
+            self._writes.ok()
+            if dead:
+                report_written(dead, self._metrics.dead_lettered)
+            return
+
+    async def _turn(self) -> bool | None:
+        """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
+        done, probe = await unless_stopped(self._breaker.turn(), self.stopping)
+        return probe if done else None
+
+    async def _stopped_within(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _events_of(entry_id: str, fields: dict[str, str]) -> Events:
+    """The events a batch entry carries; a corrupt entry is dead-lettered as it is."""
+    try:
+        return [(source, event) for source, event in orjson.loads(fields["events"])]
+    except (KeyError, ValueError, TypeError):
+        return [(entry_id, {k: v[:1000] for k, v in fields.items()})]

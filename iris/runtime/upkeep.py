@@ -1,0 +1,102 @@
+"""Periodic chores that keep Redis tidy while the worker runs, each a task of its own.
+
+- Lease: renew this worker's consumer-name lease (``identity``); a lease lost to another
+  worker stops this one, so two workers never read with one name.
+- Trim: keep the inbound stream bounded by trimming what every consumer group has
+  acknowledged (never an entry that some group still holds or has not read); and warn when
+  something else deleted entries before iris read them (a producer's MAXLEN).
+- Idle consumers: remove consumers that hold nothing and have been idle for
+  ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
+
+A chore that fails is tried again at its next turn: a Redis fault is reported (readiness) and
+a bug logged, and neither stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from iris.config.model import StreamConfig
+from iris.core.errors import RedisUnavailable
+from iris.runtime.health import Health
+from iris.runtime.metrics import Metrics
+from iris.store.lease import RENEW_EVERY, ConsumerLease
+from iris.store.streams import Streams
+
+log = logging.getLogger(__name__)
+
+Chore = tuple[str, float, Callable[[], Awaitable[None]]]  # (name, every seconds, what)
+
+
+class Upkeep:
+    def __init__(self, streams: Streams, lease: ConsumerLease, keys: Sequence[str],
+                 config: StreamConfig, metrics: Metrics, health: Health,
+                 on_lease_lost: Callable[[], None]) -> None:
+        self._streams = streams
+        self._lease = lease
+        self._keys = keys  # the inbound stream, then every outbound stream
+        self._config = config
+        self._metrics = metrics
+        self._health = health
+        self._on_lease_lost = on_lease_lost
+        self._lost = ""  # the last unread deletion warned about
+
+    def chores(self) -> list[Chore]:
+        chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease)]
+        if self._config.trim:
+            chores.append(("trim", self._config.trim_interval_ms / 1000, self.trim))
+        every = min(60.0, self._config.idle_consumer_ms / 2000)
+        chores.append(("idle consumers", every, self.drop_idle_consumers))
+        return chores
+
+    async def run(self, name: str, every: float, chore: Callable[[], Awaitable[None]]) -> None:
+        """Run ``chore`` every ``every`` seconds until cancelled."""
+        retry = self._health.retry(f"upkeep: {name}")
+        wait = every
+        while True:
+            await asyncio.sleep(wait)
+            wait = every
+            try:
+                await chore()
+            except RedisUnavailable as exc:
+                await retry.failed(exc)  # and again soon: the fault holds readiness back
+                wait = 0
+                continue
+            except Exception:
+                log.exception("upkeep chore %r failed; trying again in %.0f s", name, every)
+                continue
+            retry.ok()
+
+    async def renew_lease(self) -> None:
+        if not await self._lease.renew():
+            log.error("another worker took over the consumer name %r (this one did not renew "
+                      "its lease in time: frozen, or cut off from Redis); stopping, so that two "
+                      "workers never read as one", self._lease.name)
+            self._on_lease_lost()
+
+    async def check_unread_deleted(self) -> None:
+        """Warn (once per occurrence) when entries were deleted before our group read them."""
+        inbound = self._streams.inbound
+        lost = await self._streams.deleted_unread(inbound)
+        if lost is None or lost[0] == self._lost:
+            return
+        self._lost, count = lost
+        log.warning("%s events of %s were deleted before group %s read them (up to %s): a "
+                    "producer's MAXLEN, XTRIM or XDEL drops events iris never saw; remove it "
+                    "(iris trims the stream itself, safely)", "some" if count is None else count,
+                    inbound, self._streams.group, self._lost)
+
+    async def trim(self) -> None:
+        await self.check_unread_deleted()
+        inbound = self._streams.inbound
+        trimmed = await self._streams.trim(inbound)
+        if trimmed:
+            self._metrics.stream_trimmed.labels(inbound).inc(trimmed)
+
+    async def drop_idle_consumers(self) -> None:
+        for key in self._keys:
+            removed = await self._streams.drop_idle_consumers(key, self._config.idle_consumer_ms)
+            if removed:
+                log.info("removed %d idle consumer(s) holding nothing from %s", removed, key)

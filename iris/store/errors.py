@@ -1,0 +1,103 @@
+"""Every redis-py error, turned into the one type iris's loops handle: ``RedisUnavailable``.
+
+This is where a Redis error reply gets its outcome. Nothing Redis can answer is a bug of iris's
+to crash on: a reply says Redis cannot be used *now* (OOM: maxmemory reached; READONLY: a
+failover left us on a replica; LOADING, BUSY, MISCONF, TRYAGAIN, CLUSTERDOWN, MASTERDOWN), or
+that this user may not run a command (NOPERM, which names it), or that our consumer group
+vanished (NOGROUP). Every one backs off and retries with a reason ``/readyz`` shows; an unknown
+reply does too, named as Redis wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis import exceptions as rx
+
+from iris.core.errors import GroupMissing, RedisUnavailable
+
+# reply code -> what it means for iris (the reason starts with this; Redis's own text follows)
+MEANINGS = {
+    "OOM": "redis refuses writes",
+    "MISCONF": "redis refuses writes",
+    "READONLY": "redis is a read-only replica",
+    "LOADING": "redis is loading its data",
+    "BUSY": "redis is busy running a script",
+    "NOPERM": "the redis user lacks a permission",
+    "TRYAGAIN": "redis cluster is resharding",
+    "CLUSTERDOWN": "redis cluster is down",
+    "MASTERDOWN": "redis lost its primary",
+}
+_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (rx.OutOfMemoryError, "OOM"),
+    (rx.ReadOnlyError, "READONLY"),
+    (rx.NoPermissionError, "NOPERM"),
+    (rx.BusyLoadingError, "LOADING"),
+    (rx.TryAgainError, "TRYAGAIN"),
+    (rx.MasterDownError, "MASTERDOWN"),
+    (rx.ClusterDownError, "CLUSTERDOWN"),
+)
+TEXT_CHARS = 160
+SCRIPT_DENIED = "user executing the script can't run this command"
+ALIASES = {"UNBLOCKED": "READONLY"}  # a blocking read cut short: the server became a replica
+
+
+def reply_code(exc: rx.ResponseError) -> str:
+    """The error code of a reply: redis-py keeps it as a class for some, in the text for others
+    (``MISCONF ...``, ``BUSY ...``, ``NOGROUP ...``). A command an ACL denies inside a script
+    comes back as a plain error: it is a NOPERM all the same."""
+    for cls, code in _CLASSES:
+        if isinstance(exc, cls):
+            return code
+    text = str(exc)
+    if SCRIPT_DENIED in text:
+        return "NOPERM"
+    first = text.split(" ", 1)[0]
+    return ALIASES.get(first, first) if first.isupper() and first.isalpha() else "ERR"
+
+
+def reply_text(exc: BaseException) -> str:
+    """Redis's own words, on one line: without the command redis-py quotes for an error inside
+    a pipeline (it may hold event data), and without redis-py's tuple wrapping."""
+    text = str(exc)
+    head, sep, tail = text.partition(" of pipeline caused error: ")
+    if sep and head.startswith("Command # "):
+        text = tail.removeprefix("(").removesuffix(",)").strip("'\"")
+    text = text.split(" script: ", 1)[0]  # which script and line: noise for an operator
+    return " ".join(text.split())[:TEXT_CHARS]
+
+
+def translate(exc: BaseException) -> RedisUnavailable | None:
+    """The ``RedisUnavailable`` for a redis-py (or socket) error; None for anything else."""
+    if isinstance(exc, rx.BusyLoadingError | rx.ResponseError):
+        code = reply_code(exc)  # type: ignore[arg-type]
+        text = reply_text(exc)
+        if code == "NOGROUP":
+            return GroupMissing(f"consumer group missing: {text}")
+        detail = text if text.startswith(code) else f"{code} {text}".strip()
+        if SCRIPT_DENIED in text:
+            detail = ("NOPERM for a command inside one of iris's Lua scripts (a restart names "
+                      "the commands the user lacks)")
+        meaning = MEANINGS.get(code)
+        if meaning is None:
+            return RedisUnavailable(f"redis refused a command: {detail}", "other")
+        return RedisUnavailable(f"{meaning}: {detail}", code)
+    if isinstance(exc, rx.TimeoutError | TimeoutError):
+        return RedisUnavailable(f"redis did not answer in time ({type(exc).__name__})", "timeout")
+    if isinstance(exc, rx.ConnectionError | rx.InvalidResponse | OSError):
+        text = reply_text(exc)
+        return RedisUnavailable(f"redis unreachable: {type(exc).__name__}: {text}")
+    return None
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Raise ``RedisUnavailable`` for whatever redis-py raises inside the block."""
+    try:
+        yield
+    except (rx.RedisError, OSError, TimeoutError) as exc:
+        translated = translate(exc)
+        if translated is None:
+            raise
+        raise translated from None
