@@ -25,7 +25,7 @@ from iris.config.model import (
     redacted,
     url_passwords,
 )
-from iris.core.errors import ConfigError
+from iris.errors import ConfigError
 
 
 def dest(**overrides: Any) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from iris.core.errors import EventError
 from iris.core.events import Event, parse_event
+from iris.errors import EventError
 
 ENTRY_ID = "1469636242123-7"
 ENTRY_TIME = 1469636242.123

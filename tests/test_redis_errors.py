@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
-from iris.core.errors import GroupMissing, RedisUnavailable
+from iris.errors import GroupMissing, RedisUnavailable
 from iris.store.errors import redis_errors, translate
 from iris_demo.localredis import RedisProcess
 

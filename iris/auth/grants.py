@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, quote
 
 import orjson
 
+from iris.auth.exchange import Grant, TokenAnswer, TokenHttpRequest
 from iris.auth.forms import form_url_encode
-from iris.auth.tokens import Grant
 from iris.config.auth import (
     AuthorizationCodeAuth,
     ClientCredentialsAuth,
@@ -25,9 +25,8 @@ from iris.config.auth import (
     OAuth2Base,
     PasswordAuth,
 )
-from iris.core.errors import TokenError
 from iris.core.logs import redact, register_secret
-from iris.http.token_endpoint import TokenAnswer, TokenHttpRequest
+from iris.errors import TokenError
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded;charset=UTF-8"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from iris.auth.exchange import Exchange, Grant
 from iris.auth.grants import StandardRequests
-from iris.auth.tokens import Grant
 from iris.config.auth import OAuth2Base, RefreshTokenAuth
-from iris.core.errors import TokenError
 from iris.core.logs import register_secret
-from iris.http.token_endpoint import TokenEndpoint
+from iris.errors import TokenError
 
 
 class EndpointSource:
     """Initial and refresh requests for one grant, standard (RFC 6749) or templated (seed 003)."""
 
-    def __init__(self, destination: str, auth: OAuth2Base, endpoint: TokenEndpoint,
+    def __init__(self, destination: str, auth: OAuth2Base, endpoint: Exchange,
                  allow_http: bool) -> None:
         self.destination = destination
         self.auth = auth

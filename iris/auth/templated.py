@@ -10,13 +10,12 @@ from urllib.parse import urlsplit
 
 from jinja2 import TemplateError
 
+from iris.auth.exchange import Grant, TokenAnswer, TokenHttpRequest
 from iris.auth.grants import answer_fields, answer_json, make_grant, refusal
 from iris.auth.templating import REQUEST_TEMPLATES, RESPONSE_TEMPLATES
-from iris.auth.tokens import Grant
 from iris.config.auth import OAuth2Base, TokenRequestTemplate
-from iris.core.errors import TokenError
 from iris.core.logs import redact, register_secret
-from iris.http.token_endpoint import TokenAnswer, TokenHttpRequest
+from iris.errors import TokenError
 
 DEFAULT_FIELDS = {
     "accessToken": "{{ response.body.access_token }}",

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from iris.auth.base import Credential
-from iris.core.errors import RedisUnavailable, TokenError
+from iris.auth.exchange import Grant
+from iris.errors import RedisUnavailable, TokenError
 from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,6 @@ CLOSE_GRACE = 10.0  # seconds a stopping worker waits for a token exchange under
 MAX_WAIT = 60.0  # seconds: the longest wait between token requests after failures
 REFUSED = "paused (token endpoint refused the credentials)"
 REJECTED = "paused (the partner refuses the tokens its token endpoint issues)"
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What a token endpoint answered (seed 003's outputs)."""
-
-    access_token: str
-    expires_in: float
-    token_type: str = "Bearer"
-    refresh_token: str | None = None
-
-    def __repr__(self) -> str:
-        return f"Grant(expires_in={self.expires_in}, token_type={self.token_type!r})"
 
 
 class TokenSource(Protocol):

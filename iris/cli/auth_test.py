@@ -10,7 +10,7 @@ from iris.auth.signing import Signer
 from iris.cli.login import login
 from iris.config.auth import OAuth2Base
 from iris.config.model import Destination
-from iris.core.errors import IrisError, RedisUnavailable, TokenError
+from iris.errors import IrisError, RedisUnavailable, TokenError
 from iris.http.sender import make_session
 from iris.runtime.metrics import Metrics
 from iris.runtime.wiring import SharedTokens, make_token_manager

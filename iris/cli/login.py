@@ -24,7 +24,7 @@ from iris.auth.grants import StandardRequests
 from iris.auth.tokens import schedule
 from iris.config.auth import AuthorizationCodeAuth
 from iris.config.model import Destination
-from iris.core.errors import IrisError, TokenError
+from iris.errors import IrisError, TokenError
 from iris.http.sender import make_session
 from iris.http.token_endpoint import TokenEndpoint
 from iris.runtime.wiring import SharedTokens, make_store

@@ -32,9 +32,9 @@ from iris.config.model import (
     url_passwords,
 )
 from iris.core.dead_letters import REASONS
-from iris.core.errors import ConfigError, EventError, IrisError
 from iris.core.events import parse_event
 from iris.core.logs import register_secret, setup_logging
+from iris.errors import ConfigError, EventError, IrisError
 
 EXIT_CONFIG = 2
 EXIT_ERROR = 1

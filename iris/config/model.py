@@ -34,7 +34,7 @@ from iris.config.auth import (
     TokenStoreConfig,
 )
 from iris.config.base import IdText, LiteralInt, Positive, PositiveInt, Strict, read_utf8
-from iris.core.errors import ConfigError
+from iris.errors import ConfigError
 
 
 class RedisConfig(Strict):

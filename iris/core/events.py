@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from iris.core.errors import EventError
+from iris.errors import EventError
 
 
 @dataclass(slots=True)

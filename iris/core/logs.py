@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -109,3 +110,12 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def without_secrets(url: str) -> str:
+    """``url`` without user information, query or fragment: safe to log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import ssl
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -58,15 +57,6 @@ def is_stale_connection(exc: BaseException) -> bool:
     reset while waiting for the answer is not taken for it: the server may have been working
     on the request."""
     return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError)
-
-
-def without_secrets(url: str) -> str:
-    """``url`` without user information, query or fragment: safe to log."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path
 
 
 def _socket_cause(exc: OSError) -> str:

@@ -26,8 +26,8 @@ from iris.auth.base import Auth
 from iris.auth.signing import Signer
 from iris.config.auth import OAuth2Base
 from iris.config.model import Destination
-from iris.core.errors import TokenError
 from iris.core.retry import Action, Outcome, classify, failure, paused
+from iris.errors import TokenError
 from iris.http.egress import proxy_for
 from iris.http.errors import describe, is_stale_connection
 from iris.runtime.metrics import Metrics

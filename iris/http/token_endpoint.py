@@ -9,44 +9,22 @@ as permanent. Every HTTP request is counted as ``success`` or ``error``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urljoin
 
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from iris.auth.tokens import Grant
-from iris.core.errors import TokenError
+from iris.auth.exchange import Grant, TokenAnswer, TokenHttpRequest
+from iris.core.logs import without_secrets
+from iris.errors import TokenError
 from iris.http.egress import proxy_for
-from iris.http.errors import describe, without_secrets
+from iris.http.errors import describe
 
 TOKEN_ATTEMPTS = 3
 MAX_BACKOFF = 5.0
 MAX_ANSWER_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class TokenHttpRequest:
-    url: str
-    method: str = "POST"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def __repr__(self) -> str:  # the body and headers carry secrets
-        return f"TokenHttpRequest({self.method} {self.url})"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenAnswer:
-    status: int
-    headers: dict[str, list[str]]  # lower-case names, every value
-    body: bytes
-    content_type: str
-
-    def __repr__(self) -> str:
-        return f"TokenAnswer(status={self.status}, {len(self.body)} bytes)"
 
 
 def longest_exchange(timeout: float) -> float:

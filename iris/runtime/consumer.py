@@ -27,9 +27,9 @@ from iris.core.dead_letters import (
     dead_letter_entry,
     report_written,
 )
-from iris.core.errors import EventError, RedisUnavailable
 from iris.core.events import parse_event
 from iris.core.routing import RouteTable
+from iris.errors import EventError, RedisUnavailable
 from iris.runtime.health import Health, RedisRetry
 from iris.runtime.metrics import Metrics
 from iris.store.recovery import History, Recovered, Recovery

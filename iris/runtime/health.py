@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
 

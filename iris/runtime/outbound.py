@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 from iris.runtime.health import Health
 from iris.runtime.publisher import Publisher
 from iris.store.streams import NEW, Streams

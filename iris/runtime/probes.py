@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from iris.core.errors import IrisError
+from iris.errors import IrisError
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics
 

@@ -27,10 +27,10 @@ from iris.core.dead_letters import (
     dead_letter_entry,
     report_written,
 )
-from iris.core.errors import RedisUnavailable
 from iris.core.log_digest import LogDigest
 from iris.core.payload import encode_payload
 from iris.core.retry import Action, Outcome, backoff, failure
+from iris.errors import RedisUnavailable
 from iris.http.sender import Sender
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics

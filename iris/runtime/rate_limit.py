@@ -14,7 +14,7 @@ import asyncio
 
 from asyncio_throttle import Throttler
 
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 from iris.runtime.health import RedisRetry
 from iris.store.streams import Streams
 

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from iris.config.model import StreamConfig
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics
 from iris.store.lease import RENEW_EVERY, ConsumerLease

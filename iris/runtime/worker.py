@@ -17,7 +17,7 @@ from functools import partial
 
 from iris.auth.base import Auth
 from iris.config.model import Config
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 from iris.http.sender import PartnerSession, Sender
 from iris.runtime.consumer import Consumer
 from iris.runtime.health import Health

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from redis import exceptions as rx
 
-from iris.core.errors import GroupMissing, RedisUnavailable
+from iris.errors import GroupMissing, RedisUnavailable
 
 # reply code -> what it means for iris (the reason starts with this; Redis's own text follows)
 MEANINGS = {

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from iris.config.model import StreamConfig
-from iris.core.errors import RedisUnavailable
+from iris.errors import RedisUnavailable
 from iris.runtime.health import RedisRetry
 from iris.store.streams import NEW, Entry, Streams
 

@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from iris.config.model import Config
-from iris.core.errors import GroupMissing, RedisUnavailable
+from iris.errors import GroupMissing, RedisUnavailable
 from iris.store import scripts as stream_scripts
 from iris.store.errors import redis_errors, translate
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from iris.cli.auth_test import describe
 from iris.config.model import Config, parse_config
-from iris.core.errors import TokenError
+from iris.errors import TokenError
 from iris.runtime.metrics import Metrics
 from iris.runtime.wiring import SharedTokens
 from iris_demo.partner import PartnerServer

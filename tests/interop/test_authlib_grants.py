@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, request
 from joserfc.jwk import RSAKey
 
+from iris.auth.exchange import Grant
 from iris.auth.source import EndpointSource
-from iris.auth.tokens import Grant
 from iris.config.auth import OAuth2Base
 from iris.config.model import parse_config
 from iris.http.token_endpoint import TokenEndpoint

@@ -29,11 +29,11 @@ from authlib.oauth2.rfc6750 import BearerTokenValidator
 from flask import Flask, request
 from werkzeug.serving import make_server
 
+from iris.auth.exchange import Grant
 from iris.auth.source import EndpointSource
-from iris.auth.tokens import Grant
 from iris.config.auth import ClientCredentialsAuth
 from iris.config.model import parse_config
-from iris.core.errors import TokenError
+from iris.errors import TokenError
 from iris.http.token_endpoint import TokenEndpoint
 from iris_demo.localredis import RedisProcess
 from tests.conftest import SecretWatch, make_config, running, wait_for
