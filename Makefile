@@ -37,15 +37,17 @@ kubectl:
 demo: $(STAMP) redis-server
 	$(BIN)/iris demo --write-config demo-config
 
-test: $(STAMP) redis-server promtool kubectl
-	$(BIN)/ruff check .
+test: $(STAMP) redis-server promtool kubectl lint
 	$(BIN)/pytest
 
 bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/run.py
 
+# ruff (with complexity at most 12), mypy --strict, and the layering contracts (pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -94,7 +94,7 @@ def phase_throughput(bench: Bench, name: str, *, pipeline: str, events: int, wor
     if pending:
         bench.warn(f"{name}: {pending} entries of the inbound stream are still pending")
     bench.check_partner(name, stats, events)
-    if bench.args.profile is not None and name == "iris":
+    if bench.args.profile is not None and name == bench.args.profile_phase:
         bench.warn(f"{name}: the worker ran under cProfile, which slows it down: its figures "
                    "are not comparable with an unprofiled run")
         show_profile(bench.args.profile)

@@ -88,7 +88,7 @@ def spawn_iris(bench: Bench, config: Path, name: str, count: int) -> list[Worker
                "IRIS_BENCH_HTTP_PORT": str(port)}
         log_path = bench.tmp / f"worker-{name}-{index}.log"
         argv = [sys.executable, "-m", "iris", "run", "-c", str(config)]
-        if bench.args.profile is not None and name == "iris":
+        if bench.args.profile is not None and name == bench.args.profile_phase:
             # cProfile writes its file when iris exits (it does, with 0, on SIGTERM)
             argv[1:1] = ["-m", "cProfile", "-o", str(bench.args.profile)]
         with open(log_path, "wb") as log:

@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="run the throughput run's worker under cProfile, write the stats to "
                         "FILE and print the top functions (slows the worker down)")
+    p.add_argument("--profile-phase", choices=["iris", "aam10"], default="iris",
+                   help="the iris run --profile profiles: max_users 1000 (iris, the default) "
+                        "or max_users 10 (aam10)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help=f"results file (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
     p.add_argument("--json", action="store_true",

@@ -24,6 +24,7 @@ from iris_demo.partner import PartnerServer, SignatureCheck
 from iris_demo.servers import LocalServer
 from iris_demo.tls import TLSMaterial, make_tls
 from iris_demo.token_server import TokenServer
+from tests.helpers import group_pending
 
 _keys = itertools.count()
 
@@ -259,13 +260,8 @@ async def running(config: Config) -> AsyncIterator[Worker]:
 
 async def pending_total(client: aioredis.Redis, config: Config) -> int:
     """Entries pending in the group, inbound and on every outbound stream."""
-    total = 0
     keys = [config.stream.key] + [f"{config.stream.key}:out:{d.id}" for d in config.destinations]
-    for key in keys:
-        if await client.exists(key):
-            info = await client.xpending(key, config.stream.group)
-            total += info["pending"]
-    return total
+    return await group_pending(client, keys, config.stream.group)
 
 
 def diagnose(worker: Worker, partner: Partner, sent: int | None = None) -> str:

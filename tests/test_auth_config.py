@@ -16,7 +16,8 @@ from iris.auth.forms import form_url_encode
 from iris.auth.jwt_assertion import AssertionSigner
 from iris.auth.templating import REQUEST_TEMPLATES, is_empty
 from iris.config.auth import JwtBearerAuth, OAuth2Base
-from iris.config.model import fingerprint, parse_config, redacted
+from iris.config.model import parse_config
+from iris.config.redaction import fingerprint, redacted
 from tests.oauth_server import make_ec_key, make_rsa_key
 from tests.test_config import cc_auth, config, dest, error_lines
 

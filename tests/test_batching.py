@@ -16,7 +16,7 @@ from iris.config.model import Destination, parse_config
 from iris.core.batching import Batch, BatchBuilder
 from iris.core.events import Event, parse_event
 from iris.core.payload import aam_date, envelope_size
-from iris_demo.partner import validate_payload
+from iris_demo.payload import validate_payload
 
 T0 = 1469636242  # Wed Jul 27 16:17:22 UTC 2016
 

@@ -15,7 +15,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from iris.config.model import GRAMMAR, fingerprint
+from iris.config.interpolation import GRAMMAR
+from iris.config.redaction import fingerprint
 
 SECRET = "Do-Not-Print-Me-42"
 IRIS = [sys.executable, "-m", "iris"]
@@ -162,6 +163,7 @@ def test_demo_delivers_over_https_and_stops_on_sigint():
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()  # reaps it and closes its pipes
     assert proc.returncode == 0, rest
     assert "stopped cleanly" in rest and "Traceback" not in rest
     output = "".join(seen) + rest
@@ -295,6 +297,7 @@ def test_global_flags_are_accepted_after_the_command(tmp_path, redis_server, str
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()  # reaps it and closes its pipes
     assert proc.returncode == 0, rest
     assert {r["level"] for r in lines} <= {"info", "warning"} and lines[-1]["logger"]
     assert all(orjson.loads(line)["message"] for line in rest.splitlines())

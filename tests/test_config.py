@@ -12,19 +12,16 @@ from typing import Any
 
 import pytest
 
+from iris.config.interpolation import GRAMMAR, interpolate
 from iris.config.model import (
-    GRAMMAR,
     Config,
-    ConfigErrors,
-    fingerprint,
-    interpolate,
     load_config,
     load_redis_view,
     parse_config,
     parse_redis_view,
-    redacted,
-    url_passwords,
 )
+from iris.config.redaction import fingerprint, redacted, url_passwords
+from iris.config.validation import ConfigErrors
 from iris.errors import ConfigError
 
 

@@ -47,7 +47,7 @@ import pytest
 import yaml
 
 from iris.config.model import Config, parse_config
-from iris_demo.partner import format_aam_date
+from iris_demo.payload import format_aam_date
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -977,7 +977,7 @@ def test_standalone_partner_serves_and_stops_on_sigterm() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()  # reaps it and closes its pipe (else a ResourceWarning, an error)
 
 
 # -- docs/deploy.md -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from iris_demo.partner import PartnerServer, ReceivedBatch
 from iris_demo.servers import LocalServer
 from iris_demo.tls import make_tls
 from iris_demo.token_server import TokenServer
+from tests.helpers import basic_auth
 
 CLIENT_ID = "iris client:1"
 SECRET = "s3+cr%41t: é x"  # + % : é and a space: only a §2.3.1-encoding client gets in
@@ -47,17 +48,10 @@ SEED_PAYLOAD: dict[str, Any] = {
 }
 
 
-def basic(client_id: str, secret: str, *, encode: bool = True) -> str:
-    """RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic."""
-    if encode:
-        client_id, secret = quote_plus(client_id), quote_plus(secret)
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-
-
 def seed_headers(**override: str) -> dict[str, str]:
     """The token request headers exactly as seed 000 shows them."""
     headers = {
-        "Authorization": basic(CLIENT_ID, SECRET),
+        "Authorization": basic_auth(CLIENT_ID, SECRET),
         "Content-Type": FORM_CT,
         "Accept-Encoding": "gzip",
         "User-Agent": "Adobe Audience Manager Iris",
@@ -128,7 +122,7 @@ async def test_token_seed_request_accepted(
     assert rec.form == {"grant_type": "client_credentials"}
     assert rec.client_id_seen == CLIENT_ID
     assert SECRET not in repr(ts.requests) and quote_plus(SECRET) not in repr(ts.requests)
-    assert basic(CLIENT_ID, SECRET).split()[1] not in repr(ts.requests)
+    assert basic_auth(CLIENT_ID, SECRET).split()[1] not in repr(ts.requests)
 
 
 async def test_token_gzip_body_is_really_gzip(token_srv: tuple[TokenServer, str]) -> None:
@@ -184,7 +178,7 @@ async def test_token_wrong_secret_is_invalid_client(
     token_srv: tuple[TokenServer, str], session: aiohttp.ClientSession
 ) -> None:
     ts, url = token_srv
-    headers = seed_headers(Authorization=basic(CLIENT_ID, "nope"))
+    headers = seed_headers(Authorization=basic_auth(CLIENT_ID, "nope"))
     resp = await expect_error(session, url, 401, "invalid_client", headers=headers)
     assert resp.headers["WWW-Authenticate"] == 'Basic realm="token"'
     rec = ts.requests[-1]
@@ -197,7 +191,7 @@ async def test_token_unencoded_credentials_are_refused(
 ) -> None:
     """Skipping the §2.3.1 form-encoding turns '+' into ' ' and '%41' into 'A': refused."""
     _, url = token_srv
-    headers = seed_headers(Authorization=basic(CLIENT_ID, SECRET, encode=False))
+    headers = seed_headers(Authorization=basic_auth(CLIENT_ID, SECRET, encode=False))
     await expect_error(session, url, 401, "invalid_client", headers=headers)
 
 

@@ -3,7 +3,6 @@ because iris's auth tests are only as good as the server they run against."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +18,7 @@ from multidict import CIMultiDictProxy
 
 from iris_demo.partner import PartnerServer
 from iris_demo.servers import LocalServer
+from tests.helpers import basic_auth
 from tests.oauth_server import (
     AUTHORIZATION_CODE,
     CLIENT_AUTH_METHODS,
@@ -44,10 +44,8 @@ CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 
 
 def basic(client_id: str = CLIENT_ID, secret: str = SECRET, *, encode: bool = True) -> str:
-    """RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic."""
-    if encode:
-        client_id, secret = quote_plus(client_id), quote_plus(secret)
-    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    """The Basic header of this module's client, unless told otherwise."""
+    return basic_auth(client_id, secret, encode=encode)
 
 
 def credentials(method: ClientAuth) -> tuple[str | None, dict[str, str]]:

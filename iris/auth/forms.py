@@ -7,20 +7,15 @@ literally (Authlib) and RFC 6749 Appendix B decoders both read the result the sa
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 
 def form_url_encode(*pairs: Any) -> str:
     """``form_url_encode('grant_type', 'client_credentials', 'client_id', id)`` → a form body."""
     if len(pairs) % 2:
         raise ValueError("formUrlEncode needs name/value pairs: got an odd number of arguments")
-    items = [(str(pairs[i]), _text(pairs[i + 1])) for i in range(0, len(pairs), 2)]
-    return urlencode(items, quote_via=_quote)
-
-
-def _quote(value: str, safe: str = "", encoding: str | None = None,
-           errors: str | None = None) -> str:
-    return quote(value, safe="", encoding=encoding, errors=errors)  # '/' and '+' encoded too
+    return "&".join(f"{quote(str(pairs[i]), safe='')}={quote(_text(pairs[i + 1]), safe='')}"
+                    for i in range(0, len(pairs), 2))  # '/' and '+' encoded too
 
 
 def _text(value: Any) -> str:

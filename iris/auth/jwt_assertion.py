@@ -17,18 +17,26 @@ import uuid
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from iris.config.auth import JwtBearerAuth
 from iris.core.logs import register_secret
 
+SIGNING_KEYS = (RSAPrivateKey, EllipticCurvePrivateKey, Ed25519PrivateKey, Ed448PrivateKey)
 
 class AssertionSigner:
     def __init__(self, auth: JwtBearerAuth) -> None:
         self._auth = auth
         pem = auth.private_key.get_secret_value()
         register_secret(pem)
-        self._key = load_pem_private_key(pem.encode(), None)  # parsed once, checked at load
+        key = load_pem_private_key(pem.encode(), None)  # parsed once, checked at load
+        if not isinstance(key, SIGNING_KEYS):
+            raise ValueError(f"a {type(key).__name__} cannot sign a JWT assertion")
+        self._key = key
 
     def assertion(self, now: float | None = None) -> str:
         auth = self._auth

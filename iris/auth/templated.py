@@ -13,11 +13,11 @@ from jinja2 import TemplateError
 from iris.auth.exchange import Grant, TokenAnswer, TokenHttpRequest
 from iris.auth.grants import answer_fields, answer_json, make_grant, refusal
 from iris.auth.templating import REQUEST_TEMPLATES, RESPONSE_TEMPLATES
-from iris.config.auth import OAuth2Base, TokenRequestTemplate
+from iris.config.auth import OAuth2Base, ResponseField, TokenRequestTemplate
 from iris.core.logs import redact, register_secret
 from iris.errors import TokenError
 
-DEFAULT_FIELDS = {
+DEFAULT_FIELDS: dict[ResponseField, str] = {
     "accessToken": "{{ response.body.access_token }}",
     "expiresIn": "{{ response.body.expires_in }}",
     "refreshToken": "{{ response.body.refresh_token }}",
@@ -47,7 +47,7 @@ class TemplatedRequests:
         self.auth = auth
         self._template = template
         self._allow_http = allow_http
-        self._fields = {**DEFAULT_FIELDS, **template.response_fields}
+        self._fields: dict[ResponseField, str] = {**DEFAULT_FIELDS, **template.response_fields}
 
     def build(self, refresh_token: str | None) -> TokenHttpRequest:
         data = {"authData": auth_data(self.auth, refresh_token)}

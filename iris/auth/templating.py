@@ -55,11 +55,3 @@ def _finalize(value: Any) -> Any:
 REQUEST_TEMPLATES = _environment(StrictUndefined)
 # Responses: a field the partner left out reads as empty, for validations and defaults to judge.
 RESPONSE_TEMPLATES = _environment(ChainableUndefined)
-
-
-def check_template(source: str) -> None:
-    """Raise ``ValueError`` naming the syntax problem; used when the config is loaded."""
-    try:
-        REQUEST_TEMPLATES.parse(source)
-    except TemplateError as exc:
-        raise ValueError(f"template syntax error: {exc}") from None

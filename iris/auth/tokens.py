@@ -11,7 +11,9 @@ A refusal (invalid_client, invalid_grant, ...), or a partner that rejects freshl
 at least ``refusal_pause`` seconds: no delivery, no token request, one clear error in the log.
 Any other token trouble (the endpoint down, an answer without a token, the token store away)
 makes the destination wait with a growing backoff, serving the current token while it is valid.
-Token trouble never spends a batch's attempts, so it never dead-letters events.
+Token trouble never spends a batch's attempts, so it never dead-letters events. What a pause
+or a backoff is (its state, log lines and errors) lives in ``iris.auth.waits``; this module
+decides when one starts and ends.
 """
 
 from __future__ import annotations
@@ -26,17 +28,14 @@ from typing import Protocol
 
 from iris.auth.base import Credential
 from iris.auth.exchange import Grant
+from iris.auth.waits import Waits
 from iris.errors import RedisUnavailable, TokenError
 from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
 
 log = logging.getLogger(__name__)
 
 RECHECK = 0.1  # seconds between looks at the store while another replica fetches the token
-PAUSE_RECHECK = 5.0  # seconds between looks at whether a pause was lifted early
 CLOSE_GRACE = 10.0  # seconds a stopping worker waits for a token exchange under way
-MAX_WAIT = 60.0  # seconds: the longest wait between token requests after failures
-REFUSED = "paused (token endpoint refused the credentials)"
-REJECTED = "paused (the partner refuses the tokens its token endpoint issues)"
 
 
 class TokenSource(Protocol):
@@ -93,34 +92,28 @@ class TokenManager:
         self._refusal_pause = refusal_pause
         self._fresh_age = fresh_token_age
         self._on_token = on_token  # told the expiry (epoch) of each token taken into use
-        self._on_pause = on_pause  # told why the destination waits (None: it does not)
         self._clock = clock
+        self._waits = Waits(destination, clock, on_pause)  # a refusal's pause, or a backoff
         self._token: Token | None = None
         self._refused: int | None = None  # fence of the last token a partner refused
-        self._paused_until = 0.0
-        self._pause_checked = 0.0
-        self._pause_error = ""
-        self._retry_at = 0.0  # after a failed token request: no other one before this
         self._replacing = False  # the next token taken into use replaces a refused one
         self._replacement: int | None = None  # fence of the token that replaced a refused one
-        self._failures = 0
-        self._waiting = ""  # why the destination waits for a token ("" while it does not)
         self._inflight: asyncio.Task[Token] | None = None
         self.last_source = ""  # "store" or "endpoint": where the current token came from
 
     async def credential(self) -> Credential:
         """The header for the next request; ``TokenError`` while the destination is paused or
         waits for a token (``retry_in`` says how long: the caller waits, spending nothing)."""
-        token, now = self._token, self._clock()
+        token, now, waits = self._token, self._clock(), self._waits
         if token is not None and now < token.refresh_at:
             return token.credential
-        if now < self._paused_until and now < self._pause_checked + PAUSE_RECHECK:
-            raise self._paused_error(now)
+        if now < waits.paused_until and not waits.recheck_due(now):
+            raise waits.paused_error(now)
         current = token is not None and now < token.hard_expiry
-        if now < self._retry_at:
+        if now < waits.retry_at:
             if current and token is not None:
                 return token.credential  # the next token request waits its turn
-            raise self._waiting_error(now)
+            raise waits.waiting_error(now)
         if current and token is not None:
             self._start_refresh()  # serve the current token while the next one comes
             return token.credential
@@ -129,7 +122,7 @@ class TokenManager:
         except TokenError as exc:
             if exc.permanent:
                 raise
-            raise self._waiting_error(self._clock()) from None
+            raise waits.waiting_error(self._clock()) from None
 
     async def refused(self, credential: Credential | None, *, blames_token: bool = True) -> bool:
         """The partner answered 401 to ``credential``; True: send again at once, with a new
@@ -157,7 +150,7 @@ class TokenManager:
             log.info("partner refused the current token of %s (%.0f s old); fetching a new one",
                      self.destination, age)
             return True
-        self._retry_at = token.stored.obtained_at + self._fresh_age
+        self._waits.retry_at = token.stored.obtained_at + self._fresh_age
         log.info("partner refused the current token of %s, issued %.1f s ago; a new one in "
                  "%.1f s (a token that young has not expired)", self.destination, age,
                  self._fresh_age - age)
@@ -176,8 +169,8 @@ class TokenManager:
         except TokenError:
             pass
         except RedisUnavailable:  # pause this worker at least
-            self._paused(self._clock() + self._refusal_pause, "rejected_token", first=True,
-                         message="the partner refused a freshly issued token (401)")
+            self._waits.pause(self._clock() + self._refusal_pause, "rejected_token", first=True,
+                              message="the partner refused a freshly issued token (401)")
 
     def pause_remaining(self) -> float:
         """Seconds to wait before sending again: a refusal's pause (at most ``PAUSE_RECHECK``),
@@ -185,16 +178,12 @@ class TokenManager:
 
         Each time the re-check is due, one look at the store goes out in the background: a
         pause lifted early (a login, a successful ``iris auth test``) ends here too."""
-        now = self._clock()
-        if now < self._paused_until and now >= self._pause_checked + PAUSE_RECHECK:
-            self._pause_checked = now
+        now, token = self._clock(), self._token
+        if self._waits.recheck_due(now):
+            self._waits.checked = now
             self._start_refresh()
-        if now < self._paused_until:
-            return min(PAUSE_RECHECK, self._paused_until - now)
-        token = self._token
-        if now < self._retry_at and (token is None or now >= token.hard_expiry):
-            return self._retry_at - now
-        return 0.0
+        return self._waits.remaining(now, has_valid_token=token is not None
+                                     and now < token.hard_expiry)
 
     async def current(self, *, fresh: bool = False) -> StoredToken:
         """The token a worker would use now, for ``iris auth test``: the stored one, else (or
@@ -227,27 +216,8 @@ class TokenManager:
         except TokenError as exc:
             error = exc
         if not error.permanent:
-            self._wait(error)
+            self._waits.failed(error)
         raise error
-
-    def _wait(self, error: TokenError) -> None:
-        """A token request failed for a reason that may pass: no other one for a while
-        (1 s, doubling to ``MAX_WAIT``); the destination waits if it has no valid token."""
-        self._failures += 1
-        delay = min(MAX_WAIT, 2.0 ** (self._failures - 1))
-        self._retry_at = self._clock() + delay
-        if not self._waiting:
-            log.warning("%s: no token (%s); trying again in %.0f s, the destination waits "
-                        "meanwhile if its token expires", self.destination, error, delay,
-                        extra={"destination": self.destination})
-        self._waiting = f"waiting for a token: {error}"
-        if self._on_pause and not self._paused_until:
-            self._on_pause(self._waiting)
-
-    def _waiting_error(self, now: float) -> TokenError:
-        remaining = max(0.0, self._retry_at - now)
-        return TokenError(f"{self._waiting or 'waiting for a token'} (next try in "
-                          f"{remaining:.0f} s)", retry_in=max(remaining, 0.1))
 
     async def _refresh_shared(self) -> Token:
         """Take a newer token from the store, or win the lock and fetch one, or wait."""
@@ -277,10 +247,10 @@ class TokenManager:
     async def _raise_if_paused(self) -> None:
         """Take part in a pause another replica (or this one) recorded in the store."""
         pause = await self.store.paused()
-        self._pause_checked = self._clock()
+        self._waits.checked = self._clock()
         if pause is not None:
-            self._paused(pause.until, pause.error, first=False)
-            raise self._paused_error(self._clock())
+            self._waits.pause(pause.until, pause.error, first=False)
+            raise self._waits.paused_error(self._clock())
 
     async def _acquire_or_wait(self) -> int:
         while (fence := await self.store.acquire()) is None:
@@ -361,11 +331,9 @@ class TokenManager:
         token = Token(Credential(f"Bearer {stored.access_token}", stored.fence),
                       stored.refresh_at, hard_expiry, stored)
         self._token = token
-        self._retry_at, self._failures = 0.0, 0
         if self._replacing:
             self._replacing, self._replacement = False, stored.fence
-        if self._paused_until or self._waiting:  # a token was issued (here, by another
-            self._resume()  # replica, a login or `iris auth test`): accepted again
+        self._waits.token_taken()
         if self._on_token:
             self._on_token(stored.expires_at)
         return token
@@ -373,37 +341,7 @@ class TokenManager:
     async def _refuse(self, exc: TokenError) -> None:
         reason = exc.error or (f"HTTP {exc.status}" if exc.status else "refused")
         pause = await self.store.pause(self._refusal_pause, reason)
-        self._paused(pause.until, reason, first=True, message=str(exc))
-
-    def _paused(self, until: float, reason: str, *, first: bool, message: str = "") -> None:
-        was_paused = self._paused_until > self._clock()
-        self._paused_until, self._pause_error = until, reason
-        if first:
-            log.error("%s: %s; destination paused for %.0f s: no deliveries until the token "
-                      "endpoint accepts the credentials (check them with `iris auth test`)",
-                      self.destination, message, until - self._clock(),
-                      extra={"destination": self.destination})
-        elif not was_paused:
-            log.warning("%s: paused until %s by a refusal another worker saw (%s)",
-                        self.destination, time.strftime("%H:%M:%S", time.localtime(until)),
-                        reason, extra={"destination": self.destination})
-        if not was_paused and self._on_pause:
-            self._on_pause(REJECTED if reason == "rejected_token" else REFUSED)
-
-    def _resume(self) -> None:
-        if self._paused_until:
-            log.info("%s: the pause is over; resuming deliveries", self.destination)
-        elif self._waiting:
-            log.info("%s: got a token again", self.destination)
-        self._paused_until, self._waiting = 0.0, ""
-        if self._on_pause:
-            self._on_pause(None)
-
-    def _paused_error(self, now: float) -> TokenError:
-        remaining = max(0.0, self._paused_until - now)
-        return TokenError(f"destination paused for {remaining:.0f} s more: the token endpoint "
-                          f"refused ({self._pause_error})", permanent=True,
-                          error=self._pause_error, retry_in=min(remaining, PAUSE_RECHECK))
+        self._waits.pause(pause.until, reason, first=True, message=str(exc))
 
     async def close(self, grace: float = CLOSE_GRACE) -> None:
         """Let a token exchange under way finish (within ``grace``): cancelling it after the

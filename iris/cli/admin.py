@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypedDict
 
-from iris.config.model import Config
-from iris.store.streams import Entry, Streams
+from iris.store.streams import Streams
 
 PAGE = 500
 PROGRESS_EVERY = 10_000
+
+DeadLetter = tuple[str, dict[str, str]]  # (entry id, fields); an entry trimmed unread has {}
+
+
+class DeadLetterCount(TypedDict):
+    destination: str
+    reason: str
+    count: int
+
+
+class DeadLetterSummary(TypedDict):
+    stream: str
+    total: int
+    by: list[DeadLetterCount]
+
+
+class StatusReport(TypedDict):
+    """What ``iris status`` shows (``--json`` prints it as is)."""
+
+    streams: list[dict[str, Any]]  # ``StreamStats.describe`` of each stream
+    dead_letters: DeadLetterSummary
 
 
 async def dead_letters(
     streams: Streams, *, destination: str | None = None, reason: str | None = None,
     limit: int | None = None, end: str = "+",
-) -> AsyncIterator[Entry]:
+) -> AsyncIterator[DeadLetter]:
     """Dead-letter entries up to ``end``, oldest first, filtered by destination and reason."""
     start, found = "-", 0
     while limit is None or found < limit:
         page = await streams.page(streams.dead_letters, start, PAGE, end)
         if not page:
             return
-        for entry_id, fields in page:
-            fields = fields or {}
+        for entry_id, stored in page:
+            fields = stored or {}
             if destination is not None and fields.get("dlq_destination") != destination:
                 continue
             if reason is not None and fields.get("dlq_reason") != reason:
@@ -88,22 +109,22 @@ def _escape(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-async def status(streams: Streams, config: Config) -> dict[str, object]:
-    keys = streams.all_keys(d.id for d in config.destinations)
+async def status(streams: Streams, destination_ids: Iterable[str]) -> StatusReport:
+    keys = streams.all_keys(destination_ids)
     counts: Counter[tuple[str, str]] = Counter()
     async for _, fields in dead_letters(streams):
         counts[(fields.get("dlq_destination", ""), fields.get("dlq_reason", ""))] += 1
     return {
-        "streams": [await streams.describe(key) for key in keys],
+        "streams": [await streams.stats.describe(key) for key in keys],
         "dead_letters": {"stream": streams.dead_letters, "total": sum(counts.values()),
                          "by": [{"destination": d, "reason": r, "count": n}
                                 for (d, r), n in sorted(counts.items())]},
     }
 
 
-def format_status(report: dict[str, object]) -> str:
+def format_status(report: StatusReport) -> str:
     lines = []
-    for info in report["streams"]:  # type: ignore[attr-defined]
+    for info in report["streams"]:
         lines.append(f"{info['stream']}: length {info['length']}")
         for group in info["groups"]:
             lines.append(f"  group {group['group']}: pending {group['pending']}, "
@@ -112,7 +133,7 @@ def format_status(report: dict[str, object]) -> str:
                 lines.append(f"    consumer {consumer['name']}: pending {consumer['pending']}, "
                              f"idle {consumer['idle_ms'] / 1000:.1f} s")
     dlq = report["dead_letters"]
-    lines.append(f"{dlq['stream']}: {dlq['total']} dead letters")  # type: ignore[index]
-    for row in dlq["by"]:  # type: ignore[index]
+    lines.append(f"{dlq['stream']}: {dlq['total']} dead letters")
+    for row in dlq["by"]:
         lines.append(f"  {row['destination'] or '(none)'} {row['reason']}: {row['count']}")
     return "\n".join(lines)

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from iris.config.model import Destination
 from iris.core.events import Event
 from iris.core.payload import DATE_LEN, aam_date, encode_payload, envelope_size
+from iris.core.records import OutboundBatch
 
 # Fixed JSON overhead of the payload's parts, so the size of a batch is known before encoding.
 _USER = len('{"AAM_UUID":"","DataPartner_UUID":"","Segments":[]}')
@@ -171,3 +174,22 @@ class BatchBuilder:
                 events=[e for _, u in users for e in u.events],
             )
         ]
+
+
+def split_in_halves(batch: OutboundBatch, dest: Destination) -> list[OutboundBatch]:
+    """A batch the partner found too large (413) as two halves of its users, each with its own
+    events and a stable idempotency key (``key.0``, ``key.1``); none when it holds one user."""
+    users: list[dict[str, Any]] = orjson.loads(batch.body)["Users"]
+    if len(users) < 2:
+        return []
+    events = batch.events()
+    half = len(users) // 2
+    halves = []
+    for index, part in enumerate((users[:half], users[half:])):
+        uuids = {u["AAM_UUID"] for u in part}
+        body = encode_payload(destination_id=dest.id, user_dpid=dest.user_dpid,
+                              client_id=dest.client_id, users=part)
+        part_events = [e for e in events if e[1].get("uuid", "").strip() in uuids]
+        halves.append(OutboundBatch(body, orjson.dumps(part_events), len(part),
+                                    sum(len(u["Segments"]) for u in part), f"{batch.key}.{index}"))
+    return halves

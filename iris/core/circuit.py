@@ -7,17 +7,26 @@ half-open --(a success)--> closed;  half-open --(a failure)--> open
 
 A request sent while the circuit is open is a probe: its failure spends no attempt of its
 batch, so an outage of any length dead-letters nothing; the batches wait for the partner.
+The breaker only decides; the publisher waits (``turn`` None: until ``seconds_to_probe`` has
+passed or the breaker was fed).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 log = logging.getLogger(__name__)
+
+
+class Feed(StrEnum):
+    """What the breaker is told of a request (``DeliveryPolicy`` says which)."""
+
+    SUCCESS = "success"  # the partner answered, whatever it thought of the batch
+    FAILURE = "failure"  # no answer, or a retryable one
+    RELEASE = "release"  # no request was made: a probe's turn goes back unused
 
 
 class CircuitBreaker:
@@ -33,7 +42,6 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False  # a probe request is out
-        self._changed = asyncio.Event()  # a success, a failure, or the circuit opened
 
     @property
     def is_open(self) -> bool:
@@ -48,24 +56,24 @@ class CircuitBreaker:
             return 0
         return min(free, 1)
 
-    async def turn(self) -> bool:
-        """Wait until a request may go out; True if it goes as the circuit's probe. While the
-        circuit is open, one request at a time is let through, once the cool-down is over."""
-        while self._opened_at is not None:
-            wait = self.seconds_to_probe()
-            if wait <= 0 and not self._probing:
-                self._probing = True
-                return True
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait if wait > 0 else None)
-        return False
+    def turn(self) -> bool | None:
+        """May a request go out now? False: yes; True: yes, as the circuit's probe; None: not
+        yet (the circuit is open: one request at a time, once the cool-down is over)."""
+        if self._opened_at is None:
+            return False
+        if self.seconds_to_probe() <= 0 and not self._probing:
+            self._probing = True
+            return True
+        return None
 
-    def release(self, probe: bool) -> None:
-        """A turn taken as the probe was not used (no request went out)."""
-        if probe:
+    def feed(self, feed: Feed, probe: bool) -> None:
+        """Tell the breaker what became of a request sent on a turn (``probe``: as its probe)."""
+        if feed is Feed.SUCCESS:
+            self.success()
+        elif feed is Feed.FAILURE:
+            self.failure()
+        elif probe:  # no request went out: the probe's turn goes back
             self._probing = False
-            self._changed.set()
 
     def seconds_to_probe(self) -> float:
         if self._opened_at is None:
@@ -75,7 +83,6 @@ class CircuitBreaker:
     def success(self) -> None:
         self._failures = 0
         self._probing = False
-        self._changed.set()
         if self._opened_at is not None:
             self._opened_at = None
             log.info("destination %s answers again: circuit closed", self._name)
@@ -84,7 +91,6 @@ class CircuitBreaker:
     def failure(self) -> None:
         self._failures += 1
         self._probing = False
-        self._changed.set()
         if self._opened_at is not None:
             if self._clock() - self._opened_at >= self._cooldown:  # a failed probe
                 self._opened_at = self._clock()

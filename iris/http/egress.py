@@ -10,7 +10,10 @@ reads the proxy variables itself, and nothing else from the environment.
 from __future__ import annotations
 
 from urllib.parse import urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import (  # type: ignore[attr-defined]  # CPython has it; typeshed not
+    getproxies_environment,
+    proxy_bypass_environment,
+)
 
 
 def proxy_for(url: str, configured: str | None) -> str | None:

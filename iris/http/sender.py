@@ -16,10 +16,11 @@ import asyncio
 import ssl
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import aiohttp
+from prometheus_client import Counter, Gauge, Histogram
 
 from iris import __version__
 from iris.auth.base import Auth
@@ -30,8 +31,6 @@ from iris.core.retry import Action, Outcome, classify, failure, paused
 from iris.errors import TokenError
 from iris.http.egress import proxy_for
 from iris.http.errors import describe, is_stale_connection
-from iris.runtime.metrics import Metrics
-from iris.runtime.rate_limit import SharedRate
 
 USER_AGENT = f"iris/{__version__}"
 DNS_CACHE_SECONDS = 30
@@ -65,6 +64,21 @@ def make_session(dest: Destination) -> aiohttp.ClientSession:
         connector=connector, timeout=timeout, headers={"User-Agent": USER_AGENT},
         raise_for_status=False, trace_configs=[tracing],
     )
+
+
+class RequestMetrics(Protocol):
+    """The request metrics a sender keeps (``iris_requests_total``, ``..._duration_seconds``,
+    ``iris_requests_in_flight``), labelled by destination."""
+
+    requests: Counter
+    request_duration: Histogram
+    inflight: Gauge
+
+
+class RateLimit(Protocol):
+    """A destination's ``limits.requests_per_second``: ``acquire`` waits for a request slot."""
+
+    async def acquire(self) -> None: ...
 
 
 class PartnerSession:
@@ -120,8 +134,8 @@ class Sender:
     asks for one); a 401 tells the auth scheme, which decides between a new token and a pause."""
 
     def __init__(
-        self, dest: Destination, auth: Auth, session: PartnerSession, metrics: Metrics,
-        rate: SharedRate,
+        self, dest: Destination, auth: Auth, session: PartnerSession, metrics: RequestMetrics,
+        rate: RateLimit,
     ) -> None:
         self.dest = dest
         self.auth = auth

@@ -24,16 +24,16 @@ from iris.core.dead_letters import (
     INVALID_EVENT,
     MAX_DELIVERIES,
     TOO_LARGE,
-    dead_letter_entry,
     report_written,
 )
 from iris.core.events import parse_event
+from iris.core.records import DeadLetter, OutboundBatch
 from iris.core.routing import RouteTable
 from iris.errors import EventError, RedisUnavailable
 from iris.runtime.health import Health, RedisRetry
 from iris.runtime.metrics import Metrics
 from iris.store.recovery import History, Recovered, Recovery
-from iris.store.streams import NEW, Commit, Entry, Streams
+from iris.store.streams import Commit, Entry, Streams
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Consumer:
         commit = Commit()
         if history.done:
             entries = await self._streams.read(
-                self._streams.inbound, NEW, stream.read_count, self._block_ms())
+                self._streams.inbound, stream.read_count, self._block_ms())
             self._metrics.consumed.inc(len(entries))
             self._take(entries, commit)
         else:
@@ -134,9 +134,8 @@ class Consumer:
         commit.acks.extend(recovered.trimmed)
         commit.unwritten.extend(recovered.trimmed)
         for entry_id, fields in recovered.over_limit:
-            commit.dead_letters.append(dead_letter_entry(
-                fields or {}, reason=MAX_DELIVERIES, source_id=entry_id,
-                destination=(fields or {}).get("destination", ""),
+            commit.dead_letters.append(DeadLetter(
+                fields, MAX_DELIVERIES, entry_id, fields.get("destination", ""),
                 error=f"delivered more than {self._config.stream.max_deliveries} times",
             ))
             commit.acks.append(entry_id)
@@ -154,7 +153,6 @@ class Consumer:
     def _take(self, entries: list[Entry], commit: Commit,
               written: dict[str, set[str]] | None = None) -> None:
         for entry_id, fields in entries:
-            assert fields is not None  # trimmed entries only come back from history or claims
             try:
                 self._take_one(entry_id, fields, commit, (written or {}).get(entry_id, set()))
                 continue
@@ -163,10 +161,8 @@ class Consumer:
             except Exception as exc:  # a bug must cost one entry, not the stream behind it
                 log.exception("entry %s could not be processed; dead-lettering it", entry_id)
                 error = f"processing failed: {type(exc).__name__}"
-            commit.dead_letters.append(dead_letter_entry(
-                fields, reason=INVALID_EVENT, source_id=entry_id, error=error,
-                destination=fields.get("destination", ""),
-            ))
+            commit.dead_letters.append(DeadLetter(
+                fields, INVALID_EVENT, entry_id, fields.get("destination", ""), error=error))
             commit.acks.append(entry_id)
 
     def _take_one(self, entry_id: str, fields: dict[str, str], commit: Commit,
@@ -207,9 +203,8 @@ class Consumer:
                 log.exception("batch for %s could not be written; dead-lettering its events",
                               batch.destination_id)
                 commit.dead_letters.extend(
-                    dead_letter_entry(fields, reason=INVALID_EVENT, source_id=source_id,
-                                      destination=batch.destination_id,
-                                      error=f"processing failed: {type(exc).__name__}")
+                    DeadLetter(fields, INVALID_EVENT, source_id, batch.destination_id,
+                               error=f"processing failed: {type(exc).__name__}")
                     for source_id, fields in batch.events)
             for entry_id in batch.source_ids:
                 self._finished(entry_id, batch.destination_id, commit)
@@ -238,19 +233,13 @@ class Consumer:
         if len(batch.body) > dest.batch.max_bytes:  # one user larger than a whole batch may be
             error = f"one user's payload is {len(batch.body)} bytes > max_bytes"
             commit.dead_letters.extend(
-                dead_letter_entry(fields, reason=TOO_LARGE, source_id=source_id,
-                                  destination=dest.id, error=error)
+                DeadLetter(fields, TOO_LARGE, source_id, dest.id, error=error)
                 for source_id, fields in batch.events
             )
             return
-        commit.batches.append((self._streams.outbound(dest.id), {
-            "body": batch.body,
-            "events": orjson.dumps(batch.events),
-            "users": str(batch.users),
-            "segments": str(batch.segments),
-            "created_ms": str(int(time.time() * 1000)),
-            "key": batch.idempotency_key(),
-        }))
+        commit.batches.append((self._streams.outbound(dest.id), OutboundBatch(
+            batch.body, orjson.dumps(batch.events), batch.users, batch.segments,
+            batch.idempotency_key(), int(time.time() * 1000))))
 
     def _forget(self) -> None:
         """After a failed commit: drop open batches; their entries are re-read from history."""

@@ -26,7 +26,7 @@ QUIET = 1.0  # seconds without a failing loop before a fault is reported over
 
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failure in a row: 0.1 s doubling to 2 s."""
-    return min(MAX_BACKOFF, 0.05 * 2 ** min(failures, 10))
+    return min(MAX_BACKOFF, 0.05 * 2.0 ** min(failures, 10))
 
 
 class Health:

@@ -2,7 +2,8 @@
 
 Each destination's publisher reads its own stream while it has a backlog; once it has caught up,
 the wait for the next batch is shared: one blocking XREADGROUP over the streams of every
-publisher with a free slot, up to one batch per stream, handed to its publisher. So a worker
+publisher with a free slot, as many batches per stream as every one of them has room for,
+handed to its publisher. So a worker
 holds one Redis connection in a blocking read for all its destinations, not one each, and a
 batch written by any worker reaches an idle publisher at once.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from iris.errors import RedisUnavailable
 from iris.runtime.health import Health
 from iris.runtime.publisher import Publisher
-from iris.store.streams import NEW, Streams
+from iris.store.streams import Streams
 
 
 class OutboundReader:
@@ -40,8 +41,8 @@ class OutboundReader:
                     await asyncio.wait_for(self._changed.wait(), self._block_ms / 1000)
                 continue
             try:
-                taken = await self._streams.read_many(
-                    dict.fromkeys(waiting, NEW), 1, self._block_ms)
+                room = min(p.room() for p in waiting.values())  # COUNT is per stream
+                taken = await self._streams.read_many(list(waiting), room, self._block_ms)
             except RedisUnavailable as exc:
                 await self._retry.failed(exc)
                 continue

@@ -27,6 +27,7 @@ class HttpServer:
         app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         self.port = port
+        self.name = "probes"
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -41,7 +42,8 @@ class HttpServer:
         if self._port == 0:  # an ephemeral port (tests, demo): find out which
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float | None = None) -> None:
+        """Close the server (``deadline`` unused: it answers no long requests)."""
         await self._runner.cleanup()
 
     async def _metrics_page(self, request: web.Request) -> web.Response:

@@ -1,9 +1,11 @@
 """Deliver one destination's closed batches from its outbound stream, and acknowledge them.
 
-Each batch is read from Redis, POSTed (retried, refreshed or split as ``retry.classify`` says),
-then settled: XACK + XDEL after a 2xx, or dead-lettered and acknowledged in one MULTI. A batch
-that is neither stays pending in Redis. At most ``max_in_flight`` batches are held in memory:
-the rest of a slow partner's backlog waits in its stream.
+Each batch is read from Redis and POSTed; ``policy.DeliveryPolicy`` decides, from what
+``retry.classify`` made of each answer, whether to retry, refresh, split or dead-letter it, and
+this module carries the steps out. A batch is then settled: XACK + XDEL after a 2xx, or
+dead-lettered and acknowledged in one MULTI. A batch that is neither stays pending in Redis. At
+most ``max_in_flight`` batches are held in memory: the rest of a slow partner's backlog waits
+in its stream.
 """
 
 from __future__ import annotations
@@ -12,35 +14,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
-
-import orjson
 
 from iris.config.model import Destination, StreamConfig
+from iris.core.batching import split_in_halves
 from iris.core.circuit import CircuitBreaker
-from iris.core.dead_letters import (
-    MAX_DELIVERIES,
-    REDIRECTED,
-    REJECTED,
-    RETRIES_EXHAUSTED,
-    TOO_LARGE,
-    dead_letter_entry,
-    report_written,
-)
+from iris.core.dead_letters import MAX_DELIVERIES, REDIRECTED, TOO_LARGE, report_written
 from iris.core.log_digest import LogDigest
-from iris.core.payload import encode_payload
-from iris.core.retry import Action, Outcome, backoff, failure
+from iris.core.policy import Dead, DeliveryPolicy, Done, Split, Wait
+from iris.core.records import DeadLetter, Events, OutboundBatch, events_of
+from iris.core.retry import Outcome, failure
 from iris.errors import RedisUnavailable
 from iris.http.sender import Sender
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics
+from iris.runtime.settler import Settler
 from iris.runtime.stopping import unless_stopped
 from iris.store.recovery import History, Recovered, Recovery
-from iris.store.streams import NEW, Entry, Streams
+from iris.store.streams import Entry, Streams
 
 log = logging.getLogger(__name__)
-
-Events = list[tuple[str, dict[str, str]]]
 
 
 class Publisher:
@@ -50,7 +42,7 @@ class Publisher:
 
     def __init__(
         self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
-        health: Health, stream: StreamConfig,
+        health: Health, stream: StreamConfig, settler: Settler,
     ) -> None:
         self.dest = dest
         self._streams = streams
@@ -59,13 +51,14 @@ class Publisher:
         self._health = health
         self.key = streams.outbound(dest.id)
         self._reads = health.retry(f"publish {dest.id}")
-        self._writes = health.retry(f"publish {dest.id}: write")
+        self._settler = settler
         self._recovery = Recovery(streams, self.key, stream,
                                   health.retry(f"publish {dest.id}: heartbeat"))
         self._breaker = CircuitBreaker(
             dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
             on_change=self._circuit_changed,
         )
+        self._breaker_fed = asyncio.Event()  # a turn may have come: wake those waiting for one
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
         self._handed: list[Entry] = []  # taken by the shared read, waiting for a free slot
         self._crashed: dict[str, float] = {}  # delivery died of a bug → when to try again
@@ -88,8 +81,11 @@ class Publisher:
 
     def wants(self) -> bool:
         """Whether the shared read should take a batch for this destination now."""
-        return (self._history.done and not self.stopping.is_set()
-                and self._free() > len(self._handed))
+        return self._history.done and not self.stopping.is_set() and self.room() > 0
+
+    def room(self) -> int:
+        """How many more batches the shared read may take for this destination now."""
+        return self._free() - len(self._handed)
 
     def hand(self, entries: list[Entry]) -> None:
         """Batches the shared read took for this destination (they are pending for us now)."""
@@ -146,7 +142,7 @@ class Publisher:
         else:
             fresh, self._handed = self._handed[:free], self._handed[free:]
             if len(fresh) < free and self._maybe_more:
-                read = await self._streams.read(self.key, NEW, free - len(fresh), None)
+                read = await self._streams.read(self.key, free - len(fresh), None)
                 self._maybe_more = len(read) == free - len(fresh)
                 fresh += read
         room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
@@ -155,7 +151,7 @@ class Publisher:
             await self._settle_recovered(claimed)
             fresh += claimed.entries
         for entry_id, fields in fresh:
-            if entry_id not in self._tasks and fields is not None:
+            if entry_id not in self._tasks:
                 self._dispatch(entry_id, fields)
         return bool(fresh) and (not self._history.done or self._maybe_more or bool(self._handed))
 
@@ -182,7 +178,7 @@ class Publisher:
         task = asyncio.create_task(self._handle(entry_id, fields),
                                    name=f"deliver-{self.dest.id}-{entry_id}")
         self._tasks[entry_id] = task
-        task.add_done_callback(lambda _t, i=entry_id: self._finished(i))
+        task.add_done_callback(lambda _task: self._finished(entry_id))
 
     async def _settle_recovered(self, recovered: Recovered) -> None:
         """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered."""
@@ -193,7 +189,7 @@ class Publisher:
         for entry_id, fields in recovered.over_limit:
             outcome = failure("max_deliveries",
                               f"delivered more than {self._recovery.max_deliveries} times")
-            dead = self._dead(_events_of(entry_id, fields or {}), MAX_DELIVERIES, outcome)
+            dead = self._dead(events_of(entry_id, fields), MAX_DELIVERIES, outcome)
             await self._streams.settle(self.key, entry_id, dead)
             report_written(dead, self._metrics.dead_lettered)
 
@@ -217,98 +213,68 @@ class Publisher:
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
         """Deliver one batch entry. A corrupt entry raises: it stays pending, is reclaimed, and
         after ``max_deliveries`` ends in the dead-letter stream."""
-        events: Events = orjson.loads(fields["events"])
-        dead: list[dict[str, str]] = []
-        counts = (int(fields["users"]), int(fields["segments"]))
-        done = await self._deliver(
-            fields["body"].encode(), events, fields.get("key") or f"{self.dest.id}-{entry_id}",
-            counts, dead
-        )
-        if done:
+        batch = OutboundBatch.decode(fields, f"{self.dest.id}-{entry_id}")
+        batch.events()  # a corrupt entry raises here, before anything is sent
+        dead: list[DeadLetter] = []
+        if await self._deliver(batch, dead):
             await self._settle(entry_id, dead)
 
-    async def _deliver(
-        self, body: bytes, events: Events, key: str, counts: tuple[int, int],
-        dead: list[dict[str, str]],
-    ) -> bool:
-        """Deliver one body (or its halves); False if stopped before an outcome was reached."""
-        refreshed = False
-        attempt = 0
+    async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter]) -> bool:
+        """Carry out the delivery policy for one batch (or its halves): the policy decides each
+        step, this only does the I/O. False if stopped before an outcome was reached."""
+        retry = self.dest.retry
+        policy = DeliveryPolicy(retry.max_attempts, retry.base_delay, retry.max_delay)
         while True:
             probe = await self._turn()
             if probe is None:
                 return False
-            attempt += 1
-            outcome = await self._sender.send(body, key)
-            action = outcome.action
-            if action is Action.PAUSE:  # no request was made: wait, and spend no attempt
-                attempt -= 1
-                self._breaker.release(probe)
-                if await self._stopped_within(max(outcome.retry_after or 0.0, 1.0)):
-                    return False
-                continue
-            if action is Action.RETRY:
-                self._breaker.failure()
-                if probe:  # a probe of an open circuit spends no attempt
-                    attempt -= 1
-            else:  # the partner answered: it is up, whatever it thought of the batch
-                self._breaker.success()
-            if action is Action.DELIVERED:
-                self._delivered(*counts)
-                return True
-            if action is Action.REFRESH and not refreshed:
-                refreshed = True
-                continue
-            if action is Action.SPLIT:
-                return await self._split(body, events, key, dead, outcome)
-            if action is Action.REDIRECTED:
-                self._redirected(outcome)
-                dead.extend(self._dead(events, REDIRECTED, outcome))
-                return True
-            if action in (Action.REFRESH, Action.REJECT):
-                dead.extend(self._dead(events, REJECTED, outcome))
-                return True
-            if attempt >= self.dest.retry.max_attempts:
-                dead.extend(self._dead(events, RETRIES_EXHAUSTED, outcome))
-                return True
-            self._metrics.retries.labels(self.dest.id).inc()
-            self._retry_report.add(1, outcome.error or outcome.code)
-            delay = backoff(attempt, self.dest.retry.base_delay, self.dest.retry.max_delay,
-                            outcome.retry_after)
-            log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
-                      delay, extra={"destination": self.dest.id, "batch_id": key,
-                                    "attempt": attempt, "status": outcome.code})
-            if await self._stopped_within(delay):
-                return False
+            outcome = await self._sender.send(batch.body, batch.key)
+            decision = policy.next(outcome, probe)
+            self._breaker.feed(decision.feed, probe)
+            self._breaker_fed.set()
+            match decision.step:
+                case Done():
+                    self._delivered(batch.users, batch.segments)
+                    return True
+                case Dead(reason):
+                    if reason == REDIRECTED:
+                        self._redirected(outcome)
+                    dead.extend(self._dead(batch.events(), reason, outcome))
+                    return True
+                case Split():
+                    return await self._split(batch, dead, outcome)
+                case Wait(seconds, retry=True):
+                    self._retrying(batch, outcome, policy.attempts, seconds)
+                    if await self._stopped_within(seconds):
+                        return False
+                case Wait(seconds):
+                    if await self._stopped_within(seconds):
+                        return False
 
-    async def _split(
-        self, body: bytes, events: Events, key: str, dead: list[dict[str, str]], outcome: Outcome
-    ) -> bool:
+    def _retrying(self, batch: OutboundBatch, outcome: Outcome, attempt: int,
+                  delay: float) -> None:
+        self._metrics.retries.labels(self.dest.id).inc()
+        self._retry_report.add(1, outcome.error or outcome.code)
+        log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
+                  delay, extra={"destination": self.dest.id, "batch_id": batch.key,
+                                "attempt": attempt, "status": outcome.code})
+
+    async def _split(self, batch: OutboundBatch, dead: list[DeadLetter],
+                     outcome: Outcome) -> bool:
         """413: send each half with its own stable key; one user that cannot fit is dead."""
-        users: list[dict[str, Any]] = orjson.loads(body)["Users"]
-        if len(users) == 1:
-            dead.extend(self._dead(events, TOO_LARGE, outcome))
+        halves = split_in_halves(batch, self.dest)
+        if not halves:
+            dead.extend(self._dead(batch.events(), TOO_LARGE, outcome))
             return True
-        half = len(users) // 2
-        for index, part in enumerate((users[:half], users[half:])):
-            uuids = {u["AAM_UUID"] for u in part}
-            part_body = encode_payload(
-                destination_id=self.dest.id, user_dpid=self.dest.user_dpid,
-                client_id=self.dest.client_id, users=part,
-            )
-            part_events = [e for e in events if e[1].get("uuid", "").strip() in uuids]
-            counts = (len(part), sum(len(u["Segments"]) for u in part))
-            if not await self._deliver(part_body, part_events, f"{key}.{index}", counts, dead):
+        for half in halves:
+            if not await self._deliver(half, dead):
                 return False
         return True
 
-    def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[dict[str, str]]:
+    def _dead(self, events: Events, reason: str, outcome: Outcome) -> list[DeadLetter]:
         """The dead letters for ``events`` (counted and logged once they are written)."""
-        return [
-            dead_letter_entry(fields, reason=reason, source_id=source_id,
-                              destination=self.dest.id, status=outcome.status, error=outcome.error)
-            for source_id, fields in events
-        ]
+        return [DeadLetter(fields, reason, source_id, self.dest.id, outcome.status, outcome.error)
+                for source_id, fields in events]
 
     def _redirected(self, outcome: Outcome) -> None:
         """One ERROR per destination and redirect target: its url needs changing."""
@@ -324,25 +290,23 @@ class Publisher:
         self._metrics.batch_users.labels(self.dest.id).observe(users)
         self._metrics.last_success.labels(self.dest.id).set(time.time())
 
-    async def _settle(self, entry_id: str, dead: list[dict[str, str]]) -> None:
-        """Acknowledge a finished batch; keep trying while Redis is away (it was delivered)."""
-        while True:
-            try:
-                await self._streams.settle(self.key, entry_id, dead)
-            except RedisUnavailable as exc:
-                await self._writes.failed(exc)
-                if self.stopping.is_set():
-                    return  # stays pending: redelivered with the same idempotency key
-                continue
-            self._writes.ok()
-            if dead:
-                report_written(dead, self._metrics.dead_lettered)
-            return
+    async def _settle(self, entry_id: str, dead: list[DeadLetter]) -> None:
+        """Acknowledge a finished batch, with the others that finished meanwhile; a batch not
+        written before the worker stops stays pending (redelivered, same idempotency key)."""
+        if await self._settler.settle(self.key, entry_id, dead) and dead:
+            report_written(dead, self._metrics.dead_lettered)
 
     async def _turn(self) -> bool | None:
         """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
-        done, probe = await unless_stopped(self._breaker.turn(), self.stopping)
-        return probe if done else None
+        while (probe := self._breaker.turn()) is None:
+            self._breaker_fed.clear()
+            wait = self._breaker.seconds_to_probe()
+            fed = asyncio.wait_for(self._breaker_fed.wait(), wait if wait > 0 else None)
+            with contextlib.suppress(TimeoutError):
+                done, _ = await unless_stopped(fed, self.stopping)
+                if not done:
+                    return None
+        return probe
 
     async def _stopped_within(self, delay: float) -> bool:
         try:
@@ -351,10 +315,3 @@ class Publisher:
             return False
         return True
 
-
-def _events_of(entry_id: str, fields: dict[str, str]) -> Events:
-    """The events a batch entry carries; a corrupt entry is dead-lettered as it is."""
-    try:
-        return [(source, event) for source, event in orjson.loads(fields["events"])]
-    except (KeyError, ValueError, TypeError):
-        return [(entry_id, {k: v[:1000] for k, v in fields.items()})]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncio_throttle import Throttler
+from asyncio_throttle.throttler import Throttler
 
 from iris.errors import RedisUnavailable
 from iris.runtime.health import RedisRetry

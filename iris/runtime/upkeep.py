@@ -79,7 +79,7 @@ class Upkeep:
     async def check_unread_deleted(self) -> None:
         """Warn (once per occurrence) when entries were deleted before our group read them."""
         inbound = self._streams.inbound
-        lost = await self._streams.deleted_unread(inbound)
+        lost = await self._streams.stats.deleted_unread(inbound)
         if lost is None or lost[0] == self._lost:
             return
         self._lost, count = lost

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
-import redis.asyncio as aioredis
 
 from iris.auth.base import Auth, Credential
 from iris.auth.source import EndpointSource
@@ -17,6 +16,7 @@ from iris.config.auth import BasicAuth, BearerAuth, OAuth2Base
 from iris.config.model import Config, Destination
 from iris.http.token_endpoint import SessionSource, TokenEndpoint, longest_exchange
 from iris.runtime.metrics import Metrics
+from iris.store.streams import RedisClient
 from iris.store.tokens import TokenStore
 
 __all__ = ["Auth", "Credential", "SharedTokens", "make_auth", "make_store", "make_token_manager"]
@@ -26,7 +26,7 @@ __all__ = ["Auth", "Credential", "SharedTokens", "make_auth", "make_store", "mak
 class SharedTokens:
     """What every destination's token manager shares: the Redis store and its settings."""
 
-    redis: aioredis.Redis
+    redis: RedisClient
     prefix: str
     consumer: str
     encryption_key: str | None = None
@@ -34,7 +34,7 @@ class SharedTokens:
     fresh_token_age: float = 5.0
 
     @classmethod
-    def from_config(cls, config: Config, redis: aioredis.Redis,
+    def from_config(cls, config: Config, redis: RedisClient,
                     consumer: str | None = None) -> SharedTokens:
         key = config.token_store.encryption_key
         return cls(redis, config.token_key_prefix, consumer or config.consumer,

@@ -1,8 +1,10 @@
-"""The worker: owns every task and the order in which they start and stop.
+"""The worker: owns every task, as stages started in order and stopped in reverse.
 
-``run()`` reads as a table of contents: start up, wait for a stop request, shut down. Shutdown
-stops reading first, writes the batches still open, lets in-flight deliveries finish within
-``shutdown_timeout``, and leaves anything unfinished pending in Redis for the other workers.
+``run()`` reads as a table of contents: start the stages, wait for a stop request, stop them.
+Stopping is the reverse of starting (``stages.Stages``): the consumer stops reading and writes
+the batches still open, upkeep stops, the publishers stop reading and let in-flight deliveries
+finish within ``shutdown_timeout``, the partners' sessions close, and the worker leaves Redis,
+handing anything unfinished to the other workers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 
 from iris.auth.base import Auth
@@ -26,16 +27,18 @@ from iris.runtime.outbound import OutboundReader
 from iris.runtime.probes import HttpServer
 from iris.runtime.publisher import Publisher
 from iris.runtime.rate_limit import SharedRate
+from iris.runtime.settler import Settler
+from iris.runtime.stages import Hook, Loops, Stages
 from iris.runtime.stopping import unless_stopped
 from iris.runtime.upkeep import Upkeep
 from iris.runtime.wiring import SharedTokens, make_auth
 from iris.store.lease import ConsumerLease
+from iris.store.permissions import check_permissions
 from iris.store.streams import Streams, connect
 
 log = logging.getLogger(__name__)
 
 STATS_CACHE_SECONDS = 1.0
-RESTART_DELAY = 1.0
 EXIT_MARGIN = 0.3  # of shutdown_timeout, kept for closing sessions and exiting
 
 
@@ -50,17 +53,6 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel until done: on Python 3.11 ``wait_for`` may swallow a cancel that races with its
-    inner call finishing (fixed in 3.12), which would leave a reader blocked for block_ms."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -72,7 +64,7 @@ class Worker:
         host, port = config.http.host_port
         self.http = HttpServer(host, port, self.metrics, self.health, self._refresh_stream_stats)
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._stages = Stages()
         self._sessions: list[PartnerSession] = []
         self._auths: list[Auth] = []
         self._publishers: list[Publisher] = []
@@ -100,19 +92,44 @@ class Worker:
             await self._startup()
             await self._stop.wait()
         finally:
-            await self._shutdown()
+            self.health.draining = True
+            await self._stages.stop(time.monotonic() + self.config.shutdown_timeout)
+            log.info("stopped")
 
     async def _startup(self) -> None:
         self.redis = connect(self.config)
         self.streams = Streams(self.redis, self.config)
         self.lease = ConsumerLease(self.redis, self.config.stream.key)
-        await self.http.start()
-        self._tasks.append(asyncio.create_task(self.health.heartbeat(), name="heartbeat"))
+        await self._stages.start(self.http)
+        await self._stages.start(Loops("heartbeat", [("heartbeat", self.health.heartbeat)]))
         log.info("metrics on http://%s:%d/metrics", self.config.http.host_port[0], self.http.port)
+        await self._stages.start(Hook("redis", self._leave_redis))
         if not await self._wait_for_redis():
             return
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
+        await self._stages.start(Hook("partners", self._close_partners))
+        await self._stages.start(Hook("deliveries", self._drain))
+        await self._stages.start(self._publishing())
+        upkeep = Upkeep(self.streams, self.lease, self._stream_keys(), self.config.stream,
+                        self.metrics, self.health, on_lease_lost=self._lost_lease)
+        with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
+            await upkeep.check_unread_deleted()
+        await self._stages.start(Loops("upkeep", [
+            (f"upkeep-{name}", partial(upkeep.run, name, every, chore))
+            for name, every, chore in upkeep.chores()]))
+        consume = Loops("consume", [("consume", self.consumer.run)])
+        consume.before_cancel = partial(self._stop_consuming, consume)
+        await self._stages.start(consume)
+        self.health.starting = False
+        self.metrics.redis_usable.set(1)
+        count = len(self.config.destinations)
+        log.info("started: consumer %s, %d destination%s", self.streams.consumer, count,
+                 "" if count == 1 else "s")
+
+    def _publishing(self) -> Loops:
+        """One publisher per destination, and the shared read of their outbound streams."""
         shared = SharedTokens.from_config(self.config, self.redis, self.streams.consumer)
+        self.settler = Settler(self.streams, self.health.retry("settle"))
         for dest in self.config.destinations:
             session = PartnerSession(dest)
             on_pause = partial(self.health.paused, dest.id, source="auth")
@@ -122,26 +139,14 @@ class Worker:
             rate = SharedRate(self.streams, dest.id, dest.limits.requests_per_second,
                               self.health.retry(f"publish {dest.id}: rate"))
             sender = Sender(dest, auth, session, self.metrics, rate)
-            publisher = Publisher(dest, self.streams, sender, self.metrics, self.health,
-                                  self.config.stream)
-            self._publishers.append(publisher)
-            self._spawn(f"publish-{dest.id}", publisher.run)
+            self._publishers.append(Publisher(dest, self.streams, sender, self.metrics,
+                                              self.health, self.config.stream, self.settler))
         self.reader = OutboundReader(self.streams, self._publishers, self.config.stream.block_ms,
                                      self.health)
-        self._spawn("publish-shared-read", self.reader.run)
-        upkeep = Upkeep(self.streams, self.lease, self._stream_keys(), self.config.stream,
-                        self.metrics, self.health, on_lease_lost=self._lost_lease)
-        with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
-            await upkeep.check_unread_deleted()
-        self._spawn("consume", self.consumer.run)
-        for name, every, chore in upkeep.chores():
-            self._tasks.append(asyncio.create_task(upkeep.run(name, every, chore),
-                                                   name=f"upkeep-{name}"))
-        self.health.starting = False
-        self.metrics.redis_usable.set(1)
-        count = len(self.config.destinations)
-        log.info("started: consumer %s, %d destination%s", self.streams.consumer, count,
-                 "" if count == 1 else "s")
+        loops = [(f"publish-{p.dest.id}", p.run) for p in self._publishers]
+        publishing = Loops("publish", [*loops, ("publish-shared-read", self.reader.run)])
+        publishing.before_cancel = self._stop_publishing
+        return publishing
 
     async def _wait_for_redis(self) -> bool:
         """Create the groups, check the Redis user's permissions and claim the consumer name,
@@ -151,7 +156,7 @@ class Worker:
             try:
                 for key in self._stream_keys():
                     await self.streams.ensure_group(key)
-                await self.streams.check_permissions()
+                await check_permissions(self.streams)
                 claimed, name = await unless_stopped(self.lease.claim(self.config.consumer),
                                                      self._stop)
                 if not claimed or name is None:
@@ -167,46 +172,36 @@ class Worker:
     def _stream_keys(self) -> list[str]:
         return self.streams.all_keys(d.id for d in self.config.destinations)
 
-    def _spawn(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.append(asyncio.create_task(self._supervised(name, loop), name=name))
+    async def _stop_consuming(self, consume: Loops, deadline: float) -> None:
+        """The consumer writes its open batches, then returns (unless the lease was lost: its
+        open batches are another worker's entries now)."""
+        if self._lease_lost:
+            self.consumer.abandon()
+        self.consumer.stopping.set()
+        await asyncio.wait(consume.tasks, timeout=self.config.stream.block_ms / 1000 + 2)
 
-    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """Run a loop; if it dies of a bug, log it and start it again instead of dying too."""
-        while not self._stop.is_set():
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("task %s failed; restarting it in %.0f s", name, RESTART_DELAY)
-                await asyncio.sleep(RESTART_DELAY)
-
-    async def _shutdown(self) -> None:
-        self.health.draining = True
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        consumer = getattr(self, "consumer", None)
-        if consumer is not None:
-            if self._lease_lost:
-                consumer.abandon()  # its open batches are another worker's entries now
-            consumer.stopping.set()  # it writes its open batches, then returns
-            if consume := [t for t in self._tasks if t.get_name() == "consume"]:
-                await asyncio.wait(consume, timeout=self.config.stream.block_ms / 1000 + 2)
+    async def _stop_publishing(self, deadline: float) -> None:
         for publisher in self._publishers:
-            publisher.stopping.set()
-        await _cancel_all(self._tasks)  # readers in XREADGROUP; deliveries belong to publishers
+            publisher.stopping.set()  # read nothing more; retry waits end
+        self.settler.stopping.set()  # a settle Redis refuses is left pending
+
+    async def _drain(self, deadline: float) -> None:
+        """In-flight deliveries finish by the deadline (less a margin to exit); the rest stay
+        pending, for the other workers."""
         remaining = deadline - time.monotonic() - EXIT_MARGIN
         await asyncio.gather(*(p.drain(remaining) for p in self._publishers))
+        await self.settler.idle()
+
+    async def _close_partners(self, deadline: float) -> None:
         grace = max(0.5, deadline - time.monotonic())  # a token exchange under way may finish
         await asyncio.gather(*(auth.close(grace) for auth in self._auths))
         for session in self._sessions:
             await session.close()
-        if hasattr(self, "redis"):
-            if held := await self._leave():
-                log.info("handed %d unfinished entries back to the other workers", held)
-            await self.redis.aclose()
-        await self.http.stop()
-        log.info("stopped")
+
+    async def _leave_redis(self, deadline: float) -> None:
+        if held := await self._leave():
+            log.info("handed %d unfinished entries back to the other workers", held)
+        await self.redis.aclose()
 
     async def _leave(self) -> int:
         """Hand back what this worker still holds (to the other workers at once, not counted
@@ -237,7 +232,7 @@ class Worker:
         group = self.streams.group
         for key in self._stream_keys():
             try:
-                stats = await self.streams.group_stats(key)
+                stats = await self.streams.stats.group_stats(key)
             except RedisUnavailable:
                 return
             if stats is None:

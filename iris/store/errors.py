@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from redis import exceptions as rx
 
@@ -71,7 +72,7 @@ def reply_text(exc: BaseException) -> str:
 def translate(exc: BaseException) -> RedisUnavailable | None:
     """The ``RedisUnavailable`` for a redis-py (or socket) error; None for anything else."""
     if isinstance(exc, rx.BusyLoadingError | rx.ResponseError):
-        code = reply_code(exc)  # type: ignore[arg-type]
+        code = reply_code(exc)
         text = reply_text(exc)
         if code == "NOGROUP":
             return GroupMissing(f"consumer group missing: {text}")
@@ -101,3 +102,11 @@ def redis_errors() -> Iterator[None]:
         if translated is None:
             raise
         raise translated from None
+
+
+class Reporter(Protocol):
+    """Where a loop reports how its Redis commands fare (readiness, one WARNING per outage)."""
+
+    def ok(self) -> None: ...
+
+    def noted(self, exc: RedisUnavailable) -> None: ...

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from iris.store import scripts as stream_scripts
 from iris.store.errors import redis_errors
+from iris.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,14 @@ RENEW_EVERY = 3.0  # seconds between renewals
 class ConsumerLease:
     def __init__(self, redis: aioredis.Redis, stream_key: str) -> None:
         self._redis = redis
-        self._prefix = f"{stream_key}:consumer"
+        self._keys = Keys(stream_key)
         self.token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.name = ""
         self._renew = redis.register_script(stream_scripts.RENEW_LEASE)
         self._release = redis.register_script(stream_scripts.RELEASE_LEASE)
 
     def _key(self, name: str) -> str:
-        return f"{self._prefix}:{name}"
+        return self._keys.consumer_lease(name)
 
     async def claim(self, wanted: str) -> str:
         """The consumer name to use: ``wanted`` once no live worker holds it, else a unique one.

@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from iris.config.model import StreamConfig
+from iris.core.records import Trimmed
 from iris.errors import RedisUnavailable
-from iris.runtime.health import RedisRetry
-from iris.store.streams import NEW, Entry, Streams
+from iris.store.errors import Reporter
+from iris.store.streams import NEW, Entry, Pending, Streams
 
 START = "0-0"  # a history cursor before every entry
 HEARTBEAT_RETRY = 1.0  # seconds before a failed heartbeat is tried again
@@ -54,7 +55,7 @@ class History:
 
 class Recovery:
     def __init__(self, streams: Streams, key: str, config: StreamConfig,
-                 beats: RedisRetry) -> None:
+                 beats: Reporter) -> None:
         self._streams = streams
         self._key = key
         self._config = config
@@ -78,14 +79,14 @@ class Recovery:
         """The next page of this consumer's pending entries (``held`` ones left out: they are
         being worked on); moves ``history.cursor`` on, to NEW after the last page."""
         if history.counted:
-            page = await self._streams.read(self._key, history.cursor, count, None)
-            counts = await self._streams.delivery_counts(self._key, [i for i, f in page if f])
+            page = await self._streams.read_history(self._key, history.cursor, count)
+            counts = await self._streams.delivery_counts(self._key, _live_ids(page))
         else:
             rows = await self._streams.pending(self._key, history.cursor, count)
             page = [entry for entry, _ in rows]
-            counts = {entry[0]: times for entry, times in rows}
-        history.cursor = page[-1][0] if len(page) >= count else NEW
-        return self._sort([e for e in page if e[0] not in held], counts)
+            counts = {_id(entry): times for entry, times in rows}
+        history.cursor = _id(page[-1]) if len(page) >= count else NEW
+        return self._sort([e for e in page if _id(e) not in held], counts)
 
     async def heartbeat(self, held: Callable[[], Collection[str]]) -> None:
         """Touch the entries ``held()`` names, when a heartbeat is due. A failure is reported
@@ -126,18 +127,26 @@ class Recovery:
     async def redeliver(self, ids: list[str]) -> Recovered:
         """Entries whose handling crashed, delivered once more (counted), sorted."""
         entries = await self._streams.redeliver(self._key, ids)
-        counts = await self._streams.delivery_counts(self._key, [i for i, f in entries if f])
+        counts = await self._streams.delivery_counts(self._key, _live_ids(entries))
         return self._sort(entries, counts)
 
-    def _sort(self, entries: list[Entry], counts: dict[str, int]) -> Recovered:
+    def _sort(self, entries: Sequence[Pending], counts: dict[str, int]) -> Recovered:
         """Split re-delivered entries into those to retry, to dead-letter, and trimmed ones."""
         recovered = Recovered()
         limit = self._config.max_deliveries
-        for entry_id, fields in entries:
-            if not fields:
-                recovered.trimmed.append(entry_id)
-            elif counts.get(entry_id, 0) > limit:
-                recovered.over_limit.append((entry_id, fields))
+        for entry in entries:
+            if isinstance(entry, Trimmed):
+                recovered.trimmed.append(entry.id)
+            elif counts.get(entry[0], 0) > limit:
+                recovered.over_limit.append(entry)
             else:
-                recovered.entries.append((entry_id, fields))
+                recovered.entries.append(entry)
         return recovered
+
+
+def _id(entry: Pending) -> str:
+    return entry.id if isinstance(entry, Trimmed) else entry[0]
+
+
+def _live_ids(entries: Sequence[Pending]) -> list[str]:
+    return [entry[0] for entry in entries if not isinstance(entry, Trimmed)]

@@ -19,26 +19,26 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from iris.config.model import Config
+from iris.config.model import RedisSettings
+from iris.core.records import DeadLetter, OutboundBatch, Trimmed
 from iris.errors import GroupMissing, RedisUnavailable
 from iris.store import scripts as stream_scripts
-from iris.store.errors import redis_errors, translate
+from iris.store.errors import redis_errors
+from iris.store.keys import Keys, id_key
+from iris.store.stats import StreamStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Entry = tuple[str, dict[str, str] | None]  # (id, fields); fields None: trimmed before delivery
+RedisClient = aioredis.Redis  # the client every Redis-talking class of iris is given
+Entry = tuple[str, dict[str, str]]  # (id, fields)
+Pending = Entry | Trimmed  # an entry delivered to us, or its id if the stream no longer holds it
+Settle = tuple[str, str, list[DeadLetter]]  # (outbound stream, entry id, its dead letters)
 NEW = ">"  # read entries never delivered to this group
 TOUCH_CHUNK = 500
-PROBE_GROUP = "iris-permission-check"  # never exists: commands on it fail after the ACL check
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def connect(config: Config) -> aioredis.Redis:
+def connect(config: RedisSettings) -> aioredis.Redis:
     """A client whose socket timeout outlasts the blocking read, over a bounded pool that waits.
 
     redis-py's own retry is off on purpose: it re-sends a command whose reply was lost, and a
@@ -65,8 +65,8 @@ class Commit:
     """What one consume round writes atomically: dead letters, closed batches, inbound acks;
     and the entries it acknowledges without delivery, by reason (counted once it is written)."""
 
-    dead_letters: list[dict[str, str]] = field(default_factory=list)
-    batches: list[tuple[str, dict[str, str | bytes]]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    batches: list[tuple[str, OutboundBatch]] = field(default_factory=list)
     acks: list[str] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     written: dict[str, str] = field(default_factory=dict)  # entry → destinations that have it
@@ -81,13 +81,15 @@ class Streams:
 
     ``consumer`` is this worker's consumer name; the identity lease may change it at start."""
 
-    def __init__(self, redis: aioredis.Redis, config: Config) -> None:
+    def __init__(self, redis: aioredis.Redis, config: RedisSettings) -> None:
         self.redis = redis
         self.inbound = config.stream.key
         self.group = config.stream.group
         self.consumer = config.consumer
-        self.dead_letters = f"{self.inbound}:dlq"
-        self.written_key = f"{self.inbound}:written"  # see ``Commit.written``
+        self.keys = Keys(self.inbound)
+        self.dead_letters = self.keys.dead_letters
+        self.written_key = self.keys.written  # see ``Commit.written``
+        self.stats = StreamStats(redis, self.group)
         self._touch = self.redis.register_script(stream_scripts.TOUCH_OWNED)
         self._claim = self.redis.register_script(stream_scripts.CLAIM_ABANDONED)
         self._trim = self.redis.register_script(stream_scripts.TRIM_ACKNOWLEDGED)
@@ -98,7 +100,7 @@ class Streams:
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
-        return f"{self.inbound}:out:{destination_id}"
+        return self.keys.outbound(destination_id)
 
     def all_keys(self, destination_ids: Iterable[str]) -> list[str]:
         """The inbound stream, then each destination's outbound stream."""
@@ -107,60 +109,6 @@ class Streams:
     async def ping(self) -> None:
         with redis_errors():
             await self.redis.ping()
-
-    async def check_permissions(self) -> None:
-        """Run every kind of command iris needs once, harmlessly, on its own keys; raise
-        ``RedisUnavailable`` (NOPERM) naming each one the Redis user may not run."""
-        key, group, me = self.inbound, self.group, self.consumer
-        probe = f"{key}:permission-check"  # never written
-        probes = {
-            "xreadgroup": ("XREADGROUP", "GROUP", PROBE_GROUP, me, "COUNT", 1, "STREAMS", key,
-                           NEW),
-            "xadd": ("XADD", key, "NOMKSTREAM", "0-0", "f", "v"),  # refused: id 0-0 (no write)
-            "xack": ("XACK", key, group, "0-0"),
-            "xdel": ("XDEL", key, "0-0"),
-            "xrange": ("XRANGE", key, "+", "-", "COUNT", 1),
-            "xpending": ("XPENDING", key, PROBE_GROUP),
-            "xautoclaim": ("XAUTOCLAIM", key, PROBE_GROUP, me, 1, "0-0", "COUNT", 1),
-            "xclaim": ("XCLAIM", key, PROBE_GROUP, me, 1, "0-0", "JUSTID"),
-            "xinfo": ("XINFO", "GROUPS", key),
-            "xtrim": ("XTRIM", key, "MINID", "0-0"),
-            "xgroup": ("XGROUP", "DELCONSUMER", key, PROBE_GROUP, me),
-            "time": ("TIME",),  # the shared rate limit's clock
-            "get": ("GET", probe),  # tokens, leases, rates: keys under the stream's name
-            "set": ("SET", probe, "v", "XX"),  # XX: sets nothing, the key does not exist
-            "del": ("DEL", probe),
-            "pexpire": ("PEXPIRE", probe, 1),
-            "pttl": ("PTTL", probe),
-            "hgetall": ("HGETALL", probe),
-            "hdel": ("HDEL", probe, "f"),
-        }
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for args in probes.values():
-                pipe.execute_command(*args)
-            with redis_errors():
-                replies = await pipe.execute(raise_on_error=False)
-        denied = [name for name, reply in zip(probes, replies, strict=True)
-                  if isinstance(reply, Exception) and _is_noperm(reply)]
-        for name, probe in (("evalsha", self._touch(keys=[key], args=[PROBE_GROUP, me])),
-                            ("multi", self._multi_ack())):
-            try:
-                with redis_errors():
-                    await probe
-            except RedisUnavailable as exc:
-                if exc.reply != "NOPERM":
-                    raise
-                denied.append(name)
-        if denied:
-            raise RedisUnavailable(
-                f"the redis user lacks a permission: NOPERM for {', '.join(denied)} (iris needs "
-                "+@stream +@scripting +@transaction +@string +@hash +@keyspace +@connection "
-                "+time on the keys under its stream's name)", "NOPERM")
-
-    async def _multi_ack(self) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.inbound, self.group, "0-0")  # acknowledges nothing
-            await pipe.execute()
 
     async def ensure_group(self, key: str) -> None:
         """Create the group (and the stream) if missing; an existing group is fine."""
@@ -171,17 +119,25 @@ class Streams:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, key: str, cursor: str, count: int, block_ms: int | None) -> list[Entry]:
-        """XREADGROUP from ``cursor`` (NEW or an id into this consumer's history)."""
-        return (await self.read_many({key: cursor}, count, block_ms)).get(key, [])
+    async def read(self, key: str, count: int, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP of entries never delivered to the group."""
+        return (await self.read_many([key], count, block_ms)).get(key, [])
 
     async def read_many(
-        self, cursors: dict[str, str], count: int, block_ms: int | None
+        self, keys: list[str], count: int, block_ms: int | None
     ) -> dict[str, list[Entry]]:
-        """One XREADGROUP over several streams (up to ``count`` entries from each)."""
-        reply = await self._in_group(list(cursors), lambda: self.redis.xreadgroup(
-            self.group, self.consumer, cursors, count=count, block=block_ms))
+        """One XREADGROUP of new entries over several streams (up to ``count`` from each)."""
+        reply = await self._in_group(keys, lambda: self.redis.xreadgroup(
+            self.group, self.consumer, dict.fromkeys(keys, NEW), count=count, block=block_ms))
         return {key: entries for key, entries in reply or ()}
+
+    async def read_history(self, key: str, after: str, count: int) -> list[Pending]:
+        """XREADGROUP of this consumer's pending entries after ``after`` (each counts as a
+        delivery); an entry the stream no longer holds comes back as ``Trimmed``."""
+        reply = await self._in_group([key], lambda: self.redis.xreadgroup(
+            self.group, self.consumer, {key: after}, count=count))
+        return [_pending(entry_id, fields) for _, entries in reply or () for entry_id, fields
+                in entries]
 
     async def _in_group(self, keys: list[str], command: Callable[[], Awaitable[T]]) -> T:
         """Run a command on our group; if the group vanished (NOGROUP), recreate it and run
@@ -198,10 +154,10 @@ class Streams:
         with redis_errors():
             return await command()
 
-    async def pending(self, key: str, after: str, count: int) -> list[tuple[Entry, int]]:
+    async def pending(self, key: str, after: str, count: int) -> list[tuple[Pending, int]]:
         """This consumer's pending entries after ``after`` (exclusive), with their delivery
         counts, WITHOUT counting a delivery (XREADGROUP from an id would): iris's own re-reads
-        after a fault are not deliveries. A trimmed entry comes back with fields None."""
+        after a fault are not deliveries. A trimmed entry comes back as ``Trimmed``."""
         rows = await self._in_group([key], lambda: self.redis.xpending_range(
             key, self.group, min=f"({after}", max="+", count=count, consumername=self.consumer))
         if not rows:
@@ -211,17 +167,17 @@ class Streams:
                 for row in rows:
                     pipe.xrange(key, row["message_id"], row["message_id"])
                 found = await pipe.execute()
-        return [((row["message_id"], entries[0][1] if entries else None), row["times_delivered"])
-                for row, entries in zip(rows, found, strict=True)]
+        return [(_pending(row["message_id"], entries[0][1] if entries else None),
+                 row["times_delivered"]) for row, entries in zip(rows, found, strict=True)]
 
     async def commit(self, commit: Commit) -> None:
         """Dead letters, batches and inbound acks in one MULTI: all happen or none does."""
         with redis_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
                 for entry in commit.dead_letters:
-                    pipe.xadd(self.dead_letters, entry)
-                for key, fields in commit.batches:
-                    pipe.xadd(key, fields)
+                    pipe.xadd(self.dead_letters, entry.encode())
+                for key, batch in commit.batches:
+                    pipe.xadd(key, batch.encode())
                 if commit.written:
                     pipe.hset(self.written_key, mapping=commit.written)
                 if commit.unwritten:
@@ -240,15 +196,24 @@ class Streams:
         return {i: set(v.split(",")) for i, v in zip(ids, found, strict=True) if v}
 
     async def settle(
-        self, key: str, entry_id: str, dead_letters: list[dict[str, str]] | None = None
+        self, key: str, entry_id: str, dead_letters: list[DeadLetter] | None = None
     ) -> None:
         """Finish one outbound batch: its dead letters (if any), XACK and XDEL, atomically."""
+        await self.settle_many([(key, entry_id, dead_letters or [])])
+
+    async def settle_many(self, settles: list[Settle]) -> None:
+        """Finish outbound batches, of one stream or several: their dead letters, one XACK and
+        one XDEL per stream, in one MULTI."""
+        ids: dict[str, list[str]] = {}
         with redis_errors():
             async with self.redis.pipeline(transaction=True) as pipe:
-                for entry in dead_letters or ():
-                    pipe.xadd(self.dead_letters, entry)
-                pipe.xack(key, self.group, entry_id)
-                pipe.xdel(key, entry_id)
+                for key, entry_id, dead_letters in settles:
+                    ids.setdefault(key, []).append(entry_id)
+                    for entry in dead_letters:
+                        pipe.xadd(self.dead_letters, entry.encode())
+                for key, entry_ids in ids.items():
+                    pipe.xack(key, self.group, *entry_ids)
+                    pipe.xdel(key, *entry_ids)
                 await pipe.execute()
 
     async def claim(
@@ -260,17 +225,17 @@ class Streams:
         reply = await self._in_group([key], lambda: self._claim(
             keys=[key], args=[self.group, self.consumer, min_idle_ms, start, count]))
         next_start, claimed, deleted = reply
-        entries = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
-                   for entry_id, flat in claimed]
-        return next_start or "-", entries, list(deleted)
+        entries: list[Entry] = [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                                for entry_id, flat in claimed]
+        return str(next_start or "-"), entries, [str(d) for d in deleted]
 
-    async def redeliver(self, key: str, ids: list[str]) -> list[Entry]:
+    async def redeliver(self, key: str, ids: list[str]) -> list[Pending]:
         """Deliver this consumer's own ``ids`` to it once more, counted (XCLAIM): for entries
-        whose handling crashed. An entry deleted from the stream comes back as None (Redis has
-        dropped it from the pending list)."""
+        whose handling crashed. An entry deleted from the stream comes back as ``Trimmed``
+        (Redis has dropped it from the pending list)."""
         with redis_errors():
             found = dict(await self.redis.xclaim(key, self.group, self.consumer, 0, ids))
-        return [(entry_id, found.get(entry_id)) for entry_id in ids]
+        return [_pending(entry_id, found.get(entry_id)) for entry_id in ids]
 
     async def delivery_counts(self, key: str, ids: list[str]) -> dict[str, int]:
         """How many times each entry has been delivered to the group (XPENDING)."""
@@ -279,7 +244,7 @@ class Streams:
         wanted = set(ids)
         with redis_errors():
             rows = await self.redis.xpending_range(
-                key, self.group, min=min(ids, key=_id_key), max=max(ids, key=_id_key),
+                key, self.group, min=min(ids, key=id_key), max=max(ids, key=id_key),
                 count=max(len(ids), 1000) * 2, consumername=self.consumer,
             )
         return {r["message_id"]: r["times_delivered"] for r in rows if r["message_id"] in wanted}
@@ -294,7 +259,8 @@ class Streams:
     async def page(self, key: str, start: str, count: int, end: str = "+") -> list[Entry]:
         """Entries of ``key`` from ``start`` to ``end`` (inclusive; ``(id`` for exclusive)."""
         with redis_errors():
-            return await self.redis.xrange(key, min=start, max=end, count=count)
+            entries: list[Entry] = await self.redis.xrange(key, min=start, max=end, count=count)
+        return entries
 
     async def last_id(self, key: str) -> str | None:
         """The id of the newest entry of ``key``, or None when it is empty."""
@@ -311,98 +277,22 @@ class Streams:
                     pipe.xdel(self.dead_letters, dlq_id)
                 await pipe.execute()
 
-    async def describe(self, key: str) -> dict[str, object]:
-        """Length, groups and their consumers of one stream, for ``iris status``."""
-        with redis_errors():
-            if not await self.redis.exists(key):
-                return {"stream": key, "length": 0, "groups": []}
-            groups = []
-            for group in await self.redis.xinfo_groups(key):
-                consumers = await self.redis.xinfo_consumers(key, group["name"])
-                lag = group.get("lag")
-                if lag is None:
-                    lag = await self._count_after(key, group.get("last-delivered-id") or "0-0")
-                groups.append({
-                    "group": group["name"], "pending": group.get("pending", 0),
-                    "lag": lag, "last_delivered": group.get("last-delivered-id"),
-                    "consumers": [{"name": c["name"], "pending": c.get("pending", 0),
-                                   "idle_ms": c.get("idle", 0)} for c in consumers],
-                })
-            return {"stream": key, "length": await self.redis.xlen(key), "groups": groups}
-
     async def add(self, fields: dict[str, str]) -> str:
         """Produce one inbound event (``iris send``)."""
         with redis_errors():
-            return await self.redis.xadd(self.inbound, fields)
+            return str(await self.redis.xadd(self.inbound, fields))
 
     async def add_many(self, events: list[dict[str, str]]) -> list[str]:
         with redis_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for fields in events:
                     pipe.xadd(self.inbound, fields)
-                return await pipe.execute()
-
-    async def group_stats(self, key: str) -> tuple[int, int, int | None] | None:
-        """(length, pending, lag) of our group on ``key``, or None when it has no such group.
-
-        Redis reports the lag as unknown (nil) after entries were deleted past the group's
-        position; it is then counted here, or None when that would mean a long scan."""
-        with redis_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xlen(key)
-                pipe.xinfo_groups(key)
-                length, groups = await pipe.execute(raise_on_error=False)
-            if isinstance(groups, Exception):
-                return None
-            for group in groups:
-                if group.get("name") == self.group:
-                    lag = group.get("lag")
-                    if lag is None:
-                        lag = await self._count_after(key, group.get("last-delivered-id"))
-                    return int(length), int(group.get("pending") or 0), lag
-        return None
-
-    async def _count_after(self, key: str, last_delivered: str | None,
-                           limit: int = 10_000) -> int | None:
-        """Entries after ``last_delivered``: XLEN minus those at or before it (few, on a trimmed
-        inbound stream or an outbound stream whose delivered batches are deleted)."""
-        length = await self.redis.xlen(key)
-        if not last_delivered:
-            return int(length)
-        older = await self.redis.xrange(key, "-", last_delivered, count=limit + 1)
-        return None if len(older) > limit else int(length) - len(older)
+                return [str(entry_id) for entry_id in await pipe.execute()]
 
     async def trim(self, key: str) -> int:
         """Trim what every group of ``key`` has acknowledged; returns how many were trimmed."""
         with redis_errors():
             return int(await self._trim(keys=[key]))
-
-    async def deleted_unread(self, key: str) -> tuple[str, int | None] | None:
-        """Entries deleted from ``key`` before our group read them (a producer's MAXLEN or
-        XTRIM, an XDEL): (the id that marks the loss, how many, when Redis can tell), or None.
-
-        Trimmed from the head past the group's position: the group's last-delivered id is
-        below the first entry, and of the entries ever added, some are neither in the stream
-        nor read by the group. Deleted singly (XDEL) past its position: the newest deleted id
-        is above its last-delivered id."""
-        with redis_errors():
-            info = await self.redis.xinfo_stream(key)
-            groups = await self.redis.xinfo_groups(key)
-        group = next((g for g in groups if g.get("name") == self.group), None)
-        if group is None:
-            return None
-        last = _id_key(group.get("last-delivered-id") or "0-0")
-        deleted = info.get("max-deleted-entry-id") or "0-0"
-        if _id_key(deleted) > last:
-            return deleted, None
-        first = info.get("first-entry")
-        if first is None or _id_key(first[0]) <= last:
-            return None
-        read = group.get("entries-read")
-        if read is None and last != (0, 0):
-            return None  # Redis cannot tell what the group read
-        gone = int(info["entries-added"]) - int(info["length"]) - int(read or 0)
-        return (first[0], gone) if gone > 0 else None
 
     async def drop_idle_consumers(self, key: str, idle_ms: int) -> int:
         """Remove the group's consumers that hold nothing and were idle ``idle_ms`` or more."""
@@ -410,16 +300,12 @@ class Streams:
             return int(await self._drop_idle(keys=[key], args=[self.group, idle_ms,
                                                                self.consumer]))
 
-    def rate_key(self, destination_id: str) -> str:
-        """Where a destination's shared request rate is kept."""
-        return f"{self.inbound}:rate:{destination_id}"
-
     async def take_rate(self, destination_id: str, interval_ms: float, burst: int,
                         wanted: int) -> tuple[int, float]:
         """Up to ``wanted`` request slots of the destination's shared rate: (granted, seconds
         to wait when none was)."""
         with redis_errors():
-            granted, wait_ms = await self._rate(keys=[self.rate_key(destination_id)],
+            granted, wait_ms = await self._rate(keys=[self.keys.rate(destination_id)],
                                                 args=[interval_ms, burst, wanted])
         return int(granted), int(wait_ms) / 1000
 
@@ -436,6 +322,6 @@ class Streams:
             return bool(await self._drop_own(keys=[key], args=[self.group, self.consumer]))
 
 
-def _is_noperm(reply: Exception) -> bool:
-    translated = translate(reply)
-    return translated is not None and translated.reply == "NOPERM"
+def _pending(entry_id: str, fields: dict[str, str] | None) -> Pending:
+    """Redis returns an entry deleted from the stream, but still pending, with no fields."""
+    return (entry_id, fields) if fields else Trimmed(entry_id)

@@ -13,7 +13,9 @@ obtained under the old ones. A write carries its fence number and is refused if 
 holder already wrote (fencing: a process whose lease ran out cannot overwrite a newer token). A
 rotated refresh token replaces the stored one only if the stored one is still the one that was
 spent (compare-and-set), and is never given an expiry: losing it means a person logs in again.
-With an encryption key, every token is encrypted at rest (Fernet).
+With an encryption key, every token is encrypted at rest (Fernet). Pauses are judged by the
+clock the store is given (``time.time`` unless a test passes its own); the keys' expiries in
+Redis stay in Redis's time.
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 import redis.asyncio as aioredis
 
 from iris.store.errors import redis_errors
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,7 @@ return 0
 """
 
 
-def _fernet(key: str) -> Any:
+def _fernet(key: str) -> Fernet:
     from cryptography.fernet import Fernet  # only where tokens are encrypted
 
     return Fernet(key)
@@ -120,8 +126,10 @@ class Pause:
 
 class TokenStore:
     def __init__(self, redis: aioredis.Redis, prefix: str, destination: str, fingerprint: str,
-                 *, encryption_key: str | None = None, lease: float = 120.0) -> None:
+                 *, encryption_key: str | None = None, lease: float = 120.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
+        self._clock = clock  # epoch seconds: when a pause ends
         base = f"{prefix}:{destination}"
         self.token_key = f"{base}:{fingerprint}:token"
         self._lock_key = f"{base}:{fingerprint}:lock"
@@ -214,7 +222,7 @@ class TokenStore:
         previous = await self.paused(include_expired=True)
         count = previous.count + 1 if previous is not None else 1
         seconds = min(MAX_PAUSE, base * 2 ** (count - 1))
-        pause = Pause(time.time() + seconds, count, error)
+        pause = Pause(self._clock() + seconds, count, error)
         with redis_errors():  # kept twice as long, to remember the count
             await self._redis.set(self._pause_key, orjson.dumps(asdict(pause)),
                                   px=int(seconds * 2000))
@@ -229,7 +237,7 @@ class TokenStore:
             pause = Pause(**orjson.loads(raw))
         except (ValueError, TypeError):
             return None
-        return pause if include_expired or pause.until > time.time() else None
+        return pause if include_expired or pause.until > self._clock() else None
 
     async def clear_pause(self) -> None:
         with redis_errors():

@@ -14,6 +14,7 @@ from tests.conftest import (
     running,
     wait_for,
 )
+from tests.helpers import equals
 
 SEGMENTS = ["s1", "s2", "s3", "s4", "s5"]
 
@@ -76,15 +77,11 @@ async def test_5000_events_three_destinations(redis_server, redis, stream_key, p
                     id_time = int(entry_id.split("-")[0]) // 1000
                     when = int(fields["ts"]) if "ts" in fields else id_time
                     assert seg["DateTime"] == aam_date(when)
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending entries")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "no pending entries")
         assert metric(worker, "iris_events_consumed_total") == len(events)
         for p in (a, b, c):
             delivered = metric(worker, "iris_events_delivered_total", destination=p.dest_id)
             assert delivered == len(p.server.segment_changes())
-
-
-async def _zero(awaitable) -> bool:
-    return await awaitable == 0
 
 
 async def test_malformed_events_are_dead_lettered(redis_server, redis, stream_key, partners):
@@ -103,7 +100,7 @@ async def test_malformed_events_are_dead_lettered(redis_server, redis, stream_ke
         sent.append((await redis.xadd(stream_key, fields), fields))
     async with running(config) as worker:
         await wait_for(lambda: len(a.server.segment_changes()) == 4, 20, "good events delivered")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending entries")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "no pending entries")
         dlq = await redis.xrange(f"{stream_key}:dlq")
         assert len(dlq) == 4
         by_source = {fields["dlq_source_id"]: fields for _, fields in dlq}

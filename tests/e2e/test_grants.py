@@ -39,6 +39,7 @@ from tests.conftest import (
     trickle,
     wait_for,
 )
+from tests.helpers import equals
 from tests.oauth_server import (
     CLIENT_CREDENTIALS,
     IMS_JWT,
@@ -484,7 +485,7 @@ async def test_rotated_refresh_tokens_survive_a_restart(grant, encrypted, site, 
                 "a delivery with a token the new worker refreshed",
                 lambda: (oauth.grants_issued, explain(partner)))
         await all_delivered(partner, "b", sent[0])
-        await wait_for(lambda: _zero(pending_total(redis, config)), 5, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 5, "nothing pending")
         store = store_of(config, redis)  # read while the worker keeps a token stored
         token_record = await redis.hget(store.token_key, "data")
         everything = await redis_values(redis, f"{stream_key}*")
@@ -706,8 +707,4 @@ async def test_refused_refresh_token_falls_back_to_the_password_grant(site, redi
     check_delivered_with(partner, oauth, {PASSWORD, REFRESH_TOKEN}, still_valid=False)
     stored = await redis.hgetall(store_of(config, redis).refresh_key)
     assert stored["digest"] == digest(oauth.refresh_minted[-1])
-
-
-async def _zero(awaitable: Any) -> bool:
-    return await awaitable == 0
 

@@ -20,6 +20,7 @@ from iris_demo.localredis import free_port
 from iris_demo.partner import PartnerServer
 from iris_demo.servers import LocalServer
 from tests.conftest import SecretWatch, config_data, make_config, running, wait_for
+from tests.helpers import run_cli
 from tests.oauth_server import OAuthServer
 
 SECRET = "login-secret+%é"
@@ -160,14 +161,6 @@ async def test_refused_authorisation_is_a_clear_error(served, redis_server, stre
     code, _out, err = await login.finish()
     assert code == 1 and "authorisation refused: access_denied" in err
     assert "Traceback" not in err and oauth.requests == []
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iris", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_auth_test_and_check_config_never_show_a_secret(

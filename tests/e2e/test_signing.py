@@ -30,6 +30,7 @@ from tests.conftest import (
     signatures_seen,
     wait_for,
 )
+from tests.helpers import equals
 
 SECRET_A = "sig-secret-A-7d1e0c"
 SECRET_B = "sig-secret-B-93fa42"
@@ -77,14 +78,6 @@ async def push(redis, stream_key: str, n: int, prefix: str = "u") -> list[str]:
     return ids
 
 
-async def _equals(awaitable, value: int) -> bool:
-    return await awaitable == value
-
-
-async def _zero(awaitable) -> bool:
-    return await _equals(awaitable, 0)
-
-
 def signing(*keys: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {"signing": {"keys": list(keys), **fields}}
 
@@ -104,7 +97,7 @@ async def test_sha256_default_every_batch_verified_over_exact_bytes(
         await push(redis, stream_key, 30)
         await wait_for(lambda: len(p.server.segment_changes()) == 30, 8, "30 changes",
                        lambda: diagnose(worker, p, 30))
-        await wait_for(lambda: _zero(pending_total(redis, config)), 5, "no pending entries")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 5, "no pending entries")
         assert metric(worker, "iris_requests_total", destination="423", code="200") == len(
             p.server.received)
         assert metric(worker, "iris_requests_total", destination="423", code="401") == 0
@@ -201,9 +194,9 @@ async def test_wrong_signature_is_refused_and_dead_lettered(
         p, batch={"max_wait": 0.05}, **extra)])
     ids = await push(redis, stream_key, 3)
     async with running(config) as worker:
-        await wait_for(lambda: _equals(redis.xlen(f"{stream_key}:dlq"), 3), 8, "3 dead letters",
+        await wait_for(lambda: equals(redis.xlen(f"{stream_key}:dlq"), 3), 8, "3 dead letters",
                        lambda: diagnose(worker, p, 3))
-        await wait_for(lambda: _zero(pending_total(redis, config)), 5, "no pending entries")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 5, "no pending entries")
         dlq = await redis.xrange(f"{stream_key}:dlq")
         assert metric(worker, "iris_events_dead_lettered_total", destination="423",
                       reason="rejected") == 3

@@ -24,6 +24,7 @@ from tests.conftest import (
     trickle,
     wait_for,
 )
+from tests.helpers import equals
 
 
 async def test_short_lived_tokens_are_refreshed_before_expiry(redis_server, redis, stream_key,
@@ -37,7 +38,7 @@ async def test_short_lived_tokens_are_refreshed_before_expiry(redis_server, redi
             await wait_for(lambda: time.monotonic() - started > 8, 10, "an 8 s run")
         await wait_for(lambda: len(p.server.segment_changes()) == sent[0], 10, "all delivered",
                        lambda: diagnose(worker, p, sent[0]))
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "no pending")
         assert metric(worker, "iris_requests_total", destination="423", code="401") == 0
     assert p.server.expired_token_requests == 0 and p.server.auth_failures == 0
     issued = list(p.tokens.issued.values())  # monotonic expiry of each token, in issue order
@@ -59,7 +60,7 @@ async def test_revoked_token_is_replaced_once(redis_server, redis, stream_key, p
         for i in range(200):
             await redis.xadd(stream_key, {"uuid": f"b{i}", "segment": "s1", "dpuuid": "d"})
         await wait_for(lambda: len(p.server.segment_changes()) == 400, 20, "second half")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "no pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "no pending")
     assert p.server.auth_failures >= 1
     assert p.tokens.ok_requests == 2  # exactly one new token request
     assert sorted(c[0] for c in p.server.segment_changes()) == sorted(
@@ -131,7 +132,3 @@ async def test_gzip_answer_without_expires_in(redis_server, redis, stream_key, p
     gaps = [b.time - a.time for a, b in itertools.pairwise(ok)]
     assert all(0.9 <= gap <= 1.6 for gap in gaps[:-1]), gaps
     assert p.server.expired_token_requests == 0 and p.server.auth_failures == 0
-
-
-async def _zero(awaitable) -> bool:
-    return await awaitable == 0

@@ -22,9 +22,9 @@ from iris.runtime.worker import Worker
 from iris_demo.localredis import free_port
 from iris_demo.partner import PartnerServer
 from tests.conftest import Partner, config_data, destination_config, wait_for
+from tests.helpers import group_pending, xadd_all
 
 REQUIRED_LOG_FIELDS = ("time", "level", "logger", "message")
-GROUP = "iris"
 Pairs = set[tuple[str, str]]
 
 
@@ -101,6 +101,10 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def records(self, start: int = 0) -> list[dict[str, Any]]:
+        """The worker's JSON log records, from line ``start`` on."""
+        return [json.loads(line) for line in self.log().splitlines()[start:] if line.strip()]
 
     async def get(self, path: str) -> tuple[int, str]:
         """GET one of the worker's HTTP endpoints; (0, reason) when it does not answer."""
@@ -215,13 +219,35 @@ def as_config(data: dict[str, Any]) -> Config:
     return parse_config(data, env={})
 
 
+def worker_config(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
+                  *, shutdown_timeout: float = 5, **stream: Any) -> dict[str, Any]:
+    """A raw config mapping for ``WorkerProcess``, validated here so a bad one fails fast."""
+    data = config_data(redis_url, stream_key, destinations, **stream)
+    data["shutdown_timeout"] = shutdown_timeout
+    parse_config(data, env={})
+    return data
+
+
+async def start_all(*procs: WorkerProcess) -> None:
+    """Start every worker at once, then wait until each one's /readyz says ready."""
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        await wait_for(proc.ready, 30, f"{proc.config_path.stem} ready",
+                       lambda p=proc: p.log()[-3000:])
+
+
+async def started(proc: WorkerProcess) -> WorkerProcess:
+    """Start ``proc`` and wait until /readyz says it is ready."""
+    await start_all(proc)
+    return proc
+
+
 async def produce(client: aioredis.Redis, key: str, tag: str, count: int) -> Pairs:
     """XADD ``count`` events with (uuid, segment) pairs unique to ``tag``; return the pairs."""
     pairs = {(f"{tag}-{i:04d}", "s1") for i in range(count)}
-    async with client.pipeline(transaction=False) as pipe:
-        for uuid, segment in sorted(pairs):
-            pipe.xadd(key, {"uuid": uuid, "segment": segment, "dpuuid": f"dp-{uuid}"})
-        await pipe.execute()
+    await xadd_all(client, key, [{"uuid": uuid, "segment": segment, "dpuuid": f"dp-{uuid}"}
+                                 for uuid, segment in sorted(pairs)], chunk=len(pairs) or 1)
     return pairs
 
 
@@ -235,11 +261,7 @@ def missing(partner: Partner, pairs: Pairs) -> str:
 
 
 async def pending(client: aioredis.Redis, stream_key: str, dest_id: str) -> int:
-    total = 0
-    for key in (stream_key, f"{stream_key}:out:{dest_id}"):
-        if await client.exists(key):
-            total += (await client.xpending(key, GROUP))["pending"]
-    return total
+    return await group_pending(client, [stream_key, f"{stream_key}:out:{dest_id}"])
 
 
 async def settled(client: aioredis.Redis, stream_key: str, dest_id: str,

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from iris_demo.localredis import RedisProcess
-from iris_demo.partner import validate_payload
+from iris_demo.payload import validate_payload
 from iris_demo.servers import LocalServer
 from tests.conftest import config_data, wait_for
 from tests.faults.harness import WorkerProcess, cpu_seconds, settled

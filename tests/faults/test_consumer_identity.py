@@ -22,7 +22,6 @@ from aiohttp import web
 from iris_demo.localredis import RedisProcess
 from tests.conftest import running, wait_for
 from tests.faults.harness import (
-    GROUP,
     Pairs,
     WorkerProcess,
     as_config,
@@ -33,6 +32,7 @@ from tests.faults.harness import (
     raw_config,
     settled,
 )
+from tests.helpers import GROUP
 
 
 async def consumers(client: aioredis.Redis, key: str) -> dict[str, int]:

@@ -8,8 +8,6 @@ letter holding bytes that are not UTF-8 is listed, escaped.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,9 @@ from aiohttp import web
 from iris_demo.localredis import RedisProcess
 from tests.conftest import wait_for
 from tests.faults.harness import WorkerProcess, raw_config
+from tests.helpers import run_cli
 
 DEAD = 20_000
-
-
-async def iris(*args: str) -> tuple[int, str, str]:
-    """Run the CLI without blocking the event loop (the test's partner lives on it)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iris", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def entries_added(client: aioredis.Redis, key: str) -> int:
@@ -68,7 +57,7 @@ async def test_replay_against_a_partner_that_still_refuses(
     with WorkerProcess(data, tmp_path).start() as worker:
         await wait_for(worker.ready, 20, "worker ready", worker.log)
         before = await entries_added(direct, stream_key)
-        code, out, err = await iris("dlq", "replay", "-c", str(worker.config_path),
+        code, out, err = await run_cli("dlq", "replay", "-c", str(worker.config_path),
                                     "--destination", "423", "--reason", "rejected")
         assert code == 0, err
         assert out.strip() == f"replayed {DEAD} event(s) into {stream_key}"
@@ -96,10 +85,10 @@ async def test_dry_run_and_limit(
                                 "dlq_reason": "retries_exhausted", "dlq_destination": "423"})
     config = tmp_path / "iris.yaml"
     config.write_text(orjson.dumps(raw_config(own_redis.url, stream_key, partner)).decode())
-    code, out, _ = await iris("dlq", "replay", "-c", str(config), "--dry-run")
+    code, out, _ = await run_cli("dlq", "replay", "-c", str(config), "--dry-run")
     assert code == 0 and out.strip() == f"would replay 30 event(s) into {stream_key}"
     assert await direct.xlen(dlq) == 30 and not await direct.exists(stream_key)
-    code, out, _ = await iris("dlq", "replay", "-c", str(config), "--limit", "12")
+    code, out, _ = await run_cli("dlq", "replay", "-c", str(config), "--limit", "12")
     assert code == 0 and out.strip() == f"replayed 12 event(s) into {stream_key}"
     assert await direct.xlen(dlq) == 18 and await direct.xlen(stream_key) == 12
 
@@ -120,7 +109,7 @@ async def test_list_shows_a_dead_letter_that_is_not_utf8(
         await raw.aclose()
     config = tmp_path / "iris.yaml"
     config.write_text(orjson.dumps(raw_config(own_redis.url, stream_key, partner)).decode())
-    code, out, err = await iris("dlq", "list", "-c", str(config))
+    code, out, err = await run_cli("dlq", "list", "-c", str(config))
     assert code == 0, err
     first, second = (orjson.loads(line) for line in out.splitlines())
     assert first["uuid"] == "caf\\xe9-\\xff" and first["segment"] == "s1"

@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 
 from iris_demo.localredis import RedisProcess
 from tests.conftest import config_data, destination_config, wait_for
-from tests.faults.harness import GROUP, WorkerProcess, check_promises, delivered, produce
+from tests.faults.harness import WorkerProcess, check_promises, delivered, produce
+from tests.helpers import GROUP, equals
 
 
 async def test_a_slow_batcher_beside_a_fast_one_and_a_crash_between_them(
@@ -69,14 +70,10 @@ async def test_a_slow_batcher_beside_a_fast_one_and_a_crash_between_them(
         assert await asyncio.to_thread(second.wait, 20) == 0
     with WorkerProcess(config("third"), tmp_path, "third").start() as third:
         await wait_for(lambda: sent <= delivered(a), 20, "A's batch delivered", third.log)
-        await wait_for(lambda: _zero(direct.xlen(f"{stream_key}:out:A")), 10, "settled")
+        await wait_for(lambda: equals(direct.xlen(f"{stream_key}:out:A"), 0), 10, "settled")
     assert [len(batch.payload["Users"]) for batch in a.server.received] == [40]
     assert len(b.server.received) == 8
     await check_promises(direct, stream_key, GROUP, {"A": a.server, "B": b.server},
                          {"A": sent, "B": sent})
     assert not await direct.exists(f"{stream_key}:written")
     assert b_took < 5
-
-
-async def _zero(count: Any) -> bool:
-    return await count == 0

@@ -40,7 +40,8 @@ from tests.conftest import (
     trickle,
     wait_for,
 )
-from tests.faults.harness import GROUP, WorkerProcess, check_promises, delivered, produce
+from tests.faults.harness import WorkerProcess, check_promises, delivered, produce
+from tests.helpers import GROUP, equals
 from tests.http_proxy import HttpProxy
 from tests.test_prometheus import ALERTS, tool
 
@@ -113,7 +114,7 @@ async def test_redirects_are_never_followed(
                 return await redis.xlen(f"{stream_key}:dlq") == 3 * len(REDIRECTS)
 
             await wait_for(all_dead, 20, "every event dead-lettered")
-            await wait_for(lambda: _zero(pending_total(redis, config)), 10, "nothing pending")
+            await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "nothing pending")
             for name in REDIRECTS:
                 assert metric(worker, "iris_events_delivered_total", destination=name) == 0
                 assert metric(worker, "iris_requests_total", destination=name,
@@ -136,10 +137,6 @@ async def test_redirects_are_never_followed(
     for name in REDIRECTS:
         mine = [e for e in errors if e.startswith(f"{name}: HTTP ")]
         assert len(mine) == 1 and "redirect to" in mine[0], mine
-
-
-async def _zero(count: Any) -> bool:
-    return await count == 0
 
 
 # --------------------------------------------------------------------------- token answers

@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -32,7 +31,8 @@ from aiohttp import web
 
 from iris.config.model import parse_config
 from iris_demo.localredis import RedisProcess
-from iris_demo.partner import ReceivedBatch, validate_payload
+from iris_demo.partner import ReceivedBatch
+from iris_demo.payload import validate_payload
 from tests.conftest import (
     Partner,
     config_data,
@@ -45,9 +45,9 @@ from tests.conftest import (
 )
 from tests.faults.harness import WorkerProcess, check_promises
 from tests.faults.proxy import FaultProxy
+from tests.helpers import GROUP, equals, run_cli, xadd_all
 from tests.test_prometheus import ALERTS, tool
 
-GROUP = "iris"
 Responder = Callable[[web.Request, bytes], Awaitable[web.StreamResponse | None]]
 Pairs = set[tuple[str, str]]
 
@@ -113,19 +113,6 @@ def pairs_received(partner: Partner) -> Counter[tuple[str, str]]:
     return Counter((u, s) for u, _dp, s, _st in partner.server.segment_changes())
 
 
-async def xadd_all(client: aioredis.Redis, key: str, events: list[dict[str, str]],
-                   chunk: int = 5000) -> list[str]:
-    """XADD in pipelined chunks; the ids, in order."""
-    ids: list[str] = []
-    for start in range(0, len(events), chunk):
-        async with client.pipeline(transaction=False) as pipe:
-            for fields in events[start:start + chunk]:
-                pipe.xadd(key, fields)
-            ids.extend(await pipe.execute())
-        await asyncio.sleep(0)  # let the partners in this process answer between chunks
-    return ids
-
-
 def fast_retry(**overrides: Any) -> dict[str, Any]:
     return {"max_attempts": 10, "base_delay": 0.05, "max_delay": 1.0, **overrides}
 
@@ -170,7 +157,7 @@ async def test_random_partner_faults_everything_arrives(
         await xadd_all(redis, stream_key, events, chunk=100)
         await wait_for(lambda: expected <= set(pairs_received(a)), 60, "every event delivered",
                        lambda: f"{len(set(pairs_received(a)))}/{len(expected)} faults={faults}")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 15, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 15, "nothing pending")
         elapsed = time.monotonic() - started
         print(f"\n[random faults] {dict(faults)}; all delivered in {elapsed:.1f} s")
         assert elapsed < 30, f"recovery took {elapsed:.1f} s"
@@ -213,7 +200,7 @@ async def test_retry_after_is_honoured(
     await xadd_all(redis, stream_key, events)
     async with running(config) as worker:
         await wait_for(lambda: len(a.server.received) == 1, 15, "the batch delivered")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "nothing pending")
         assert len(arrivals) == 1, "one batch, one key"
         (key, times), = arrivals.items()
         assert len(times) == 2
@@ -529,7 +516,7 @@ async def test_one_destination_down_does_not_slow_the_other(
         consumed = time.monotonic() - out_start
         rss_consumed = worker.rss_mb()
         outbound_a = await redis.xlen(f"{stream_key}:out:A")
-        await wait_for(lambda: _equals(worker.metric("iris_circuit_open", destination="A"), 1),
+        await wait_for(lambda: equals(worker.metric("iris_circuit_open", destination="A"), 1),
                        max(1.0, out_start + outage_s - time.monotonic()), "A's circuit open")
         status, body = await worker.get("/readyz")  # the pod works; the paused one is named
         assert status == 200 and "destination A paused" in body, body
@@ -546,7 +533,7 @@ async def test_one_destination_down_does_not_slow_the_other(
         await wait_for(lambda: expected_a <= seen_a, 90, "A's backlog delivered",
                        lambda: f"{len(expected_a & seen_a)}/{bulk} {worker.log()[-3000:]}")
         recovered = time.monotonic() - out_end
-        await wait_for(lambda: _equals(worker.metric("iris_circuit_open", destination="A"), 0),
+        await wait_for(lambda: equals(worker.metric("iris_circuit_open", destination="A"), 0),
                        10, "A's circuit closed")
         await wait_for(worker.ready, 10, "ready again once A is back")
         producer.stop.set()
@@ -556,7 +543,7 @@ async def test_one_destination_down_does_not_slow_the_other(
         await wait_for(lambda: all(expected[d] <= set(pairs_received(got[d])) for d in got), 30,
                        "every live event delivered")
         config = parse_config(data, env={})
-        await wait_for(lambda: _zero(pending_total(redis, config)), 20, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 20, "nothing pending")
         base_rate = rate_in(b, base_start, base_end)
         out_rate = rate_in(b, out_start, out_end)
         exhausted = await worker.metric("iris_events_dead_lettered_total", destination="A",
@@ -620,9 +607,9 @@ async def test_dlq_replay_rejected_after_partner_fixed(
 
     async with running(config):
         await xadd_all(redis, stream_key, events[:15] + invalid + events[15:])
-        await wait_for(lambda: _equals(redis.xlen(dlq), len(events) + len(invalid)), 20,
+        await wait_for(lambda: equals(redis.xlen(dlq), len(events) + len(invalid)), 20,
                        "every event dead-lettered")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "nothing pending")
         before = await redis.xrange(dlq)
         reasons = Counter(f["dlq_reason"] for _, f in before)
         assert reasons == {"rejected": len(events), "invalid_event": len(invalid)}
@@ -635,15 +622,11 @@ async def test_dlq_replay_rejected_after_partner_fixed(
 
         broken = False  # the partner is fixed
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "iris", "dlq", "replay", "-c", str(path), "--reason",
-            "rejected", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode == 0, err.decode()
-        assert f"replayed {len(events)} event(s)" in out.decode()
+        code, out, err = await run_cli("dlq", "replay", "-c", str(path), "--reason", "rejected")
+        assert code == 0, err
+        assert f"replayed {len(events)} event(s)" in out
         await wait_for(lambda: pairs <= set(pairs_received(a)), 20, "replayed events delivered")
-        await wait_for(lambda: _zero(pending_total(redis, config)), 10, "nothing pending")
+        await wait_for(lambda: equals(pending_total(redis, config), 0), 10, "nothing pending")
         recovered = time.monotonic() - started
         print(f"\n[dlq replay] {len(events)} events delivered {recovered:.1f} s after replay")
         assert recovered < 20
@@ -651,16 +634,6 @@ async def test_dlq_replay_rejected_after_partner_fixed(
     after = await redis.xrange(dlq)
     assert [i for i, _ in after] == invalid_ids, "only the invalid_event dead letters remain"
     await check_promises(redis, stream_key, GROUP, {dest: a.server}, {dest: pairs})
-
-
-# --------------------------------------------------------------------------- helpers
-
-async def _zero(awaitable: Awaitable[int]) -> bool:
-    return await awaitable == 0
-
-
-async def _equals(awaitable: Awaitable[float], value: float) -> bool:
-    return await awaitable == value
 
 
 async def test_an_outage_longer_than_the_retries_dead_letters_nothing(

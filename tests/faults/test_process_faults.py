@@ -33,13 +33,20 @@ from tests.conftest import (
     running,
     wait_for,
 )
-from tests.faults.harness import WorkerProcess, check_promises
+from tests.faults.harness import WorkerProcess, check_promises, delivered, started, worker_config
+from tests.helpers import (
+    GROUP,
+    Pair,
+    all_delivered,
+    at_least,
+    equals,
+    group_pending,
+    outbound_pairs,
+)
+from tests.helpers import produce_pairs as produce
 
-GROUP = "iris"  # config_data() keeps the default consumer group
 TEARDOWN_GRACE = 0.5  # s: closing sessions and the interpreter, after a drain that used it all
 RACE = 0.2  # s after SIGTERM during which /readyz may not know yet (signal vs. request race)
-
-Pair = tuple[str, str]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -75,30 +82,6 @@ class SlowPartner:
         return None
 
 
-def event(uuid: str, segment: str = "s1") -> dict[str, str]:
-    return {"uuid": uuid, "segment": segment, "dpuuid": f"dp-{uuid}"}
-
-
-async def produce(client: aioredis.Redis, key: str, pairs: list[Pair]) -> dict[str, Pair]:
-    """XADD one event per (uuid, segment); entry id → pair."""
-    async with client.pipeline(transaction=False) as pipe:
-        for uuid, segment in pairs:
-            pipe.xadd(key, event(uuid, segment))
-        ids = await pipe.execute()
-    return dict(zip(ids, pairs, strict=True))
-
-
-async def outbound_pairs(client: aioredis.Redis, out_key: str) -> set[Pair]:
-    """(uuid, segment) of every event inside a batch still waiting in an outbound stream."""
-    return {(fields["uuid"], fields["segment"])
-            for _id, entry in await client.xrange(out_key)
-            for _source, fields in orjson.loads(entry["events"])}
-
-
-def delivered(partner: Partner) -> set[Pair]:
-    return {(uuid, segment) for uuid, _dp, segment, _st in partner.server.segment_changes()}
-
-
 def duplicates(partner: Partner) -> Counter[str]:
     """Idempotency keys the partner received more than once, with how often."""
     keys = Counter(b.idempotency_key or "" for b in partner.server.received)
@@ -111,30 +94,6 @@ async def pending_of(client: aioredis.Redis, key: str) -> dict[str, int]:
         return {}
     info = await client.xpending(key, GROUP)
     return {c["name"]: int(c["pending"]) for c in info["consumers"]}
-
-
-async def all_pending(client: aioredis.Redis, keys: list[str]) -> int:
-    total = 0
-    for key in keys:
-        total += sum((await pending_of(client, key)).values())
-    return total
-
-
-def worker_config(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
-                  *, shutdown_timeout: float = 5, **stream: Any) -> dict[str, Any]:
-    """A raw config mapping for ``WorkerProcess``, validated here so a bad one fails fast."""
-    data = config_data(redis_url, stream_key, destinations, **stream)
-    data["shutdown_timeout"] = shutdown_timeout
-    parse_config(data, env={})
-    return data
-
-
-async def started(proc: WorkerProcess) -> WorkerProcess:
-    """Start ``proc`` and wait until /readyz says it is ready."""
-    proc.start()
-    await wait_for(proc.ready, 20, f"{proc.config_path.stem} ready",
-                   lambda: proc.log()[-3000:])
-    return proc
 
 
 async def exit_code(proc: WorkerProcess, timeout: float) -> int:
@@ -179,12 +138,6 @@ async def unsafe_acks(client: aioredis.Redis, stream_key: str, dest: str,
                     or pair in got or entry_id in dead)]
 
 
-async def settled(client: aioredis.Redis, partner: Partner, expected: set[Pair],
-                  keys: list[str]) -> bool:
-    """Every expected event reached the partner and nothing is pending on ``keys``."""
-    return delivered(partner) >= expected and await all_pending(client, keys) == 0
-
-
 def logged_at(proc: WorkerProcess, logger: str, message: str) -> float:
     """The time.time() of the child's first JSON log record from ``logger`` with ``message``
     (stamped ``%Y-%m-%dT%H:%M:%S.mmmZ`` in UTC)."""
@@ -196,19 +149,21 @@ def logged_at(proc: WorkerProcess, logger: str, message: str) -> float:
     raise AssertionError(f"{logger}: {message!r} not in {proc.log_path}")
 
 
+async def everything_settled(client: aioredis.Redis, partner: Partner, expected: set[Pair],
+                             keys: list[str], worker: WorkerProcess) -> None:
+    """Wait until every expected event reached the partner and nothing is pending on ``keys``
+    (what ``worker`` logged explains a timeout)."""
+    await wait_for(lambda: all_delivered(client, delivered(partner), expected, keys), 30,
+                   "everything delivered and nothing pending",
+                   lambda: f"missing {len(expected - delivered(partner))}; "
+                           f"{worker.log()[-3000:]}")
+
+
 async def dlq_summary(client: aioredis.Redis, stream_key: str, missing: set[Pair]) -> str:
     """What the dead-letter stream says about the events that were not delivered."""
     dead = [(f.get("uuid"), f.get("dlq_reason"), f.get("dlq_error", "")[:60])
             for _, f in await client.xrange(f"{stream_key}:dlq")]
     return f"missing {sorted(missing)}; dead letters (uuid, reason, error): {dead}"
-
-
-async def _at_least(count: Any, n: int) -> bool:
-    return await count >= n
-
-
-async def _zero_pending(client: aioredis.Redis, keys: list[str]) -> bool:
-    return await all_pending(client, keys) == 0
 
 
 async def blocked_readers(client: aioredis.Redis) -> int:
@@ -265,10 +220,7 @@ async def test_sigkill_mid_run_another_consumer_takes_over(
         await started(w2)
         await produce(redis, stream_key, after)
         expected = set(before) | set(after)
-        await wait_for(lambda: settled(redis, partner, expected, [stream_key, out_key]), 30,
-                       "everything delivered and nothing pending",
-                       lambda: f"missing {len(expected - delivered(partner))}; "
-                               f"{w2.log()[-3000:]}")
+        await everything_settled(redis, partner, expected, [stream_key, out_key], w2)
         recovered_in = time.monotonic() - killed_at
         await check_promises(redis, stream_key, GROUP, {"423": partner.server},
                              {"423": expected})
@@ -334,7 +286,8 @@ async def test_poison_batch_is_dead_lettered_after_max_deliveries(
         assert dead["events"] == "garbage" and dead["body"] == "{not json"  # kept as it was
         assert metric(worker, "iris_events_dead_lettered_total", destination="423",
                       reason="max_deliveries") == 1
-        await wait_for(lambda: _zero_pending(redis, [stream_key, out_key]), 10, "nothing pending")
+        await wait_for(lambda: equals(group_pending(redis, [stream_key, out_key]), 0), 10,
+                       "nothing pending")
         await check_promises(redis, stream_key, GROUP, {"423": partner.server},
                              {"423": set(first + second)})
         assert not await redis.xrange(out_key)  # settled: acknowledged and deleted
@@ -390,8 +343,8 @@ async def test_inbound_entry_not_utf8_is_dead_lettered_as_invalid(
             assert all(dead.get(k) == v for k, v in fields.items()), dead  # original bytes
             assert metric(worker, "iris_events_dead_lettered_total", destination="",
                           reason="invalid_event") == 1
-            await wait_for(lambda: _zero_pending(redis, [stream_key, f"{stream_key}:out:423"]),
-                           10, "nothing pending")
+            keys = [stream_key, f"{stream_key}:out:423"]
+            await wait_for(lambda: equals(group_pending(redis, keys), 0), 10, "nothing pending")
             await check_promises(lenient, stream_key, GROUP, {"423": partner.server},
                                  {"423": set(pairs)})
             assert partner.server.problems == []
@@ -468,10 +421,7 @@ async def test_sigterm_during_slow_partner_call(
 
         await started(t2)
         expected = set(first) | set(late)
-        await wait_for(lambda: settled(redis, partner, expected, [stream_key, out_key]), 30,
-                       "everything delivered and nothing pending",
-                       lambda: f"missing {len(expected - delivered(partner))}; "
-                               f"{t2.log()[-3000:]}")
+        await everything_settled(redis, partner, expected, [stream_key, out_key], t2)
         recovered_in = time.monotonic() - termed_at
         if left:  # handed back: redelivered by t2 under the same keys
             assert keys_at_term <= set(duplicates(partner)), duplicates(partner)
@@ -507,7 +457,7 @@ async def test_sigterm_with_no_traffic_exits_promptly(
                          block_ms=1000)
     with WorkerProcess(data, tmp_path, "idle") as proc:
         await started(proc)
-        await wait_for(lambda: _at_least(blocked_readers(redis), 2), 10,
+        await wait_for(lambda: at_least(blocked_readers(redis), 2), 10,
                        "the consumer and the publisher blocked in XREADGROUP")
         proc.signal(signal.SIGTERM)
         termed_at = time.monotonic()

@@ -21,7 +21,6 @@ import redis.asyncio as aioredis
 from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
-    GROUP,
     Pairs,
     WorkerProcess,
     as_config,
@@ -36,6 +35,7 @@ from tests.faults.harness import (
     settled,
 )
 from tests.faults.proxy import UPSTREAM, FaultProxy
+from tests.helpers import GROUP, at_least
 
 RESTARTED = "failed; restarting"  # what the worker logs when a supervised task died of a bug
 COMMIT = b"created_ms"  # a field of the batch the consumer's commit XADDs: only that MULTI has it
@@ -360,7 +360,7 @@ async def test_connection_reset_during_blocking_read_and_during_xack(
                 times[case] = time.monotonic() - fault
 
             # (a) both loops (consumer and publisher) blocked in XREADGROUP, then a reset
-            await wait_for(lambda: _at_least(blocked_reads(), 2), 10, "two blocked XREADGROUPs")
+            await wait_for(lambda: at_least(blocked_reads(), 2), 10, "two blocked XREADGROUPs")
             accepted = proxy.accepted
             proxy.reset_all()
             await recovered_from("blocking_read_reset", time.monotonic(), set())
@@ -386,10 +386,6 @@ async def test_connection_reset_during_blocking_read_and_during_xack(
                          {partner.dest_id: sent})
     assert all(t < 10 for t in times.values()), times
     report("proxy resets", **times)
-
-
-async def _at_least(count: Any, wanted: int) -> bool:
-    return await count >= wanted
 
 
 # --------------------------------------------------------------------------- scenario 8

@@ -26,7 +26,6 @@ from aiohttp import web
 from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
-    GROUP,
     WorkerProcess,
     as_config,
     check_promises,
@@ -37,14 +36,10 @@ from tests.faults.harness import (
     settled,
 )
 from tests.faults.proxy import FaultProxy
+from tests.helpers import GROUP
 
 FAULT_SECONDS = 25
 NOTABLE = ("info", "warning", "error", "critical")
-
-
-def log_lines_since(worker: WorkerProcess, start: int) -> list[dict[str, Any]]:
-    """The worker's JSON log records from line ``start`` on."""
-    return [json.loads(line) for line in worker.log().splitlines()[start:] if line.strip()]
 
 
 def notable(records: list[dict[str, Any]]) -> list[str]:
@@ -118,7 +113,7 @@ async def test_25_s_of_oom_dead_letters_nothing(
         dead = await worker.metric("iris_events_dead_lettered_total", destination="",
                                    reason="max_deliveries")
         errors = await worker.metric("iris_redis_errors_total", reply="OOM")
-        lines = log_lines_since(worker, mark)
+        lines = worker.records(mark)
 
     assert await direct.xlen(f"{stream_key}:dlq") == 0
     assert dead == 0
@@ -162,7 +157,7 @@ async def test_25_s_without_scripting_dead_letters_nothing(
                        lambda: missing(partner, sent))
         await settled(direct, stream_key, partner.dest_id)
         await wait_for(worker.ready, 10, "ready again")
-        lines = log_lines_since(worker, mark)
+        lines = worker.records(mark)
 
     assert await direct.xlen(f"{stream_key}:dlq") == 0
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},

@@ -5,25 +5,26 @@ A. Three worker processes share one destination whose tokens live 2 s, for 10 s 
    traffic (a fourth, lone process on its own stream and token server runs beside them as the
    single-flight baseline): token requests follow the token lifetimes, not the process count;
    every event is delivered; every token is used by several processes.
-B. A token endpoint that answers invalid_client: at most 2 token requests in a minute, the
-   destination is paused (and says so in /readyz and the metrics), nothing is lost or
-   dead-lettered, another destination delivers normally; ``iris auth test`` with good
-   credentials lifts the pause and the backlog goes out.
+B. A token endpoint that answers invalid_client: one token request, the destination is paused
+   (and says so in /readyz and the metrics), nothing is lost or dead-lettered, another
+   destination delivers normally; ``iris auth test`` with good credentials lifts the pause and
+   the backlog goes out. The pause's course over minutes (2 token requests in 65 s, 60 s apart,
+   the second pause twice as long) runs in the token manager on a fake clock, in this process.
 C. Three processes and a refusal: one token request in all, the pause is shared through Redis.
 
 Real parts only: ``iris run`` child processes, the session redis-server, real aiohttp OAuth
 (tests/oauth_server.py) and partner servers served in this process. Outcomes are waited for
-with deadlines; every timing is measured from the servers' own records.
+with deadlines; every timing is measured from the servers' own records (in clock time, for the
+fake clock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import math
 import os
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -32,26 +33,49 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.config.model import parse_config
+from iris.auth.source import EndpointSource
+from iris.auth.tokens import TokenManager
+from iris.auth.waits import PAUSE_RECHECK, REFUSED
+from iris.config.auth import OAuth2Base
+from iris.errors import TokenError
+from iris.http.token_endpoint import TokenEndpoint
+from iris.runtime.wiring import fingerprint
+from iris.store.tokens import Pause, TokenStore
 from iris_demo.localredis import RedisProcess
 from iris_demo.partner import PartnerServer
 from iris_demo.servers import LocalServer
-from tests.conftest import SecretWatch, config_data, wait_for
-from tests.faults.harness import WorkerProcess, check_promises, log_problems
+from tests.conftest import SecretWatch, wait_for
+from tests.faults.harness import (
+    WorkerProcess,
+    as_config,
+    check_promises,
+    log_problems,
+    start_all,
+    worker_config,
+)
+from tests.helpers import (
+    GROUP,
+    FakeClock,
+    Pair,
+    all_delivered,
+    event,
+    group_pending,
+    outbound_pairs,
+    produce_pairs,
+    run_cli,
+)
 from tests.oauth_server import OAuthServer
 
-GROUP = "iris"  # config_data() keeps the default consumer group
 TTL = 2.0  # s: the token lifetime of scenario A
 REFRESH_EVERY = 1.5  # s: iris refreshes a 2 s token after 1.5–1.6 s (schedule())
 MIN_GAP = 1.3  # s: two token requests closer than this fetched the same generation twice
 PAUSED = "token endpoint refused the credentials"
-
-Pair = tuple[str, str]
 
 
 # --------------------------------------------------------------------------- who sent it
@@ -179,34 +203,6 @@ async def sites(secret_watch: SecretWatch) -> AsyncIterator[Callable[..., Any]]:
 # --------------------------------------------------------------------------- helpers
 
 
-def worker_config(redis_url: str, stream_key: str, destinations: list[dict[str, Any]],
-                  **stream: Any) -> dict[str, Any]:
-    """A raw config mapping for ``WorkerProcess``, validated here so a bad one fails fast."""
-    data = config_data(redis_url, stream_key, destinations, **stream)
-    parse_config(data, env={})
-    return data
-
-
-async def start_all(*procs: WorkerProcess) -> None:
-    """Start every worker at once, then wait until each one's /readyz says ready."""
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        await wait_for(proc.ready, 30, f"{proc.config_path.stem} ready",
-                       lambda p=proc: p.log()[-3000:])
-
-
-def event(uuid: str, segment: str = "s1") -> dict[str, str]:
-    return {"uuid": uuid, "segment": segment, "dpuuid": f"dp-{uuid}"}
-
-
-async def produce(client: aioredis.Redis, key: str, pairs: list[Pair]) -> None:
-    async with client.pipeline(transaction=False) as pipe:
-        for uuid, segment in pairs:
-            pipe.xadd(key, event(uuid, segment))
-        await pipe.execute()
-
-
 @contextlib.asynccontextmanager
 async def steady(client: aioredis.Redis, key: str, rate: float,
                  prefix: str) -> AsyncIterator[list[Pair]]:
@@ -233,41 +229,8 @@ async def steady(client: aioredis.Redis, key: str, rate: float,
         await task
 
 
-async def pending(client: aioredis.Redis, key: str) -> int:
-    if not await client.exists(key):
-        return 0
-    return int((await client.xpending(key, GROUP))["pending"])
-
-
-async def settled(client: aioredis.Redis, site: Site, expected: set[Pair], keys: list[str]) -> bool:
-    if not site.delivered() >= expected:
-        return False
-    return all([await pending(client, key) == 0 for key in keys])
-
-
-async def outbound_pairs(client: aioredis.Redis, out_key: str) -> set[Pair]:
-    """(uuid, segment) of every event inside a batch waiting in an outbound stream."""
-    return {(fields["uuid"], fields["segment"])
-            for _id, entry in await client.xrange(out_key)
-            for _source, fields in orjson.loads(entry["events"])}
-
-
-def records(proc: WorkerProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in proc.log().splitlines() if line.strip()]
-
-
 def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in pairwise(times)]
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    """An ``iris`` command as a child process, awaited without blocking this loop (the token
-    server it talks to lives in it)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iris", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def stored_pause(client: aioredis.Redis, stream_key: str, dest: str) -> dict[str, Any]:
@@ -342,11 +305,12 @@ async def test_three_processes_share_one_token(
             await wait_for(lambda: time.monotonic() - started >= 10, 12, "a 10 s run")
         produced_in = time.monotonic() - started
         expected, base_expected = set(sent), set(base_sent)
-        await wait_for(lambda: settled(redis, shared, expected, keys), 20,
+        await wait_for(lambda: all_delivered(redis, shared.delivered(), expected, keys), 20,
                        "every event delivered and nothing pending",
                        lambda: f"missing {len(expected - shared.delivered())} of "
                                f"{len(expected)}; {workers[0].log()[-2000:]}")
-        await wait_for(lambda: settled(redis, alone, base_expected, base_keys), 20,
+        await wait_for(lambda: all_delivered(redis, alone.delivered(), base_expected,
+                                             base_keys), 20,
                        "baseline: every event delivered and nothing pending")
         delivered_in = time.monotonic() - started
         await check_promises(redis, stream_key, GROUP, {"423": shared.partner},
@@ -414,26 +378,31 @@ async def test_three_processes_share_one_token(
     assert shared.partner.problems == [] and alone.partner.problems == []
     for proc in workers:
         assert log_problems(proc.log(), [shared.secret, *shared.oauth.all_tokens()]) == []
-        assert not [r for r in records(proc) if r["level"] in ("error", "critical")], (
+        assert not [r for r in proc.records() if r["level"] in ("error", "critical")], (
             proc.log_path)
 
 
 # --------------------------------------------------------------------------- B
 
+OBSERVED = 12.0  # s of a refusal's pause watched in a worker process: two of its store looks
 
-@pytest.mark.timeout(150)
+
+@pytest.mark.timeout(90)
 async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
     redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, sites: Any,
     tmp_path: Path,
 ) -> None:
-    """A token endpoint answering invalid_client: for 65 s after the first refusal it gets
-    exactly 2 token requests, ≥ 60 s apart (the pause, then one that doubles it to 120 s);
-    /readyz stays 200 and names the paused destination within a moment of the refusal and
-    throughout (the pod itself can work);
-    iris_auth_paused is 1; nothing of "bad" is sent, retried, dead-lettered or lost (its batches
-    wait in its outbound stream); "good" delivers every wave within 5 s; one ERROR line per
-    refusal, no secret. Then the credentials are accepted again: ``iris auth test`` succeeds
-    (and shows no token), which lifts the pause; the backlog goes out and /readyz is 200."""
+    """A token endpoint answering invalid_client, watched in a worker process for 12 s after
+    the first refusal (two of the worker's looks at the store): exactly 1 token request; the
+    store holds refusal #1's 60 s pause, timed by the worker's clock; /readyz stays 200 and
+    names the paused destination within a moment of the refusal and throughout (the pod itself
+    can work); iris_auth_paused is 1; nothing of "bad" is sent, retried, dead-lettered or lost
+    (its batches wait in its outbound stream); "good" delivers every wave within 5 s; one ERROR
+    line, no secret. Then the credentials are accepted again: ``iris auth test`` succeeds (and
+    shows no token), which lifts the pause; the backlog goes out and /readyz is 200.
+
+    How the pause runs its course (its length, the one request when it ends, the doubling) is
+    timed on a fake clock by the next test, in this process."""
     bad = await sites("bad")
     good = await sites("good")
     bad.oauth.refuse = "invalid_client"
@@ -445,7 +414,7 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
     async def wave(n: int) -> None:
         pairs = [(f"w{n}-{i:02d}", "s1") for i in range(20)]
         at = time.monotonic()
-        await produce(redis, stream_key, pairs)
+        await produce_pairs(redis, stream_key, pairs)
         await wait_for(lambda: good.delivered() >= set(pairs), 5, f"wave {n} delivered to good",
                        lambda: proc.log()[-2000:])
         waves.append((at, pairs, time.monotonic() - at))
@@ -459,20 +428,17 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
             await wait_for(lambda: any(PAUSED in body for _, _, body in readyz.samples), 5,
                            "/readyz to name the pause")
             assert await proc.metric("iris_auth_paused", destination="bad") == 1
-            for n, at in enumerate((15, 30, 45, 57), 1):  # waves during the pause
+            for n, at in enumerate((4, 8), 1):  # waves during the pause
                 await wait_for(lambda at=at: time.monotonic() >= first + at, at + 5,
                                f"{at} s into the pause")
                 await wave(n)
-            await wait_for(lambda: len(bad.oauth.requests) >= 2, 10,
-                           "the second token request, once the 60 s pause is over",
-                           lambda: proc.log()[-2000:])
-            await wave(5)
-            await wait_for(lambda: time.monotonic() >= first + 65, 10, "65 s of observation")
+            await wait_for(lambda: time.monotonic() >= first + OBSERVED, OBSERVED + 5,
+                           f"{OBSERVED:.0f} s of observation")
             observed = time.monotonic() - first
             requests = list(bad.oauth.requests)
             pause = await stored_pause(redis, stream_key, "bad")
-            pause_left = pause["until"] - time.time()  # the second refusal set it to 120 s
-            pause_expected = 120 - (time.monotonic() - bad.oauth.requests[-1].time)
+            pause_left = pause["until"] - time.time()  # the refusal set it to 60 s
+            pause_expected = 60 - (time.monotonic() - requests[0].time)
             metrics = {
                 "paused": await proc.metric("iris_auth_paused", destination="bad"),
                 "token_errors": await proc.metric("iris_token_requests_total",
@@ -484,39 +450,37 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
                                                  destination="good", outcome="success"),
             }
             waiting = await outbound_pairs(redis, out_bad)
-            bad_pending = await pending(redis, out_bad)
+            bad_pending = await group_pending(redis, [out_bad])
             dead = [f for _, f in await redis.xrange(f"{stream_key}:dlq")]
             log_at_pause = proc.log()
 
         # ---- what the pause looked like
         sent = {pair for _, pairs, _ in waves for pair in pairs}
-        refusal_gap = requests[1].time - requests[0].time
         named = next(t for t, _, body in readyz.samples if PAUSED in body)
         during = [(t, s, b) for t, s, b in readyz.samples if t >= named]
-        print(f"\nB: {len(requests)} token requests in {observed:.1f} s after the first refusal, "
-              f"{refusal_gap:.2f} s apart; /readyz named the pause {named - first:.2f} s "
-              f"after the refusal ({len(during)} samples after); good delivered each wave in "
+        print(f"\nB: {len(requests)} token request(s) in {observed:.1f} s after the first "
+              f"refusal; /readyz named the pause {named - first:.2f} s after the refusal "
+              f"({len(during)} samples after); good delivered each wave in "
               f"{[round(w[2], 2) for w in waves]} s; bad backlog {len(waiting)} events, "
               f"{bad_pending} batches pending; stored pause: refusal #{pause['count']}, "
               f"{pause_left:.1f} s left (expected {pause_expected:.1f}); metrics {metrics}")
-        assert len(requests) == 2, [(r.time - first, r.status, r.error) for r in requests]
-        assert all(r.status == 401 and r.error == "invalid_client" for r in requests)
-        assert refusal_gap >= 60, refusal_gap
+        assert len(requests) == 1, [(r.time - first, r.status, r.error) for r in requests]
+        assert requests[0].status == 401 and requests[0].error == "invalid_client"
         assert named - first < 2.0, named - first
         bad_samples = [(round(t - first, 1), s, b) for t, s, b in during
                        if s != 200 or f"destination bad paused ({PAUSED})" not in b]
         assert not bad_samples, bad_samples[:5]
-        assert pause["count"] == 2 and pause["error"] == "invalid_client", pause
+        assert pause["count"] == 1 and pause["error"] == "invalid_client", pause
         assert abs(pause_left - pause_expected) < 1.0, (pause_left, pause_expected)
-        assert metrics == {"paused": 1, "token_errors": 2, "token_ok": 0, "retries": 0,
+        assert metrics == {"paused": 1, "token_errors": 1, "token_ok": 0, "retries": 0,
                            "good_tokens": 1}, metrics
         assert bad.partner.request_count == 0  # no delivery attempt at all
         assert good.delivered() == sent and all(w[2] < 5 for w in waves)
         assert dead == [], dead[:3]
         assert waiting == sent, f"bad's batches lost: {sorted(sent - waiting)[:5]}"
         assert bad_pending > 0 or await redis.xlen(out_bad) > 0
-        errors = [r for r in records(proc) if r["level"] in ("error", "critical")]
-        assert len(errors) == 2, [e["message"] for e in errors]
+        errors = [r for r in proc.records() if r["level"] in ("error", "critical")]
+        assert len(errors) == 1, [e["message"] for e in errors]
         for record in errors:
             assert "invalid_client" in record["message"] and "paused" in record["message"], record
             assert record.get("destination") == "bad", record
@@ -540,7 +504,7 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
         async def backlog_state() -> str:
             return (f"{len(sent - bad.delivered())} of {len(sent)} events missing, "
                     f"{await redis.xlen(out_bad)} batches in {out_bad} "
-                    f"({await pending(redis, out_bad)} pending); /readyz "
+                    f"({await group_pending(redis, [out_bad])} pending); /readyz "
                     f"{await proc.get('/readyz')}; iris_auth_paused "
                     f"{await proc.metric('iris_auth_paused', destination='bad')}; "
                     f"token requests {[(r.status, r.error) for r in bad.oauth.requests]}; "
@@ -552,8 +516,8 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
         await wait_for(proc.ready, 10, "/readyz 200 again",
                        lambda: proc.get("/readyz"))
         ready_in = time.monotonic() - fixed
-        await wait_for(lambda: settled(redis, bad, sent, [stream_key, out_bad]), 10,
-                       "nothing pending")
+        await wait_for(lambda: all_delivered(redis, bad.delivered(), sent, [stream_key, out_bad]),
+                       10, "nothing pending")
         print(f"B: after auth test: backlog delivered in {backlog_in:.2f} s, /readyz 200 in "
               f"{ready_in:.2f} s; bad token requests {len(bad.oauth.requests)} "
               f"({bad.oauth.ok_requests} ok)")
@@ -562,11 +526,122 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
                              {"bad": sent, "good": sent})
         assert backlog_in < 10 and ready_in < 10
         assert await proc.metric("iris_auth_paused", destination="bad") == 0
-        assert len(bad.oauth.requests) == 3 and bad.oauth.ok_requests == 1  # the CLI's only
+        assert len(bad.oauth.requests) == 2 and bad.oauth.ok_requests == 1  # the CLI's only
         assert {t for _, t in bad.batches} == set(issued)  # the workers used the CLI's token
         assert bad.partner.auth_failures == 0 and bad.partner.problems == []
         assert log_problems(proc.log(), [bad.secret, good.secret, *bad.oauth.all_tokens(),
                                          *good.oauth.all_tokens()]) == []
+
+
+async def token_work_done() -> None:
+    """Wait for the token managers' background work (a look at the store, a token request):
+    their tasks are named ``token-<destination>``."""
+    tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("token-")]
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+async def test_a_refusal_pause_runs_its_course_on_the_clock(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, sites: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Test B's refusal in the token manager itself, against the real token server and
+    redis-server, on a fake clock (65 s of pause in well under a second). For 65 s after the
+    first refusal the endpoint gets exactly 2 token requests, 60 s apart: the pause, then one
+    that doubles it to 120 s, recorded in the token store for every replica. Meanwhile the
+    destination asks as a worker does (waits what ``pause_remaining()`` says, at most
+    ``PAUSE_RECHECK``, then asks for a credential): every ask is refused for the pause, each
+    look at the store is at most ``PAUSE_RECHECK`` after the previous one, it stays paused
+    throughout (``on_pause``: paused at each refusal, never resumed), one ERROR per refusal.
+    Then another process gets a token (what ``iris auth test`` does): the manager takes it at
+    its next look at the store, within ``PAUSE_RECHECK``, and the pause is over."""
+    bad = await sites("bad")
+    bad.oauth.refuse = "invalid_client"
+    config = as_config(worker_config(redis_server.url, stream_key, [bad.destination()]))
+    dest = config.destinations[0]
+    assert isinstance(dest.auth, OAuth2Base)
+    auth, pause = dest.auth, config.token_store.refusal_pause
+    clock = FakeClock()
+    asked: list[float] = []  # the clock at each token request the server saw
+    looks: list[float] = []  # the clock at each look at the stored pause
+    outcomes: list[str] = []  # "success" / "error" per token request (the metric's label)
+    pauses: list[str | None] = []  # what the destination's readiness was told
+
+    async def token_request(_request: web.Request) -> None:
+        asked.append(clock())
+
+    bad.oauth.responder = token_request
+
+    class Store(TokenStore):
+        async def paused(self, *, include_expired: bool = False) -> Pause | None:
+            if not include_expired:
+                looks.append(clock())
+            return await super().paused(include_expired=include_expired)
+
+    async with aiohttp.ClientSession() as session:
+        def manager(consumer: str, on_pause: Callable[[str | None], None] | None = None,
+                    ) -> TokenManager:
+            endpoint = TokenEndpoint(session, dest.timeout, on_request=outcomes.append)
+            store = Store(redis, config.token_key_prefix, dest.id, fingerprint(auth),
+                          clock=clock)
+            source = EndpointSource(dest.id, auth, endpoint, dest.allow_http)
+            return TokenManager(dest.id, source, store,
+                                consumer=consumer, refusal_pause=pause, on_pause=on_pause,
+                                clock=clock)
+
+        worker = manager("w1", pauses.append)
+        start = clock()
+        refusals: list[tuple[float, float, TokenError]] = []  # (clock, waited, what it said)
+        with pytest.raises(TokenError) as refused:
+            await worker.credential()
+        refusals.append((0.0, 0.0, refused.value))
+        while clock() < start + 65 and len(refusals) < 100:
+            waited = worker.pause_remaining()
+            await token_work_done()
+            clock.advance(waited)
+            with pytest.raises(TokenError) as refused:
+                await worker.credential()
+            refusals.append((clock() - start, waited, refused.value))
+        stored = await stored_pause(redis, stream_key, "bad")
+        pause_looks = [t - start for t in looks]
+
+        bad.oauth.refuse = None  # the credentials are fixed
+        fixed = clock()
+        issued = await manager("auth-test").current()  # another process: `iris auth test`
+        credential = None
+        for _ in range(10):
+            waited = worker.pause_remaining()
+            await token_work_done()
+            clock.advance(waited)
+            with contextlib.suppress(TokenError):
+                credential = await worker.credential()
+                break
+        resumed_in = clock() - fixed
+        await worker.close()
+
+    print(f"\nB (fake clock): token requests at {[t - start for t in asked]} s; asks at "
+          f"{[(t, w) for t, w, _ in refusals]} (clock, waited); store looked at {pause_looks}; "
+          f"stored pause {stored}; resumed {resumed_in} s after the fix; on_pause {pauses}")
+    assert asked[:2] == [start, start + pause] and len(asked) == 3, asked
+    assert [(r.status, r.error) for r in bad.oauth.requests[:2]] == [(401, "invalid_client")] * 2
+    assert outcomes == ["error", "error", "success"], outcomes
+    assert clock() - start >= 65
+    assert all(e.permanent and e.error == "invalid_client" for _, _, e in refusals), refusals
+    assert all(0 < w <= PAUSE_RECHECK for _, w, _ in refusals[1:]), refusals
+    assert all(0 < (e.retry_in or 0) <= PAUSE_RECHECK  # paused: when to ask again
+               for t, _, e in refusals if t not in (0, pause)), refusals
+    assert max(gaps(pause_looks)) <= PAUSE_RECHECK, pause_looks
+    assert stored["count"] == 2 and stored["error"] == "invalid_client", stored
+    assert stored["until"] == start + pause + 2 * pause, (stored, start)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("invalid_client" in m and "paused" in m for m in errors), (
+        errors)
+    # lifted: the next look at the store found the other process's token
+    assert pauses == [REFUSED, REFUSED, None], pauses
+    assert 0 < resumed_in <= PAUSE_RECHECK, resumed_in
+    assert credential is not None and credential.header == f"Bearer {issued.access_token}"
+    assert worker.last_source == "store" and bad.oauth.ok_requests == 1
+    assert [k async for k in redis.scan_iter(f"{stream_key}:auth:bad:*:pause")] == []
 
 
 # --------------------------------------------------------------------------- C
@@ -606,12 +681,12 @@ async def test_three_processes_and_a_refusal_make_one_token_request(
                                       outcome="error")
                     for n, p in zip(names, workers, strict=True)}
     waiting = await outbound_pairs(redis, f"{stream_key}:out:bad")
-    inbound_pending = await pending(redis, stream_key)
+    inbound_pending = await group_pending(redis, [stream_key])
     dead = await redis.xrange(f"{stream_key}:dlq")
     for proc in workers:
         proc.kill()
 
-    logs = {n: records(p) for n, p in zip(names, workers, strict=True)}
+    logs = {n: p.records() for n, p in zip(names, workers, strict=True)}
     errors = {n: [r["message"] for r in rs if r["level"] == "error"] for n, rs in logs.items()}
     saw = {n: [r["message"] for r in rs if "by a refusal another worker saw" in r["message"]]
            for n, rs in logs.items()}

@@ -20,20 +20,16 @@ from iris.config.model import parse_config
 from iris.store.streams import Streams, connect
 from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
-from tests.faults.harness import GROUP, as_config, delivered, missing, raw_config, settled
+from tests.faults.harness import as_config, delivered, missing, raw_config, settled
+from tests.helpers import GROUP, xadd_all
 
 TRIM_MS = 1000
 
 
 async def xadd_many(client: aioredis.Redis, key: str, count: int, tag: str) -> set[tuple[str, str]]:
-    pairs = set()
-    for start in range(0, count, 5000):
-        async with client.pipeline(transaction=False) as pipe:
-            for n in range(start, min(count, start + 5000)):
-                pairs.add((f"{tag}{n}", "s1"))
-                pipe.xadd(key, {"uuid": f"{tag}{n}", "segment": "s1", "dpuuid": f"d{n}"})
-            await pipe.execute()
-    return pairs
+    await xadd_all(client, key, [{"uuid": f"{tag}{n}", "segment": "s1", "dpuuid": f"d{n}"}
+                                 for n in range(count)])
+    return {(f"{tag}{n}", "s1") for n in range(count)}
 
 
 def fast(partner: Any, url: str, stream_key: str, **stream: Any) -> Any:
@@ -115,7 +111,7 @@ async def test_lag_after_an_entry_deleted_ahead_of_the_group(
                                              "1", "client_id": "1"}]}, env={})
     client = connect(config)
     try:
-        assert await Streams(client, config).group_stats(stream_key) == (9, 3, 6)
+        assert await Streams(client, config).stats.group_stats(stream_key) == (9, 3, 6)
     finally:
         await client.aclose()
 

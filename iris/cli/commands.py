@@ -1,0 +1,125 @@
+"""The ``iris`` commands other than ``send``: each takes the parsed arguments and returns the
+exit status.
+
+It exists apart from ``main`` so that the dispatch and its error handling read on one page, and
+apart from the parser so that what a command does is not buried in its help texts. Each command
+imports what it runs when it runs, so that ``iris --help`` and ``iris status`` stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+import orjson
+import yaml
+
+from iris.cli.shell import (
+    OnStop,
+    completed,
+    load,
+    load_redis,
+    run_async,
+    unknown_destination,
+    with_streams,
+    with_tokens,
+)
+from iris.config.model import Config, Destination
+from iris.config.redaction import redacted
+from iris.errors import IrisError
+
+if TYPE_CHECKING:
+    from iris.store.streams import Streams
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from iris.runtime.worker import Worker, tune_gc
+
+    config = load(args)
+    worker = Worker(config)
+    tune_gc()
+
+    async def serve(on_stop: OnStop) -> None:
+        on_stop(worker.request_stop)
+        await worker.run()
+
+    run_async(serve)
+    return worker.exit_code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load(args)
+    print(f"# {args.config}: valid", file=sys.stderr)
+    print(yaml.safe_dump(redacted(config), sort_keys=False), end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from iris.cli import admin
+
+    config = load_redis(args)
+    ids = [d.id for d in config.destinations]
+    report = completed(with_streams(config, lambda streams: admin.status(streams, ids)))
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json
+          else admin.format_status(report))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from iris.cli import admin
+
+    config = load_redis(args)
+    destination, reason, limit = args.destination, args.reason, args.limit
+    if args.dlq_command == "replay":
+        def progress(count: int) -> None:
+            print(f"replayed {count} event(s) so far", file=sys.stderr)
+
+        count = completed(with_streams(config, lambda streams: admin.replay(
+            streams, destination=destination, reason=reason, limit=limit,
+            dry_run=args.dry_run, progress=progress)))
+        verb = "would replay" if args.dry_run else "replayed"
+        print(f"{verb} {count} event(s) into {config.stream.key}")
+        return 0
+
+    async def listing(streams: Streams) -> int:
+        count = 0
+        async for entry_id, fields in admin.dead_letters(
+                streams, destination=destination, reason=reason, limit=limit):
+            print(orjson.dumps({"id": entry_id, **admin.printable(fields)}).decode())
+            count += 1
+        return count
+
+    count = completed(with_streams(config, listing))
+    print(f"{count} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _destinations(config: Config, wanted: str | None) -> list[Destination]:
+    chosen = [d for d in config.destinations if wanted is None or d.id == wanted]
+    if not chosen:
+        raise IrisError(unknown_destination(str(wanted), [d.id for d in config.destinations]))
+    return chosen
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    from iris.cli.auth_test import login_command, test_command
+
+    config = load(args)
+    dests = _destinations(config, args.destination)
+    if args.auth_command == "login":
+        code = with_tokens(config, lambda shared: login_command(dests[0], shared, args.timeout))
+    else:
+        code = with_tokens(config, lambda shared: test_command(dests, shared, fresh=args.fresh))
+    return 0 if code is None else code  # None: stopped by a second signal
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from iris_demo.runner import run_demo
+
+    async def demo(on_stop: OnStop) -> None:
+        await run_demo(rate=args.rate, duration=args.duration, on_stop=on_stop,
+                       config_dir=args.write_config)
+
+    run_async(demo)
+    return 0

@@ -1,0 +1,118 @@
+"""The rules that span several keys, and the files a config names: the last step of loading.
+
+They exist apart from the models because no single field can judge them (a duplicate destination
+id, a claim timeout against the longest request, signing headers against the idempotency header)
+or because they touch the filesystem (CA bundles, TLS files in the Redis URL), which a field
+validator should not. Each failure names the key to change.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+from iris.config.auth import OAuth2Base
+from iris.config.redaction import mask_url
+from iris.errors import ConfigError
+
+if TYPE_CHECKING:  # model.py calls these checks; only the models' types are needed here
+    from iris.config.model import Config, Destination, RedisSettings
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def check_semantics(config: Config) -> None:
+    """Rules that span several keys, and files that ``run`` would otherwise only open when it is
+    too late; each failure names the key to change."""
+    seen: set[str] = set()
+    for i, dest in enumerate(config.destinations):
+        where = f"destinations[{i}]"
+        if dest.id in seen:
+            raise ConfigError(f"{where}.id", f"duplicate destination id {dest.id!r}")
+        seen.add(dest.id)
+        _check_destination(where, dest)
+        if config.stream.claim_idle_ms <= dest.timeout * 1000:
+            raise ConfigError(
+                "stream.claim_idle_ms",
+                f"must exceed the longest request ({where}.timeout = {dest.timeout:g} s), or "
+                "entries still in flight would be taken over by another consumer",
+            )
+    if config.stream.claim_idle_ms <= 3 * config.stream.block_ms:
+        raise ConfigError(
+            "stream.claim_idle_ms", "must exceed 3 × stream.block_ms, so that the heartbeat "
+            "which keeps held entries (open batches, retries) claimed always comes in time",
+        )
+    check_redis(config)
+
+
+def check_redis(settings: RedisSettings) -> None:
+    """What every command that connects to Redis needs, ``status`` as much as ``run``."""
+    _check_redis_url(settings.redis.url)
+    timeout = settings.redis.socket_timeout
+    if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
+        raise ConfigError(
+            "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
+        )
+
+
+def _check_destination(where: str, dest: Destination) -> None:
+    urls = [("url", dest.url)]
+    if isinstance(dest.auth, OAuth2Base):
+        urls += [(f"auth.{key}", url) for key, url in dest.auth.urls()]
+        template = dest.auth.token_request
+        if template is not None and template.url and template.url.startswith("http:"):
+            urls.append(("auth.token_request.url", template.url))
+    for key, url in urls:
+        _check_url(f"{where}.{key}", url, dest.allow_http)
+    signing = dest.signing
+    if signing is not None and dest.idempotency_header.lower() in (
+        signing.header.lower(), (signing.key_id_header or "").lower()
+    ):
+        raise ConfigError(f"{where}.signing", "its headers must differ from "
+                          f"idempotency_header ({dest.idempotency_header})")
+    if dest.ca_file is not None:
+        _check_ca_file(f"{where}.ca_file", dest.ca_file)
+    if dest.proxy is not None:
+        proxy = urlsplit(dest.proxy)
+        if proxy.scheme not in ("http", "https") or not proxy.hostname:
+            raise ConfigError(f"{where}.proxy", "must be an http:// or https:// URL "
+                                                "(http://[user:password@]host:port)")
+    if dest.retry.max_delay < dest.retry.base_delay:
+        raise ConfigError(f"{where}.retry.max_delay", "must be >= retry.base_delay")
+
+
+def _check_ca_file(path: str, ca_file: Path) -> None:
+    """Load it exactly as the HTTPS sessions will, so a wrong file stops check-config."""
+    if not ca_file.is_file():
+        raise ConfigError(path, f"no such file: {ca_file}")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
+    except ssl.SSLError as exc:
+        raise ConfigError(path, f"{ca_file} holds no PEM CA certificate "
+                                f"({exc.reason or exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(path, f"cannot load {ca_file}: {exc}") from None
+
+
+def _check_redis_url(url: str) -> None:
+    """A scheme redis-py knows, and every file the URL names (TLS material) present."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
+        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+        raise ConfigError("redis.url", f"must start with {schemes} (got {mask_url(url)[:60]!r})")
+    for name, value in parse_qsl(parts.query):
+        if name in REDIS_FILES and not Path(value).exists():
+            raise ConfigError("redis.url", f"{name}: no such file: {value}")
+
+
+def _check_url(path: str, url: str, allow_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_http:
+        raise ConfigError(
+            path, "http:// is refused: use https://, or set allow_http: true for local testing"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(path, "must be an absolute https:// URL")

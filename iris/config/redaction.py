@@ -1,0 +1,71 @@
+"""What iris shows of a config's secrets: nothing but fingerprints and masked URLs.
+
+It exists apart from the models because it serves two readers that must agree: ``check-config``,
+which prints the resolved config (``redacted``), and the log redaction, which must know every
+password written into a URL (``url_passwords``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import SecretStr
+
+if TYPE_CHECKING:  # the models import this module's neighbours; only their types are needed
+    from iris.config.model import Config, RedisSettings
+
+
+def url_passwords(settings: RedisSettings) -> list[str]:
+    """The passwords written into the Redis URL and the destinations' proxy URLs (as written,
+    and percent-decoded), for the log redaction: they are secrets too."""
+    urls = [settings.redis.url]
+    urls += [d.proxy for d in getattr(settings, "destinations", []) if getattr(d, "proxy", None)]
+    found = []
+    for url in urls:
+        parts = urlsplit(url)
+        found += [value for name, value in parse_qsl(parts.query) if name == "password"]
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+    return list(dict.fromkeys(found))
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a Redis URL (``user:password@host`` or ``?password=``), leaving the
+    rest exactly as written."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
+
+
+def fingerprint(secret: str) -> str:
+    """What ``check-config`` shows of a secret: enough to see that it changed, or that a file
+    kept a stray character (the length), far too little to recover it."""
+    return f"sha256:{hashlib.sha256(secret.encode()).hexdigest()[:8]}, {len(secret)} chars"
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, for ``iris check-config``: each secret as its
+    ``fingerprint``, the passwords of the Redis and proxy URLs masked."""
+    data: dict[str, Any] = _fingerprints(config.model_dump(), config.model_dump(mode="json"))
+    data["redis"]["url"] = mask_url(config.redis.url)
+    for dest in data["destinations"]:
+        if dest.get("proxy"):
+            dest["proxy"] = mask_url(dest["proxy"])
+    data["redis"]["socket_timeout"] = config.redis_socket_timeout
+    data["stream"]["consumer"] = config.stream.consumer or "(each worker's hostname-pid)"
+    data["token_store"]["key_prefix"] = config.token_key_prefix
+    return data
+
+
+def _fingerprints(plain: Any, shown: Any) -> Any:
+    """``shown`` (a JSON dump) with every place where ``plain`` (the same dump with its
+    ``SecretStr`` objects) holds a secret replaced by the secret's fingerprint."""
+    if isinstance(plain, SecretStr):
+        return fingerprint(plain.get_secret_value())
+    if isinstance(plain, dict) and isinstance(shown, dict):
+        return {key: _fingerprints(plain.get(key), value) for key, value in shown.items()}
+    if isinstance(plain, list) and isinstance(shown, list):
+        return [_fingerprints(p, v) for p, v in zip(plain, shown, strict=True)]
+    return shown

@@ -1,0 +1,129 @@
+"""What to do next with one batch: the delivery policy as a value, tested transition by transition.
+
+The publisher asks ``DeliveryPolicy.next(outcome, probe)`` after each answer ``retry.classify``
+gave (or the sender's own ``failure``/``paused`` outcomes) and carries out the step it returns:
+
+    DELIVERED                    -> Done                  breaker: success
+    REFRESH (first time)         -> Send (new token)      breaker: success
+    REFRESH (again), REJECT      -> Dead(rejected)        breaker: success
+    REDIRECTED                   -> Dead(redirected)      breaker: success
+    SPLIT                        -> Split                 breaker: success
+    PAUSE                        -> Wait(>= 1 s), no attempt spent         breaker: release
+    RETRY as the circuit's probe -> Wait(backoff), no attempt spent        breaker: failure
+    RETRY, attempts left         -> Wait(backoff, Retry-After), attempt spent  breaker: failure
+    RETRY, last attempt          -> Dead(retries_exhausted)                breaker: failure
+
+Attempts count requests that could have reached the partner and were not the circuit's probes
+(a paused destination makes no request; a probe of an open circuit is the circuit's, not the
+batch's), so an outage of any length dead-letters nothing. Each half of a split gets a policy of
+its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from iris.core.circuit import Feed
+from iris.core.dead_letters import REDIRECTED, REJECTED, RETRIES_EXHAUSTED
+from iris.core.retry import Action, Outcome, backoff
+
+PAUSE_FLOOR = 1.0  # seconds: a pause is re-checked at most once a second
+
+Jitter = Callable[[float, float], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the batch again now (a refreshed token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait ``seconds``, then send again; ``retry`` says whether it counts as a retry."""
+
+    seconds: float
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Send each half of the batch on its own (413)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Dead-letter the batch's events with ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Delivered."""
+
+
+Step = Send | Wait | Split | Dead | Done
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    step: Step
+    feed: Feed
+
+
+@dataclass(slots=True)
+class DeliveryPolicy:
+    """One batch's progress: attempts spent, whether its token was refreshed.
+
+    ``max_attempts`` bounds the requests a batch may spend; ``base_delay`` and ``max_delay``
+    (seconds) shape the full-jitter backoff; ``jitter(low, high)`` draws the wait (tests pass a
+    deterministic one).
+    """
+
+    max_attempts: int
+    base_delay: float
+    max_delay: float
+    jitter: Jitter = random.uniform
+    attempts: int = 0
+    refreshed: bool = False
+    _steps: dict[Action, Callable[[Outcome, bool], Decision]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._steps = {
+            Action.DELIVERED: lambda _o, _p: Decision(Done(), Feed.SUCCESS),
+            Action.REFRESH: self._refresh,
+            Action.REJECT: lambda _o, _p: Decision(Dead(REJECTED), Feed.SUCCESS),
+            Action.REDIRECTED: lambda _o, _p: Decision(Dead(REDIRECTED), Feed.SUCCESS),
+            Action.SPLIT: lambda _o, _p: Decision(Split(), Feed.SUCCESS),
+            Action.PAUSE: self._pause,
+            Action.RETRY: self._retry,
+        }
+
+    def next(self, outcome: Outcome, probe: bool = False) -> Decision:
+        """The step after ``outcome``; ``probe`` says the request went as the circuit's probe."""
+        return self._steps[outcome.action](outcome, probe)
+
+    def _refresh(self, _outcome: Outcome, _probe: bool) -> Decision:
+        """401: one new token and one more request; a second 401 is a rejection."""
+        self.attempts += 1
+        if self.refreshed:
+            return Decision(Dead(REJECTED), Feed.SUCCESS)
+        self.refreshed = True
+        return Decision(Send(), Feed.SUCCESS)
+
+    def _pause(self, outcome: Outcome, _probe: bool) -> Decision:
+        """No request was made: wait out the pause (re-checked each second), no attempt spent."""
+        return Decision(Wait(max(outcome.retry_after or 0.0, PAUSE_FLOOR), retry=False),
+                        Feed.RELEASE)
+
+    def _retry(self, outcome: Outcome, probe: bool) -> Decision:
+        """Back off and retry until ``max_attempts``; a probe's failure spends no attempt."""
+        if not probe:
+            self.attempts += 1
+            if self.attempts >= self.max_attempts:
+                return Decision(Dead(RETRIES_EXHAUSTED), Feed.FAILURE)
+        delay = backoff(max(self.attempts, 1), self.base_delay, self.max_delay,
+                        outcome.retry_after, self.jitter)
+        return Decision(Wait(delay, retry=True), Feed.FAILURE)
