@@ -32,6 +32,8 @@ TABLE = [  # (what redis-py raises, reply label, start of the reason /readyz sho
      "redis cluster is resharding: TRYAGAIN"),
     (rx.ClusterDownError("The cluster is down"), "CLUSTERDOWN", "redis cluster is down"),
     (rx.MasterDownError("Link with MASTER is down"), "MASTERDOWN", "redis lost its primary"),
+    (rx.ResponseError("NOREPLICAS Not enough good replicas to write."), "NOREPLICAS",
+     "redis refuses writes: NOREPLICAS Not enough good replicas to write."),
     (rx.ResponseError("ERR The user executing the script can't run this command or "
                       "subcommand script: d2b5bc0f, on @user_script:34."), "NOPERM",
      "the redis user lacks a permission: NOPERM for a command inside one of iris's Lua"),

@@ -26,8 +26,9 @@ from iris.core.routing import SKIP_REASONS
 
 TOKEN_OUTCOMES = ("success", "error")
 # The ``reply`` label of iris_redis_errors_total: Redis's error codes, and what is not a reply.
-REDIS_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "NOPERM", "TRYAGAIN",
-                 "CLUSTERDOWN", "MASTERDOWN", "NOGROUP", "connection", "timeout", "other")
+REDIS_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "MISCONF", "NOREPLICAS", "NOPERM",
+                 "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOGROUP", "connection", "timeout",
+                 "other")
 BATCH_USER_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 # prometheus_client's default buckets, without +Inf (5 ms … 10 s), then a ladder beyond them.
 SHORT_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,

@@ -17,7 +17,7 @@ import time
 
 from iris.config.model import Destination, StreamConfig
 from iris.core.batching import split_in_halves
-from iris.core.circuit import CircuitBreaker
+from iris.core.circuit import CircuitBreaker, Feed
 from iris.core.dead_letters import MAX_DELIVERIES, REDIRECTED, TOO_LARGE, report_written
 from iris.core.log_digest import LogDigest
 from iris.core.policy import Dead, DeliveryPolicy, Done, Split, Wait
@@ -228,10 +228,13 @@ class Publisher:
             probe = await self._turn()
             if probe is None:
                 return False
-            outcome = await self._sender.send(batch.body, batch.key)
+            try:
+                outcome = await self._sender.send(batch.body, batch.key)
+            except BaseException:  # cancelled, or a bug: a probe's turn must not stay taken
+                self._feed(Feed.RELEASE, probe)
+                raise
             decision = policy.next(outcome, probe)
-            self._breaker.feed(decision.feed, probe)
-            self._breaker_fed.set()
+            self._feed(decision.feed, probe)
             match decision.step:
                 case Done():
                     self._delivered(batch.users, batch.segments)
@@ -295,6 +298,10 @@ class Publisher:
         written before the worker stops stays pending (redelivered, same idempotency key)."""
         if await self._settler.settle(self.key, entry_id, dead) and dead:
             report_written(dead, self._metrics.dead_lettered)
+
+    def _feed(self, feed: Feed, probe: bool) -> None:
+        self._breaker.feed(feed, probe)
+        self._breaker_fed.set()  # a turn may have come for those waiting
 
     async def _turn(self) -> bool | None:
         """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""

@@ -22,6 +22,7 @@ from iris.errors import GroupMissing, RedisUnavailable
 MEANINGS = {
     "OOM": "redis refuses writes",
     "MISCONF": "redis refuses writes",
+    "NOREPLICAS": "redis refuses writes",  # min-replicas-to-write: its replicas lag or are gone
     "READONLY": "redis is a read-only replica",
     "LOADING": "redis is loading its data",
     "BUSY": "redis is busy running a script",
