@@ -130,8 +130,9 @@ class RedisProcess:
             "--dir", str(self._workdir), "--logfile", str(self.logfile),
             "--daemonize", "no",
         ]  # fmt: skip
-        self._proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        self._proc = subprocess.Popen(  # its own session: a Ctrl-C is for iris, which stops it
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             self._wait_ready(timeout)

@@ -27,7 +27,9 @@ def test_make_demo_is_the_demo_that_writes_its_config() -> None:
 
 
 def test_readme_commands_work_against_the_demo(tmp_path: Path) -> None:
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # README's paths, from a fresh folder
+    bin_dir = tmp_path / ".venv" / "bin"  # README's paths, from a fresh folder: the
+    bin_dir.mkdir(parents=True)  # `iris` installed beside the Python running the tests
+    (bin_dir / "iris").symlink_to(Path(sys.executable).parent / "iris")
     commands = readme_commands()
     assert [c.split()[1] for c in commands] == ["status", "send", "dlq"], commands
     log = (tmp_path / "demo.log").open("wb")

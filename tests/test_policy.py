@@ -1,14 +1,16 @@
-"""The delivery policy, transition by transition: every action of ``retry.classify`` from every
+"""The delivery policy, transition by transition, and the bounded backoffs: every action of
 state that matters, with a jitter that always draws the top of its range."""
 
 from __future__ import annotations
 
 import pytest
 
+from iris.auth.waits import Waits
 from iris.core.circuit import Feed
 from iris.core.dead_letters import REDIRECTED, REJECTED, RETRIES_EXHAUSTED
 from iris.core.policy import Dead, DeliveryPolicy, Done, Send, Split, Wait
-from iris.core.retry import Action, Outcome, failure, paused
+from iris.core.retry import Action, Outcome, doubling, failure, paused
+from iris.errors import TokenError
 
 
 def policy(attempts: int = 0, refreshed: bool = False, max_attempts: int = 3) -> DeliveryPolicy:
@@ -48,6 +50,13 @@ TABLE = [
     # the circuit's probe spends no attempt, even on what would be the last one
     ((2, False), answer(Action.RETRY), True, Wait(1.0, retry=True), Feed.FAILURE, 2, False),
     ((0, False), answer(Action.RETRY), True, Wait(0.5, retry=True), Feed.FAILURE, 0, False),
+    # a probe the partner answers is an ordinary request: the circuit closes, the answer counts
+    ((1, False), answer(Action.REFRESH), True, Send(), Feed.SUCCESS, 2, True),
+    ((1, False), answer(Action.REJECT), True, Dead(REJECTED), Feed.SUCCESS, 1, False),
+    ((1, False), answer(Action.REDIRECTED), True, Dead(REDIRECTED), Feed.SUCCESS, 1, False),
+    ((1, False), answer(Action.SPLIT), True, Split(), Feed.SUCCESS, 1, False),
+    # past the limit after a refresh's extra request: the next failure ends it
+    ((3, True), answer(Action.RETRY), False, Dead(RETRIES_EXHAUSTED), Feed.FAILURE, 4, True),
 ]
 
 
@@ -79,3 +88,30 @@ def test_pauses_and_probes_between_retries_never_exhaust_a_batch() -> None:
         assert isinstance(p.next(failure("timeout", "t"), probe=True).step, Wait)
         assert isinstance(p.next(paused("refused", 5.0)).step, Wait)
     assert p.next(answer(Action.DELIVERED)).step == Done()
+
+
+def test_one_attempt_means_one_failed_request_plus_a_refresh() -> None:
+    p = policy(max_attempts=1)
+    assert p.next(answer(Action.REFRESH)).step == Send()
+    assert p.next(answer(Action.RETRY)).step == Dead(RETRIES_EXHAUSTED)
+    p = policy(max_attempts=1)
+    assert p.next(failure("timeout", "t")).step == Dead(RETRIES_EXHAUSTED)
+
+
+def test_a_huge_max_attempts_never_overflows_the_backoff() -> None:
+    """An operator's "retry for ever" (max_attempts: 100000) past 1,024 attempts."""
+    p = policy(attempts=5000, max_attempts=100_000)
+    assert p.next(failure("timeout", "t")).step == Wait(8.0, retry=True)
+    assert doubling(1.0, 10**9, 60.0) == 60.0 and doubling(0.05, -1, 2.0) == 0.05
+
+
+def test_a_token_endpoint_failing_for_days_keeps_a_bounded_wait() -> None:
+    """1,024 failures in a row (about 17 hours at the longest wait) used to overflow."""
+    now = [0.0]
+    waits = Waits("423", lambda: now[0])
+    for _ in range(2000):
+        waits.failed(TokenError("token endpoint timed out"))
+        now[0] = waits.retry_at
+    before = now[0]
+    waits.failed(TokenError("token endpoint timed out"))
+    assert waits.retry_at - before == 60.0

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from iris.core.retry import doubling
 from iris.errors import TokenError
 
 log = logging.getLogger("iris.auth.tokens")  # the logger operators already filter on
@@ -83,7 +84,7 @@ class Waits:
         """A token request failed for a reason that may pass: no other one for a while
         (1 s, doubling to ``MAX_WAIT``); the destination waits if it has no valid token."""
         self._failures += 1
-        delay = min(MAX_WAIT, 2.0 ** (self._failures - 1))
+        delay = doubling(1.0, self._failures - 1, MAX_WAIT)
         self.retry_at = self._clock() + delay
         if not self._waiting:
             log.warning("%s: no token (%s); trying again in %.0f s, the destination waits "

@@ -103,7 +103,7 @@ def _destinations(config: Config, wanted: str | None) -> list[Destination]:
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
-    from iris.cli.auth_test import login_command, test_command
+    from iris.cli.auth_commands import login_command, test_command
 
     config = load(args)
     dests = _destinations(config, args.destination)

@@ -13,10 +13,12 @@ gave (or the sender's own ``failure``/``paused`` outcomes) and carries out the s
     RETRY, attempts left         -> Wait(backoff, Retry-After), attempt spent  breaker: failure
     RETRY, last attempt          -> Dead(retries_exhausted)                breaker: failure
 
-Attempts count requests that could have reached the partner and were not the circuit's probes
-(a paused destination makes no request; a probe of an open circuit is the circuit's, not the
-batch's), so an outage of any length dead-letters nothing. Each half of a split gets a policy of
-its own.
+Attempts count the requests a batch spent: a paused destination makes no request, and a probe
+of an open circuit that fails is the circuit's, not the batch's, so an outage of any length
+dead-letters nothing. ``max_attempts`` bounds the failed requests; a 401 gets its one refresh
+(once per batch) even on the last attempt, so a batch may send ``max_attempts + 1`` requests.
+Each half of a split starts a policy of its own (the partner answered: the halves are new
+requests, not retries).
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class DeliveryPolicy:
         return Decision(Send(), Feed.SUCCESS)
 
     def _pause(self, outcome: Outcome, _probe: bool) -> Decision:
-        """No request was made: wait out the pause (re-checked each second), no attempt spent."""
+        """No request was made: wait as long as the pause said (at least a second), no attempt
+        spent; the token cache says whether the pause is over when the batch tries again."""
         return Decision(Wait(max(outcome.retry_after or 0.0, PAUSE_FLOOR), retry=False),
                         Feed.RELEASE)
 

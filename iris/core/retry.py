@@ -111,12 +111,21 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return wait if wait > 0 else None
 
 
+MAX_DOUBLINGS = 64  # 2**64 times any base is past any cap, and a float holds it
+
+
+def doubling(base: float, step: int, cap: float) -> float:
+    """``base`` doubled ``step`` times, at most ``cap``: the one exponential schedule of iris's
+    waits. The exponent is bounded, so an outage of any length never overflows."""
+    return min(cap, base * 2.0 ** min(max(step, 0), MAX_DOUBLINGS))
+
+
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None,
             jitter: Callable[[float, float], float] = random.uniform) -> float:
     """Seconds to wait before attempt ``attempt + 1``: full-jitter exponential backoff
     (``jitter(0, top)`` draws it), which a Retry-After may lengthen but never shorten; at most
     ``cap``."""
-    delay = jitter(0, min(cap, base * 2 ** (attempt - 1)))
+    delay = jitter(0, doubling(base, attempt - 1, cap))
     if retry_after is not None and retry_after > delay:
         delay = retry_after
     return min(delay, cap)

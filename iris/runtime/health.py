@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from iris.core.retry import doubling
 from iris.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ QUIET = 1.0  # seconds without a failing loop before a fault is reported over
 
 def backoff_delay(failures: int) -> float:
     """Seconds to wait after the ``failures``-th failure in a row: 0.1 s doubling to 2 s."""
-    return min(MAX_BACKOFF, 0.05 * 2.0 ** min(failures, 10))
+    return doubling(0.05, failures, MAX_BACKOFF)
 
 
 class Health:

@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import assert_never
 
 from iris.config.model import Destination, StreamConfig
 from iris.core.batching import split_in_halves
 from iris.core.circuit import CircuitBreaker, Feed
 from iris.core.dead_letters import MAX_DELIVERIES, REDIRECTED, TOO_LARGE, report_written
 from iris.core.log_digest import LogDigest
-from iris.core.policy import Dead, DeliveryPolicy, Done, Split, Wait
+from iris.core.policy import Dead, DeliveryPolicy, Done, Send, Split, Step, Wait
 from iris.core.records import DeadLetter, Events, OutboundBatch, events_of
 from iris.core.retry import Outcome, failure
 from iris.errors import RedisUnavailable
@@ -235,24 +236,33 @@ class Publisher:
                 raise
             decision = policy.next(outcome, probe)
             self._feed(decision.feed, probe)
-            match decision.step:
-                case Done():
-                    self._delivered(batch.users, batch.segments)
-                    return True
-                case Dead(reason):
-                    if reason == REDIRECTED:
-                        self._redirected(outcome)
-                    dead.extend(self._dead(batch.events(), reason, outcome))
-                    return True
-                case Split():
-                    return await self._split(batch, dead, outcome)
-                case Wait(seconds, retry=True):
-                    self._retrying(batch, outcome, policy.attempts, seconds)
-                    if await self._stopped_within(seconds):
-                        return False
-                case Wait(seconds):
-                    if await self._stopped_within(seconds):
-                        return False
+            finished = await self._step(decision.step, batch, outcome, policy.attempts, dead)
+            if finished is not None:
+                return finished
+
+    async def _step(self, step: Step, batch: OutboundBatch, outcome: Outcome, attempt: int,
+                    dead: list[DeadLetter]) -> bool | None:
+        """Do what the policy decided: True once the batch has an outcome, False if stopped,
+        None to send it again."""
+        match step:
+            case Done():
+                self._delivered(batch.users, batch.segments)
+                return True
+            case Dead(reason):
+                if reason == REDIRECTED:
+                    self._redirected(outcome)
+                dead.extend(self._dead(batch.events(), reason, outcome))
+                return True
+            case Split():
+                return await self._split(batch, dead, outcome)
+            case Wait(seconds, retry):
+                if retry:
+                    self._retrying(batch, outcome, attempt, seconds)
+                return False if await self._stopped_within(seconds) else None
+            case Send():
+                return None  # a new token: at once
+            case _:
+                assert_never(step)
 
     def _retrying(self, batch: OutboundBatch, outcome: Outcome, attempt: int,
                   delay: float) -> None:

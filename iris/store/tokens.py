@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import orjson
 import redis.asyncio as aioredis
 
+from iris.core.retry import doubling
 from iris.store.errors import redis_errors
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class TokenStore:
         """Pause the destination for every replica; each refusal in a row doubles the pause."""
         previous = await self.paused(include_expired=True)
         count = previous.count + 1 if previous is not None else 1
-        seconds = min(MAX_PAUSE, base * 2 ** (count - 1))
+        seconds = doubling(base, count - 1, MAX_PAUSE)
         pause = Pause(self._clock() + seconds, count, error)
         with redis_errors():  # kept twice as long, to remember the count
             await self._redis.set(self._pause_key, orjson.dumps(asdict(pause)),

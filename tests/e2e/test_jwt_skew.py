@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from iris.cli.auth_test import describe
+from iris.cli.auth_commands import describe
 from iris.config.model import Config, parse_config
 from iris.errors import TokenError
 from iris.runtime.metrics import Metrics
