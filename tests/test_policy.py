@@ -57,6 +57,8 @@ TABLE = [
     ((1, False), answer(Action.SPLIT), True, Split(), Feed.SUCCESS, 1, False),
     # past the limit after a refresh's extra request: the next failure ends it
     ((3, True), answer(Action.RETRY), False, Dead(RETRIES_EXHAUSTED), Feed.FAILURE, 4, True),
+    # ... unless it failed as the circuit's probe (before policy.py: dead-lettered here)
+    ((3, True), answer(Action.RETRY), True, Wait(2.0, retry=True), Feed.FAILURE, 3, True),
 ]
 
 

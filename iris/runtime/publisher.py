@@ -113,7 +113,8 @@ class Publisher:
             try:
                 busy = await self._round()
             except RedisUnavailable as exc:
-                self._history.restart()  # re-read what we hold but may not have settled
+                self._history.restart()  # re-read what we hold but may not have settled,
+                self._handed.clear()  # handed entries included: else they would go out twice
                 await self._recovery.heartbeat(self.held)  # batches in flight stay ours
                 await self._reads.failed(exc)
                 continue

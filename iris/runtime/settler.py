@@ -16,12 +16,16 @@ delivered again with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from iris.core.records import DeadLetter
 from iris.errors import RedisUnavailable
 from iris.runtime.health import RedisRetry
+from iris.store.errors import REDIS_WIDE
 from iris.store.streams import Settle, Streams
+
+log = logging.getLogger(__name__)
 
 GATHER_SECONDS = 0.005  # a settle waits this long for others (only its ack is later)
 
@@ -31,6 +35,10 @@ class _Waiting:
     settle: Settle
     done: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def resolve(self, written: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(written)
 
 
 class Settler:
@@ -43,35 +51,74 @@ class Settler:
 
     async def settle(self, key: str, entry_id: str, dead: list[DeadLetter]) -> bool:
         """Acknowledge and delete ``entry_id`` of ``key``, writing its dead letters; True once
-        written, False if the worker stopped first (the batch stays pending)."""
+        written, False if the worker stopped first (the batch stays pending). Raises what a
+        settle of this batch alone raised that was not a Redis fault (a bug: the delivery
+        crashes, and the batch takes the crash path)."""
         waiting = _Waiting((key, entry_id, dead))
         self._queue.append(waiting)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush(), name="settle")
         return await asyncio.shield(waiting.done)
 
-    async def idle(self) -> None:
-        """Wait for the flush under way (at a stop: ``stopping`` ends its retries)."""
-        if self._flushing is not None:
-            await asyncio.gather(self._flushing, return_exceptions=True)
+    async def close(self, timeout: float) -> None:
+        """At a stop (after ``stopping`` was set): let the flush under way finish within
+        ``timeout`` seconds, then cancel it; what it did not write stays pending."""
+        if self._flushing is None:
+            return
+        await asyncio.wait({self._flushing}, timeout=max(timeout, 0))
+        self._flushing.cancel()
+        await asyncio.gather(self._flushing, return_exceptions=True)
 
     async def _flush(self) -> None:
-        await asyncio.sleep(GATHER_SECONDS)  # let the batches finishing now join this flush
-        while self._queue:
-            taken, self._queue = self._queue, []
-            written = await self._write([w.settle for w in taken])
-            for waiting in taken:
-                if not waiting.done.done():
-                    waiting.done.set_result(written)
-
-    async def _write(self, settles: list[Settle]) -> bool:
-        while True:
-            try:
-                await self._streams.settle_many(settles)
-            except RedisUnavailable as exc:
-                await self._writes.failed(exc)
+        taken: list[_Waiting] = []
+        try:
+            await asyncio.sleep(GATHER_SECONDS)  # let the batches finishing now join this flush
+            while self._queue:
+                taken, self._queue = self._queue, []
+                failed, error = await self._write(taken)
+                if not failed or error is None:
+                    continue
                 if self.stopping.is_set():
-                    return False
-                continue
-            self._writes.ok()
-            return True
+                    for waiting in failed:
+                        waiting.resolve(False)
+                    continue
+                self._queue[:0] = failed  # tried again first, with the newer ones
+                await self._writes.failed(error)
+        finally:  # cancelled at a stop's deadline, or a bug: no settle waits for ever
+            for waiting in (*taken, *self._queue):
+                waiting.resolve(False)
+            self._queue.clear()
+
+    async def _write(self, group: list[_Waiting]) -> tuple[list[_Waiting], RedisUnavailable | None]:
+        """Settle ``group`` in one transaction: (those not written, the Redis fault). A fault of
+        Redis as a whole is the group's; any other is one settle's (a key of another type, a
+        key the ACL denies, a bug), so the group is written one by one and only that one
+        waits."""
+        try:
+            await self._streams.settle_many([w.settle for w in group])
+        except RedisUnavailable as exc:
+            if exc.reply in REDIS_WIDE or len(group) == 1:
+                return group, exc
+            return await self._one_by_one(group)
+        except Exception as exc:
+            if len(group) > 1:
+                return await self._one_by_one(group)
+            log.error("settling %s of %s failed: %r", group[0].settle[1], group[0].settle[0],
+                      exc)
+            group[0].done.set_exception(exc)
+            return [], None
+        self._writes.ok()
+        for waiting in group:
+            waiting.resolve(True)
+        return [], None
+
+    async def _one_by_one(
+        self, group: list[_Waiting]
+    ) -> tuple[list[_Waiting], RedisUnavailable | None]:
+        failed: list[_Waiting] = []
+        error: RedisUnavailable | None = None
+        for waiting in group:
+            not_written, fault = await self._write([waiting])
+            failed += not_written
+            error = fault or error
+        return failed, error

@@ -82,9 +82,11 @@ class Loops:
 
     async def stop(self, deadline: float) -> None:
         self._stopping = True
-        if self.before_cancel is not None:
-            await self.before_cancel(deadline)
-        await cancel_all(self.tasks)
+        try:
+            if self.before_cancel is not None:
+                await self.before_cancel(deadline)
+        finally:
+            await cancel_all(self.tasks)
 
     async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a loop; if it dies of a bug, log it and start it again instead of dying too."""

@@ -107,6 +107,7 @@ class Worker:
         if not await self._wait_for_redis():
             return
         self.consumer = Consumer(self.config, self.streams, self.metrics, self.health)
+        self.settler = Settler(self.streams, self.health.retry("settle"))
         await self._stages.start(Hook("partners", self._close_partners))
         await self._stages.start(Hook("deliveries", self._drain))
         await self._stages.start(self._publishing())
@@ -129,7 +130,6 @@ class Worker:
     def _publishing(self) -> Loops:
         """One publisher per destination, and the shared read of their outbound streams."""
         shared = SharedTokens.from_config(self.config, self.redis, self.streams.consumer)
-        self.settler = Settler(self.streams, self.health.retry("settle"))
         for dest in self.config.destinations:
             session = PartnerSession(dest)
             on_pause = partial(self.health.paused, dest.id, source="auth")
@@ -190,7 +190,7 @@ class Worker:
         pending, for the other workers."""
         remaining = deadline - time.monotonic() - EXIT_MARGIN
         await asyncio.gather(*(p.drain(remaining) for p in self._publishers))
-        await self.settler.idle()
+        await self.settler.close(deadline - time.monotonic() - EXIT_MARGIN)
 
     async def _close_partners(self, deadline: float) -> None:
         grace = max(0.5, deadline - time.monotonic())  # a token exchange under way may finish

@@ -40,6 +40,10 @@ _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.MasterDownError, "MASTERDOWN"),
     (rx.ClusterDownError, "CLUSTERDOWN"),
 )
+# Replies about Redis as a whole (its state, or no answer): every command fails alike. Any other
+# reply is about one command (a key of another type, a key the ACL denies).
+REDIS_WIDE = frozenset({"OOM", "MISCONF", "NOREPLICAS", "READONLY", "LOADING", "BUSY", "TRYAGAIN",
+                        "CLUSTERDOWN", "MASTERDOWN", "connection", "timeout"})
 TEXT_CHARS = 160
 SCRIPT_DENIED = "user executing the script can't run this command"
 ALIASES = {"UNBLOCKED": "READONLY"}  # a blocking read cut short: the server became a replica

@@ -1,4 +1,5 @@
-"""Whether the Redis user may run every command iris needs, checked once at start.
+"""Whether the Redis user may run every command iris needs, and the dead-letter key is a stream,
+checked once at start.
 
 An ACL that forbids one kind of command (``-@scripting``, say) would otherwise show only when
 that command first runs, minutes later, as a loop failing in the background. Each command runs
@@ -65,11 +66,24 @@ async def check_permissions(streams: Streams) -> None:
             if exc.reply != "NOPERM":
                 raise
             denied.append(name)
+    await _check_dead_letter_key(streams)
     if denied:
         raise RedisUnavailable(
             f"the redis user lacks a permission: NOPERM for {', '.join(denied)} (iris needs "
             "+@stream +@scripting +@transaction +@string +@hash +@keyspace +@connection "
             "+time on the keys under its stream's name)", "NOPERM")
+
+
+async def _check_dead_letter_key(streams: Streams) -> None:
+    """The dead-letter stream's key must be a stream, or absent. An XADD to a key of another
+    type fails when a MULTI runs, not when it is queued, and the acknowledgements queued beside
+    it would apply without it: events acknowledged, never dead-lettered."""
+    with redis_errors():
+        kind = await streams.redis.type(streams.dead_letters)
+    if kind not in ("stream", "none"):
+        raise RedisUnavailable(
+            f"redis key {streams.dead_letters} holds a {kind}, not a stream: iris writes its "
+            "dead letters there (rename or delete that key)", "WRONGTYPE")
 
 
 async def _multi_ack(streams: Streams) -> None:
