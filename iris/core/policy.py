@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from iris.core.circuit import Feed
 from iris.core.dead_letters import REDIRECTED, REJECTED, RETRIES_EXHAUSTED
@@ -90,24 +90,26 @@ class DeliveryPolicy:
     jitter: Jitter = random.uniform
     attempts: int = 0
     refreshed: bool = False
-    _steps: dict[Action, Callable[[Outcome, bool], Decision]] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._steps = {
-            Action.DELIVERED: lambda _o, _p: Decision(Done(), Feed.SUCCESS),
-            Action.REFRESH: self._refresh,
-            Action.REJECT: lambda _o, _p: Decision(Dead(REJECTED), Feed.SUCCESS),
-            Action.REDIRECTED: lambda _o, _p: Decision(Dead(REDIRECTED), Feed.SUCCESS),
-            Action.SPLIT: lambda _o, _p: Decision(Split(), Feed.SUCCESS),
-            Action.PAUSE: self._pause,
-            Action.RETRY: self._retry,
-        }
 
     def next(self, outcome: Outcome, probe: bool = False) -> Decision:
         """The step after ``outcome``; ``probe`` says the request went as the circuit's probe."""
-        return self._steps[outcome.action](outcome, probe)
+        match outcome.action:
+            case Action.DELIVERED:
+                return Decision(Done(), Feed.SUCCESS)
+            case Action.REFRESH:
+                return self._refresh()
+            case Action.REJECT:
+                return Decision(Dead(REJECTED), Feed.SUCCESS)
+            case Action.REDIRECTED:
+                return Decision(Dead(REDIRECTED), Feed.SUCCESS)
+            case Action.SPLIT:
+                return Decision(Split(), Feed.SUCCESS)
+            case Action.PAUSE:
+                return self._pause(outcome)
+            case Action.RETRY:
+                return self._retry(outcome, probe)
 
-    def _refresh(self, _outcome: Outcome, _probe: bool) -> Decision:
+    def _refresh(self) -> Decision:
         """401: one new token and one more request; a second 401 is a rejection."""
         self.attempts += 1
         if self.refreshed:
@@ -115,7 +117,7 @@ class DeliveryPolicy:
         self.refreshed = True
         return Decision(Send(), Feed.SUCCESS)
 
-    def _pause(self, outcome: Outcome, _probe: bool) -> Decision:
+    def _pause(self, outcome: Outcome) -> Decision:
         """No request was made: wait as long as the pause said (at least a second), no attempt
         spent; the token cache says whether the pause is over when the batch tries again."""
         return Decision(Wait(max(outcome.retry_after or 0.0, PAUSE_FLOOR), retry=False),
