@@ -31,7 +31,7 @@ from iris.runtime.metrics import Metrics
 from iris.runtime.settler import Settler
 from iris.runtime.stopping import unless_stopped
 from iris.store.recovery import History, Recovered, Recovery
-from iris.store.streams import Entry, Streams
+from iris.store.streams import Entry, Settle, Streams
 
 log = logging.getLogger(__name__)
 
@@ -183,17 +183,20 @@ class Publisher:
         task.add_done_callback(lambda _task: self._finished(entry_id))
 
     async def _settle_recovered(self, recovered: Recovered) -> None:
-        """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered."""
+        """Trimmed batches are acknowledged; batches re-delivered too often are dead-lettered;
+        all in one transaction."""
+        settles: list[Settle] = [(self.key, entry_id, []) for entry_id in recovered.trimmed]
+        outcome = failure("max_deliveries",
+                          f"delivered more than {self._recovery.max_deliveries} times")
+        settles += [(self.key, entry_id,
+                     self._dead(events_of(entry_id, fields), MAX_DELIVERIES, outcome))
+                    for entry_id, fields in recovered.over_limit]
+        if not settles:
+            return
+        await self._streams.settle_many(settles)
         if recovered.trimmed:
-            for entry_id in recovered.trimmed:
-                await self._streams.settle(self.key, entry_id)
             self._metrics.skipped.labels("trimmed").inc(len(recovered.trimmed))
-        for entry_id, fields in recovered.over_limit:
-            outcome = failure("max_deliveries",
-                              f"delivered more than {self._recovery.max_deliveries} times")
-            dead = self._dead(events_of(entry_id, fields), MAX_DELIVERIES, outcome)
-            await self._streams.settle(self.key, entry_id, dead)
-            report_written(dead, self._metrics.dead_lettered)
+        report_written([d for _, _, dead in settles for d in dead], self._metrics.dead_lettered)
 
     def _finished(self, entry_id: str) -> None:
         task = self._tasks.pop(entry_id, None)

@@ -195,12 +195,6 @@ class Streams:
             found = await self.redis.hmget(self.written_key, ids)
         return {i: set(v.split(",")) for i, v in zip(ids, found, strict=True) if v}
 
-    async def settle(
-        self, key: str, entry_id: str, dead_letters: list[DeadLetter] | None = None
-    ) -> None:
-        """Finish one outbound batch: its dead letters (if any), XACK and XDEL, atomically."""
-        await self.settle_many([(key, entry_id, dead_letters or [])])
-
     async def settle_many(self, settles: list[Settle]) -> None:
         """Finish outbound batches, of one stream or several: their dead letters, one XACK and
         one XDEL per stream, in one MULTI."""
