@@ -6,12 +6,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypedDict
 
+from iris.core.records import DeadLetter
 from iris.store.streams import Streams
 
 PAGE = 500
 PROGRESS_EVERY = 10_000
 
-DeadLetter = tuple[str, dict[str, str]]  # (entry id, fields); an entry trimmed unread has {}
+DeadLetterEntry = tuple[str, dict[str, str]]  # (entry id, fields); one trimmed unread has {}
 
 
 class DeadLetterCount(TypedDict):
@@ -36,7 +37,7 @@ class StatusReport(TypedDict):
 async def dead_letters(
     streams: Streams, *, destination: str | None = None, reason: str | None = None,
     limit: int | None = None, end: str = "+",
-) -> AsyncIterator[DeadLetter]:
+) -> AsyncIterator[DeadLetterEntry]:
     """Dead-letter entries up to ``end``, oldest first, filtered by destination and reason."""
     start, found = "-", 0
     while limit is None or found < limit:
@@ -45,9 +46,10 @@ async def dead_letters(
             return
         for entry_id, stored in page:
             fields = stored or {}
-            if destination is not None and fields.get("dlq_destination") != destination:
+            dead = DeadLetter.decode(fields)
+            if destination is not None and dead.destination != destination:
                 continue
-            if reason is not None and fields.get("dlq_reason") != reason:
+            if reason is not None and dead.reason != reason:
                 continue
             found += 1
             yield entry_id, fields
@@ -58,9 +60,10 @@ async def dead_letters(
 
 def original_event(fields: dict[str, str]) -> dict[str, str]:
     """The event to re-inject: its own fields, aimed only at the destination that failed it."""
-    event = {k: v for k, v in fields.items() if not k.startswith("dlq_")}
-    if fields.get("dlq_destination"):
-        event["destination"] = fields["dlq_destination"]
+    dead = DeadLetter.decode(fields)
+    event = dict(dead.event)
+    if dead.destination:
+        event["destination"] = dead.destination
     return event
 
 
@@ -113,7 +116,8 @@ async def status(streams: Streams, destination_ids: Iterable[str]) -> StatusRepo
     keys = streams.all_keys(destination_ids)
     counts: Counter[tuple[str, str]] = Counter()
     async for _, fields in dead_letters(streams):
-        counts[(fields.get("dlq_destination", ""), fields.get("dlq_reason", ""))] += 1
+        dead = DeadLetter.decode(fields)
+        counts[(dead.destination, dead.reason)] += 1
     return {
         "streams": [await streams.stats.describe(key) for key in keys],
         "dead_letters": {"stream": streams.dead_letters, "total": sum(counts.values()),
