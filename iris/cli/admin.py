@@ -1,4 +1,8 @@
-"""Operator commands over Redis: the dead-letter stream (list, replay) and ``iris status``."""
+"""Operator commands over Redis: the dead-letter stream (list, replay) and ``iris status``.
+
+Each takes every partition of the stream (``store.streams.partitions``: one without
+partitions), and covers them all: a partition's dead letters are replayed into its own inbound
+stream, where the same events belong."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ class DeadLetterCount(TypedDict):
 
 
 class DeadLetterSummary(TypedDict):
-    stream: str
+    stream: str  # the dead-letter stream; with partitions, ``<stream.key>:{0..P-1}:dlq``
     total: int
     by: list[DeadLetterCount]
 
@@ -34,11 +38,29 @@ class StatusReport(TypedDict):
     dead_letters: DeadLetterSummary
 
 
+async def every_dead_letter(
+    partitions: list[Streams], *, destination: str | None = None, reason: str | None = None,
+    limit: int | None = None,
+) -> AsyncIterator[tuple[Streams, DeadLetterEntry]]:
+    """The dead letters of every partition, partition by partition, each oldest first, up to
+    ``limit`` in all: with the partition each belongs to."""
+    found = 0
+    for streams in partitions:
+        left = None if limit is None else limit - found
+        if left is not None and left <= 0:
+            return
+        async for entry in dead_letters(streams, destination=destination, reason=reason,
+                                        limit=left):
+            found += 1
+            yield streams, entry
+
+
 async def dead_letters(
     streams: Streams, *, destination: str | None = None, reason: str | None = None,
     limit: int | None = None, end: str = "+",
 ) -> AsyncIterator[DeadLetterEntry]:
-    """Dead-letter entries up to ``end``, oldest first, filtered by destination and reason."""
+    """Dead-letter entries of one partition up to ``end``, oldest first, filtered by
+    destination and reason."""
     start, found = "-", 0
     while limit is None or found < limit:
         page = await streams.page(streams.dead_letters, start, PAGE, end)
@@ -68,15 +90,30 @@ def original_event(fields: dict[str, str]) -> dict[str, str]:
 
 
 async def replay(
-    streams: Streams, *, destination: str | None = None, reason: str | None = None,
+    partitions: list[Streams], *, destination: str | None = None, reason: str | None = None,
     limit: int | None = None, dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Re-inject matching dead letters into the inbound stream and remove them; returns count.
+    """Re-inject matching dead letters into their partition's inbound stream and remove them;
+    returns how many, ``limit`` at most in all.
 
     Only the dead letters present when it starts are replayed, each at most once: events that
     fail again while it runs are dead-lettered behind that point and wait for the next replay.
     ``progress`` is told the running count every ``PROGRESS_EVERY`` events."""
+    total = 0
+    for streams in partitions:
+        left = None if limit is None else limit - total
+        if left is not None and left <= 0:
+            break
+        total += await _replay_partition(streams, destination, reason, left, dry_run,
+                                         progress, total)
+    return total
+
+
+async def _replay_partition(streams: Streams, destination: str | None, reason: str | None,
+                            limit: int | None, dry_run: bool,
+                            progress: Callable[[int], None] | None, before: int) -> int:
+    """One partition's part of ``replay``, after ``before`` events of the others."""
     end = await streams.last_id(streams.dead_letters)
     if end is None:
         return 0
@@ -86,10 +123,11 @@ async def replay(
                                                limit=limit, end=end):
         batch.append((entry_id, original_event(fields)))
         if len(batch) >= PAGE:
+            passed = (before + total) // PROGRESS_EVERY
             total += await _replay_batch(streams, batch, dry_run)
             batch = []
-            if progress is not None and total % PROGRESS_EVERY == 0:
-                progress(total)
+            if progress is not None and (before + total) // PROGRESS_EVERY > passed:
+                progress(before + total)
     return total + await _replay_batch(streams, batch, dry_run)
 
 
@@ -112,15 +150,22 @@ def _escape(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-async def status(streams: Streams, destination_ids: Iterable[str]) -> StatusReport:
-    keys = streams.all_keys(destination_ids)
+async def status(partitions: list[Streams], destination_ids: Iterable[str]) -> StatusReport:
+    """Every stream of every partition, and the dead letters of all, counted by destination
+    and reason."""
+    ids = list(destination_ids)
     counts: Counter[tuple[str, str]] = Counter()
-    async for _, fields in dead_letters(streams):
+    async for _, (_, fields) in every_dead_letter(partitions):
         dead = DeadLetter.decode(fields)
         counts[(dead.destination, dead.reason)] += 1
+    described = [await streams.stats.describe(key)
+                 for streams in partitions for key in streams.all_keys(ids)]
+    first = partitions[0]
+    dlq = first.dead_letters if len(partitions) == 1 else (
+        f"{first.keys.base}:{{0..{len(partitions) - 1}}}:dlq")
     return {
-        "streams": [await streams.stats.describe(key) for key in keys],
-        "dead_letters": {"stream": streams.dead_letters, "total": sum(counts.values()),
+        "streams": described,
+        "dead_letters": {"stream": dlq, "total": sum(counts.values()),
                          "by": [{"destination": d, "reason": r, "count": n}
                                 for (d, r), n in sorted(counts.items())]},
     }

@@ -22,7 +22,7 @@ from iris.cli.shell import (
     load_redis,
     run_async,
     unknown_destination,
-    with_streams,
+    with_partitions,
     with_tokens,
 )
 from iris.config.model import Config, Destination
@@ -60,7 +60,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_redis(args)
     ids = [d.id for d in config.destinations]
-    report = completed(with_streams(config, lambda streams: admin.status(streams, ids)))
+    report = completed(with_partitions(config, lambda parts: admin.status(parts, ids)))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json
           else admin.format_status(report))
     return 0
@@ -75,22 +75,25 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         def progress(count: int) -> None:
             print(f"replayed {count} event(s) so far", file=sys.stderr)
 
-        count = completed(with_streams(config, lambda streams: admin.replay(
-            streams, destination=destination, reason=reason, limit=limit,
+        count = completed(with_partitions(config, lambda parts: admin.replay(
+            parts, destination=destination, reason=reason, limit=limit,
             dry_run=args.dry_run, progress=progress)))
         verb = "would replay" if args.dry_run else "replayed"
-        print(f"{verb} {count} event(s) into {config.stream.key}")
+        print(f"{verb} {count} event(s) into {config.stream.key}"
+              + (f" ({config.stream.partitions} partitions)" if config.stream.partitions > 1
+                 else ""))
         return 0
 
-    async def listing(streams: Streams) -> int:
+    async def listing(partitions: list[Streams]) -> int:
         count = 0
-        async for entry_id, fields in admin.dead_letters(
-                streams, destination=destination, reason=reason, limit=limit):
-            print(orjson.dumps({"id": entry_id, **admin.printable(fields)}).decode())
+        async for streams, (entry_id, fields) in admin.every_dead_letter(
+                partitions, destination=destination, reason=reason, limit=limit):
+            where = {"stream": streams.dead_letters} if len(partitions) > 1 else {}
+            print(orjson.dumps({"id": entry_id, **where, **admin.printable(fields)}).decode())
             count += 1
         return count
 
-    count = completed(with_streams(config, listing))
+    count = completed(with_partitions(config, listing))
     print(f"{count} dead letter(s)", file=sys.stderr)
     return 0
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from iris.cli.shell import completed, load_redis, unknown_destination, with_streams
+from iris.cli.shell import completed, load_redis, unknown_destination, with_partitions
 from iris.config.base import read_utf8
 from iris.config.model import RedisView
 from iris.core.events import parse_event
+from iris.core.partitions import inbound_keys, partition_of
 from iris.errors import EventError, IrisError
+
+if TYPE_CHECKING:
+    from iris.store.streams import Streams
 
 
 def _event_fields(raw: dict[str, Any], where: str) -> dict[str, str]:
@@ -116,7 +120,23 @@ def cmd_send(args: argparse.Namespace) -> int:
     events = _events_from_args(args)
     _check_destinations(events, view)
     fields = [event for _, event in events]
-    ids = completed(with_streams(view, lambda streams: streams.add_many(fields)))
-    print(f"sent {len(ids)} event(s) to {view.stream.key}" + (f": {ids[0]}" if len(ids) == 1
-                                                                else ""))
+    ids = completed(with_partitions(view, lambda parts: _add(parts, fields)))
+    keys = inbound_keys(view.stream.key, view.stream.partitions, view.redis.cluster)
+    where = keys[0] if len(keys) == 1 else f"{view.stream.key} ({len(keys)} partitions)"
+    print(f"sent {len(ids)} event(s) to {where}" + (f": {ids[0]}" if len(ids) == 1 else ""))
     return 0
+
+
+async def _add(partitions: list[Streams], events: list[dict[str, str]]) -> list[str]:
+    """Add each event to its partition's stream (``core.partitions``); the ids, in order."""
+    if len(partitions) == 1:
+        return await partitions[0].add_many(events)
+    placed: dict[int, list[int]] = {}
+    for index, fields in enumerate(events):
+        placed.setdefault(partition_of(fields.get("uuid", ""), len(partitions)), []).append(index)
+    ids = [""] * len(events)
+    for partition, indexes in placed.items():
+        added = await partitions[partition].add_many([events[i] for i in indexes])
+        for index, entry_id in zip(indexes, added, strict=True):
+            ids[index] = f"{partitions[partition].inbound} {entry_id}"
+    return ids

@@ -20,7 +20,8 @@ from iris.errors import IrisError
 
 if TYPE_CHECKING:  # imported when a command runs: ``iris --help`` stays light
     from iris.runtime.wiring import SharedTokens
-    from iris.store.streams import RedisClient, Streams
+    from iris.store.client import RedisClient
+    from iris.store.streams import Streams
 
 T = TypeVar("T")
 # ``on_stop(callback)``: call ``callback`` at the first SIGTERM or SIGINT
@@ -103,7 +104,7 @@ def completed(result: T | None) -> T:
 
 def with_redis(settings: RedisSettings, work: Callable[[RedisClient], Awaitable[T]]) -> T | None:
     """Run ``work(redis)`` against the configured Redis, then close the connection."""
-    from iris.store.streams import connect
+    from iris.store.client import connect
 
     async def run(_: OnStop) -> T:
         redis = connect(settings)
@@ -115,11 +116,13 @@ def with_redis(settings: RedisSettings, work: Callable[[RedisClient], Awaitable[
     return run_async(run)
 
 
-def with_streams(settings: RedisSettings, work: Callable[[Streams], Awaitable[T]]) -> T | None:
-    """Run ``work(streams)`` against the configured Redis."""
-    from iris.store.streams import Streams
+def with_partitions(settings: RedisSettings,
+                    work: Callable[[list[Streams]], Awaitable[T]]) -> T | None:
+    """Run ``work(partitions)`` against the configured Redis: one ``Streams`` per partition
+    of the stream (one without partitions)."""
+    from iris.store.streams import partitions
 
-    return with_redis(settings, lambda redis: work(Streams(redis, settings)))
+    return with_redis(settings, lambda redis: work(partitions(redis, settings)))
 
 
 def with_tokens(config: Config, work: Callable[[SharedTokens], Awaitable[T]]) -> T | None:

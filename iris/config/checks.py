@@ -50,7 +50,8 @@ def check_semantics(config: Config) -> None:
 
 def check_redis(settings: RedisSettings) -> None:
     """What every command that connects to Redis needs, ``status`` as much as ``run``."""
-    _check_redis_url(settings.redis.url)
+    for url in settings.redis.urls:
+        _check_redis_url(url)
     timeout = settings.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
         raise ConfigError(

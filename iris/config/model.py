@@ -33,14 +33,24 @@ from iris.config.validation import validate
 
 
 class RedisConfig(Strict):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = "redis://127.0.0.1:6379/0"  # a cluster: one seed node, or several, comma-separated
     socket_timeout: Positive | None = None  # seconds; default: block_ms + 5 s
-    max_connections: Annotated[int, Field(ge=4)] = 20  # per worker, whatever the destinations
+    # per worker (per node on a cluster), plus 2 per partition beyond the first
+    max_connections: Annotated[int, Field(ge=4)] = 20
+    cluster: bool = False  # Redis Cluster: redis-py's cluster client, hash-tagged keys
+
+    @property
+    def urls(self) -> list[str]:
+        """The seed node URLs: ``url`` split at commas on a cluster, else ``url`` alone."""
+        if not self.cluster:
+            return [self.url]
+        return [part.strip() for part in self.url.split(",") if part.strip()]
 
 
 class StreamConfig(Strict):
     key: str = Field(default="iris:events", min_length=1)
     group: str = Field(default="iris", min_length=1)
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 1  # inbound streams; see core/partitions
     consumer: str = ""
     read_count: PositiveInt = 1000
     block_ms: PositiveInt = 1000

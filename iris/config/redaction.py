@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the models import this module's neighbours; only their type
 def url_passwords(settings: RedisSettings) -> list[str]:
     """The passwords written into the Redis URL and the destinations' proxy URLs (as written,
     and percent-decoded), for the log redaction: they are secrets too."""
-    urls = [settings.redis.url]
+    urls = list(settings.redis.urls)
     urls += [d.proxy for d in getattr(settings, "destinations", []) if getattr(d, "proxy", None)]
     found = []
     for url in urls:
@@ -34,8 +34,10 @@ def url_passwords(settings: RedisSettings) -> list[str]:
 
 def mask_url(url: str) -> str:
     """Hide the password of a Redis URL (``user:password@host`` or ``?password=``), leaving the
-    rest exactly as written."""
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
+    rest exactly as written (each of a comma-separated list of seed URLs)."""
+    if "," in url:
+        return ",".join(mask_url(part) for part in url.split(","))
+    url = re.sub(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
     return re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
 
 

@@ -53,9 +53,10 @@ def duration_buckets(longest_timeout: float) -> tuple[float, ...]:
 
 
 class Metrics:
-    def __init__(self, destinations: Iterable[str], stream: str, group: str, *,
-                 longest_timeout: float = DEFAULT_TIMEOUT) -> None:
-        """``longest_timeout``: the largest ``timeout`` of the configured destinations."""
+    def __init__(self, destinations: Iterable[str], streams: str | Iterable[str], group: str,
+                 *, longest_timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``streams``: the inbound stream, or every partition's; ``longest_timeout``: the
+        largest ``timeout`` of the configured destinations, in seconds."""
         self.registry = r = CollectorRegistry()
         self.consumed = Counter("iris_events_consumed", "Inbound entries read", registry=r)
         self.delivered = Counter(
@@ -94,6 +95,10 @@ class Metrics:
         self.stream_lag = Gauge(
             "iris_stream_lag", "Entries not yet delivered to the group (absent while Redis "
             "cannot count them)", ["stream", "group"], registry=r)
+        self.stream_lag_total = Gauge(
+            "iris_stream_lag_total", "Inbound entries not yet delivered to the group, every "
+            "partition together (absent while Redis cannot count one of them)", ["group"],
+            registry=r)
         self.stream_length = Gauge(
             "iris_stream_length", "Entries the stream holds (XLEN)", ["stream"], registry=r)
         self.stream_trimmed = Counter(
@@ -115,9 +120,10 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes…
         PlatformCollector(registry=r)
-        self._precreate(list(destinations), stream, group)
+        inbound = [streams] if isinstance(streams, str) else list(streams)
+        self._precreate(list(destinations), inbound, group)
 
-    def _precreate(self, destinations: list[str], stream: str, group: str) -> None:
+    def _precreate(self, destinations: list[str], streams: list[str], group: str) -> None:
         for reason in (*SKIP_REASONS, "trimmed"):
             self.skipped.labels(reason)
         for dest in destinations:
@@ -131,10 +137,12 @@ class Metrics:
             for outcome in TOKEN_OUTCOMES:
                 self.token_requests.labels(dest, outcome)
         self.dead_lettered.labels("", "invalid_event")
-        self.stream_pending.labels(stream, group)
-        self.stream_lag.labels(stream, group)
-        self.stream_length.labels(stream)
-        self.stream_trimmed.labels(stream)
+        for stream in streams:
+            self.stream_pending.labels(stream, group)
+            self.stream_lag.labels(stream, group)
+            self.stream_length.labels(stream)
+            self.stream_trimmed.labels(stream)
+        self.stream_lag_total.labels(group)
         for reply in REDIS_REPLIES:
             self.redis_errors.labels(reply)
 

@@ -18,14 +18,14 @@ from typing import assert_never
 
 from iris.config.model import Destination, StreamConfig
 from iris.core.batching import split_in_halves
-from iris.core.circuit import CircuitBreaker, Feed
+from iris.core.circuit import Feed
 from iris.core.dead_letters import MAX_DELIVERIES, REDIRECTED, TOO_LARGE, report_written
-from iris.core.log_digest import LogDigest
 from iris.core.policy import Dead, DeliveryPolicy, Done, Send, Split, Step, Wait
 from iris.core.records import DeadLetter, Events, OutboundBatch, events_of
 from iris.core.retry import Outcome, failure
 from iris.errors import RedisUnavailable
 from iris.http.sender import Sender
+from iris.runtime.destination import DestinationState
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics
 from iris.runtime.settler import Settler
@@ -43,23 +43,19 @@ class Publisher:
 
     def __init__(
         self, dest: Destination, streams: Streams, sender: Sender, metrics: Metrics,
-        health: Health, stream: StreamConfig, settler: Settler,
+        health: Health, stream: StreamConfig, settler: Settler, shared: DestinationState,
     ) -> None:
         self.dest = dest
         self._streams = streams
         self._sender = sender
         self._metrics = metrics
-        self._health = health
         self.key = streams.outbound(dest.id)
         self._reads = health.retry(f"publish {dest.id}")
         self._settler = settler
         self._recovery = Recovery(streams, self.key, stream,
                                   health.retry(f"publish {dest.id}: heartbeat"))
-        self._breaker = CircuitBreaker(
-            dest.id, dest.circuit.failure_threshold, dest.circuit.cooldown,
-            on_change=self._circuit_changed,
-        )
-        self._breaker_fed = asyncio.Event()  # a turn may have come: wake those waiting for one
+        self._shared = shared  # with the other partitions' publishers of this destination
+        self._breaker = shared.breaker
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
         self._handed: list[Entry] = []  # taken by the shared read, waiting for a free slot
         self._crashed: dict[str, float] = {}  # delivery died of a bug → when to try again
@@ -67,18 +63,9 @@ class Publisher:
         self._history = History()
         self._maybe_more = True  # the stream may hold entries no one has read yet
         self._wake = asyncio.Event()  # a slot freed, entries were handed over, or stopping
+        shared.waken_by_free_slots(self._wake)
         self.wants_changed = asyncio.Event()  # for the shared read: ``wants()`` may be true now
         self.stopping = asyncio.Event()  # set: read nothing more, abandon retry waits
-        self._retry_report = LogDigest(
-            log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
-            "summed up every 10 s", f"{dest.id}: %d request(s) retried in the last %.0f s; "
-            "last: %s", extra={"destination": dest.id})
-        self._last_redirect = ""
-
-    def _circuit_changed(self, is_open: bool) -> None:
-        self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
-        self._health.paused(self.dest.id, "paused (circuit open)" if is_open else None,
-                            "circuit")
 
     def wants(self) -> bool:
         """Whether the shared read should take a batch for this destination now."""
@@ -98,8 +85,7 @@ class Publisher:
         """How many more batches to take now: none while paused or the circuit is open."""
         if self._sender.auth.pause_remaining():
             return 0
-        in_flight = len(self._tasks)
-        return self._breaker.capacity(self.dest.limits.max_in_flight - in_flight, in_flight)
+        return self._shared.free()
 
     def held(self) -> list[str]:
         """Entries this publisher works on: pending for us, kept claimed by the heartbeat."""
@@ -152,9 +138,7 @@ class Publisher:
         if claimed is not None:
             await self._settle_recovered(claimed)
             fresh += claimed.entries
-        for entry_id, fields in fresh:
-            if entry_id not in self._tasks:
-                self._dispatch(entry_id, fields)
+        self._dispatch_within_limit(fresh)
         return bool(fresh) and (not self._history.done or self._maybe_more or bool(self._handed))
 
     async def _idle(self) -> None:
@@ -172,6 +156,19 @@ class Publisher:
         self._maybe_more = True  # a slot, a probe or the end of a pause: look again
         self.wants_changed.set()
 
+    def _dispatch_within_limit(self, fresh: list[Entry]) -> None:
+        """Deliver what the destination has room for now: another partition's publisher may
+        have taken slots while this one read. The rest wait, handed, for a free slot."""
+        waiting = []
+        for entry_id, fields in fresh:
+            if entry_id in self._tasks:
+                continue
+            if self._shared.free() > 0:
+                self._dispatch(entry_id, fields)
+            else:
+                waiting.append((entry_id, fields))
+        self._handed[:0] = waiting
+
     def _crashes_due(self, count: int) -> list[str]:
         now = time.monotonic()
         return [entry_id for entry_id, due in self._crashed.items() if due <= now][:count]
@@ -180,6 +177,7 @@ class Publisher:
         task = asyncio.create_task(self._handle(entry_id, fields),
                                    name=f"deliver-{self.dest.id}-{entry_id}")
         self._tasks[entry_id] = task
+        self._shared.started()
         task.add_done_callback(lambda _task: self._finished(entry_id))
 
     async def _settle_recovered(self, recovered: Recovered) -> None:
@@ -203,7 +201,8 @@ class Publisher:
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("delivery of %s to %s failed: %r", entry_id, self.dest.id, task.exception())
             self._crashed[entry_id] = time.monotonic() + self._crash_wait
-        self._wake.set()
+        if task is not None:
+            self._shared.ended()  # wakes every partition's publisher: a slot is free
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight batches finish within ``timeout``; cancel the rest (they stay pending)."""
@@ -271,7 +270,7 @@ class Publisher:
     def _retrying(self, batch: OutboundBatch, outcome: Outcome, attempt: int,
                   delay: float) -> None:
         self._metrics.retries.labels(self.dest.id).inc()
-        self._retry_report.add(1, outcome.error or outcome.code)
+        self._shared.retry_report.add(1, outcome.error or outcome.code)
         log.debug("batch failed (%s); retrying in %.2f s", outcome.error or outcome.code,
                   delay, extra={"destination": self.dest.id, "batch_id": batch.key,
                                 "attempt": attempt, "status": outcome.code})
@@ -295,8 +294,8 @@ class Publisher:
 
     def _redirected(self, outcome: Outcome) -> None:
         """One ERROR per destination and redirect target: its url needs changing."""
-        if outcome.error != self._last_redirect:
-            self._last_redirect = outcome.error
+        if outcome.error != self._shared.last_redirect:
+            self._shared.last_redirect = outcome.error
             log.error("%s: %s; its batches are dead-lettered as redirected (replay them with "
                       "`iris dlq replay --reason redirected` once the url is fixed)",
                       self.dest.id, outcome.error,
@@ -314,15 +313,14 @@ class Publisher:
             report_written(dead, self._metrics.dead_lettered)
 
     def _feed(self, feed: Feed, probe: bool) -> None:
-        self._breaker.feed(feed, probe)
-        self._breaker_fed.set()  # a turn may have come for those waiting
+        self._shared.feed(feed, probe)
 
     async def _turn(self) -> bool | None:
         """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
         while (probe := self._breaker.turn()) is None:
-            self._breaker_fed.clear()
+            self._shared.fed.clear()
             wait = self._breaker.seconds_to_probe()
-            fed = asyncio.wait_for(self._breaker_fed.wait(), wait if wait > 0 else None)
+            fed = asyncio.wait_for(self._shared.fed.wait(), wait if wait > 0 else None)
             with contextlib.suppress(TimeoutError):
                 done, _ = await unless_stopped(fed, self.stopping)
                 if not done:

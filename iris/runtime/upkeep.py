@@ -2,8 +2,8 @@
 
 - Lease: renew this worker's consumer-name lease (``identity``); a lease lost to another
   worker stops this one, so two workers never read with one name.
-- Trim: keep the inbound stream bounded by trimming what every consumer group has
-  acknowledged (never an entry that some group still holds or has not read); and warn when
+- Trim: keep each inbound stream (one per partition) bounded by trimming what every consumer
+  group has acknowledged (never an entry that some group still holds or has not read); and warn when
   something else deleted entries before iris read them (a producer's MAXLEN).
 - Idle consumers: remove consumers that hold nothing and have been idle for
   ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
@@ -30,18 +30,20 @@ log = logging.getLogger(__name__)
 Chore = tuple[str, float, Callable[[], Awaitable[None]]]  # (name, every seconds, what)
 
 
+Partition = tuple[Streams, Sequence[str]]  # a partition's streams: its inbound, then outbound
+
+
 class Upkeep:
-    def __init__(self, streams: Streams, lease: ConsumerLease, keys: Sequence[str],
+    def __init__(self, partitions: Sequence[Partition], lease: ConsumerLease,
                  config: StreamConfig, metrics: Metrics, health: Health,
                  on_lease_lost: Callable[[], None]) -> None:
-        self._streams = streams
+        self._partitions = partitions
         self._lease = lease
-        self._keys = keys  # the inbound stream, then every outbound stream
         self._config = config
         self._metrics = metrics
         self._health = health
         self._on_lease_lost = on_lease_lost
-        self._lost = ""  # the last unread deletion warned about
+        self._lost: dict[str, str] = {}  # inbound stream → the last unread deletion warned about
 
     def chores(self) -> list[Chore]:
         chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease)]
@@ -78,25 +80,33 @@ class Upkeep:
 
     async def check_unread_deleted(self) -> None:
         """Warn (once per occurrence) when entries were deleted before our group read them."""
-        inbound = self._streams.inbound
-        lost = await self._streams.stats.deleted_unread(inbound)
-        if lost is None or lost[0] == self._lost:
+        for streams, _ in self._partitions:
+            await self._check_unread_deleted(streams)
+
+    async def _check_unread_deleted(self, streams: Streams) -> None:
+        inbound = streams.inbound
+        lost = await streams.stats.deleted_unread(inbound)
+        if lost is None or lost[0] == self._lost.get(inbound):
             return
-        self._lost, count = lost
+        self._lost[inbound], count = lost
         log.warning("%s events of %s were deleted before group %s read them (up to %s): a "
                     "producer's MAXLEN, XTRIM or XDEL drops events iris never saw; remove it "
                     "(iris trims the stream itself, safely)", "some" if count is None else count,
-                    inbound, self._streams.group, self._lost)
+                    inbound, streams.group, lost[0])
 
     async def trim(self) -> None:
         await self.check_unread_deleted()
-        inbound = self._streams.inbound
-        trimmed = await self._streams.trim(inbound)
-        if trimmed:
-            self._metrics.stream_trimmed.labels(inbound).inc(trimmed)
+        for streams, _ in self._partitions:
+            trimmed = await streams.trim(streams.inbound)
+            if trimmed:
+                self._metrics.stream_trimmed.labels(streams.inbound).inc(trimmed)
 
     async def drop_idle_consumers(self) -> None:
-        for key in self._keys:
-            removed = await self._streams.drop_idle_consumers(key, self._config.idle_consumer_ms)
-            if removed:
-                log.info("removed %d idle consumer(s) holding nothing from %s", removed, key)
+        for streams, keys in self._partitions:
+            for key in keys:
+                await self._drop_idle_consumers(streams, key)
+
+    async def _drop_idle_consumers(self, streams: Streams, key: str) -> None:
+        removed = await streams.drop_idle_consumers(key, self._config.idle_consumer_ms)
+        if removed:
+            log.info("removed %d idle consumer(s) holding nothing from %s", removed, key)

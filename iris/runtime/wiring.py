@@ -16,7 +16,7 @@ from iris.config.auth import BasicAuth, BearerAuth, OAuth2Base
 from iris.config.model import Config, Destination
 from iris.http.token_endpoint import SessionSource, TokenEndpoint, longest_exchange
 from iris.runtime.metrics import Metrics
-from iris.store.streams import RedisClient
+from iris.store.client import RedisClient
 from iris.store.tokens import TokenStore
 
 __all__ = ["Auth", "Credential", "SharedTokens", "make_auth", "make_store", "make_token_manager"]
@@ -32,6 +32,7 @@ class SharedTokens:
     encryption_key: str | None = None
     refusal_pause: float = 60.0
     fresh_token_age: float = 5.0
+    cluster: bool = False  # Redis Cluster: the keys of one destination share a hash tag
 
     @classmethod
     def from_config(cls, config: Config, redis: RedisClient,
@@ -39,7 +40,8 @@ class SharedTokens:
         key = config.token_store.encryption_key
         return cls(redis, config.token_key_prefix, consumer or config.consumer,
                    key.get_secret_value() if key is not None else None,
-                   config.token_store.refusal_pause, config.token_store.fresh_token_age)
+                   config.token_store.refusal_pause, config.token_store.fresh_token_age,
+                   config.redis.cluster)
 
 
 def fingerprint(auth: OAuth2Base) -> str:
@@ -56,7 +58,7 @@ def make_store(dest: Destination, shared: SharedTokens) -> TokenStore:
     assert isinstance(dest.auth, OAuth2Base)
     return TokenStore(shared.redis, shared.prefix, dest.id, fingerprint(dest.auth),
                       encryption_key=shared.encryption_key,
-                      lease=longest_exchange(dest.timeout) + 5)
+                      lease=longest_exchange(dest.timeout) + 5, cluster=shared.cluster)
 
 
 def make_token_manager(

@@ -3,18 +3,40 @@
 All live under the inbound stream's key, so one ACL key pattern (``~<stream.key>*``) covers a
 worker, except the token store's keys, which live under ``token_store.key_prefix``
 (``<stream.key>:auth`` by default) so that several deployments may share one token.
+
+With partitions (``core.partitions``), each partition's inbound stream is ``<stream.key>:{p}``
+and its outbound, dead-letter and ``written`` keys are named after it, so they share its hash
+slot; the keys shared by every partition (rate schedules, consumer leases) keep
+``stream.key``'s name: each is used alone, in any slot. On a cluster the token store's keys of
+one destination share the hash tag ``{<prefix>:<destination>}``: its scripts touch several.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from iris.config.model import RedisSettings
+from iris.core.partitions import inbound_keys
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The keys of one inbound stream (``stream.key``)."""
+    """The keys of one inbound stream: ``stream.key``, or one partition of it (``inbound``),
+    with ``base`` the configured ``stream.key`` (the same, without partitions)."""
 
     inbound: str
+    base: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.base:
+            object.__setattr__(self, "base", self.inbound)
+
+    @classmethod
+    def partitions(cls, settings: RedisSettings) -> list[Keys]:
+        """The keys of every partition of the configured stream, partition 0 first."""
+        stream = settings.stream
+        return [cls(key, stream.key)
+                for key in inbound_keys(stream.key, stream.partitions, settings.redis.cluster)]
 
     @property
     def dead_letters(self) -> str:
@@ -29,7 +51,7 @@ class Keys:
     @property
     def permission_probe(self) -> str:
         """Never written: the permission check's harmless commands name it."""
-        return f"{self.inbound}:permission-check"
+        return f"{self.base}:permission-check"
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
@@ -37,26 +59,33 @@ class Keys:
 
     def rate(self, destination_id: str) -> str:
         """A destination's shared request schedule (GCRA)."""
-        return f"{self.inbound}:rate:{destination_id}"
+        return f"{self.base}:rate:{destination_id}"
 
     def consumer_lease(self, name: str) -> str:
         """The lease on a consumer name: one live worker per name."""
-        return f"{self.inbound}:consumer:{name}"
+        return f"{self.base}:consumer:{name}"
 
 
 @dataclass(frozen=True, slots=True)
 class TokenKeys:
-    """One destination's token, its refresh lock and its fence counter."""
+    """One destination's token, its refresh lock, fence counter and pause (named after the
+    credentials' ``fingerprint``: new credentials never read an old token), and its refresh
+    token (kept across credential changes)."""
 
     token: str
     lock: str
     fence: str
+    pause: str
+    refresh: str
 
     @classmethod
-    def of(cls, prefix: str, destination: str, fingerprint: str) -> TokenKeys:
-        """``fingerprint`` names the credentials: new credentials never read an old token."""
-        base = f"{prefix}:{destination}:{fingerprint}"
-        return cls(f"{base}:token", f"{base}:lock", f"{base}:fence")
+    def of(cls, prefix: str, destination: str, fingerprint: str,
+           cluster: bool = False) -> TokenKeys:
+        """On a cluster the destination's part is a hash tag: its scripts touch several keys."""
+        base = f"{{{prefix}:{destination}}}" if cluster else f"{prefix}:{destination}"
+        named = f"{base}:{fingerprint}"
+        return cls(f"{named}:token", f"{named}:lock", f"{named}:fence", f"{named}:pause",
+                   f"{base}:refresh")
 
 
 def id_key(entry_id: str) -> tuple[int, int]:

@@ -18,9 +18,8 @@ import secrets
 import socket
 import time
 
-import redis.asyncio as aioredis
-
 from iris.store import scripts as stream_scripts
+from iris.store.client import RedisClient
 from iris.store.errors import redis_errors
 from iris.store.keys import Keys
 
@@ -31,7 +30,7 @@ RENEW_EVERY = 3.0  # seconds between renewals
 
 
 class ConsumerLease:
-    def __init__(self, redis: aioredis.Redis, stream_key: str) -> None:
+    def __init__(self, redis: RedisClient, stream_key: str) -> None:
         self._redis = redis
         self._keys = Keys(stream_key)
         self.token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"

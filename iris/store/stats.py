@@ -4,14 +4,13 @@ pending, lag (counted when Redis cannot tell), and entries deleted before the gr
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
+from iris.store.client import RedisClient
 from iris.store.errors import redis_errors
 from iris.store.keys import id_key
 
 
 class StreamStats:
-    def __init__(self, redis: aioredis.Redis, group: str) -> None:
+    def __init__(self, redis: RedisClient, group: str) -> None:
         self.redis = redis
         self.group = group
 

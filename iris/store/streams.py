@@ -15,49 +15,26 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from iris.config.model import RedisSettings
 from iris.core.records import DeadLetter, OutboundBatch, Trimmed
 from iris.errors import GroupMissing, RedisUnavailable
 from iris.store import scripts as stream_scripts
+from iris.store.client import RedisClient, connect
 from iris.store.errors import redis_errors
 from iris.store.keys import Keys, id_key
 from iris.store.stats import StreamStats
 
+__all__ = ["Commit", "Entry", "Pending", "RedisClient", "Settle", "Streams", "connect",
+           "partitions"]  # ``connect`` lives in ``store.client``; it is kept importable here
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RedisClient = aioredis.Redis  # the client every Redis-talking class of iris is given
 Entry = tuple[str, dict[str, str]]  # (id, fields)
 Pending = Entry | Trimmed  # an entry delivered to us, or its id if the stream no longer holds it
 Settle = tuple[str, str, list[DeadLetter]]  # (outbound stream, entry id, its dead letters)
 NEW = ">"  # read entries never delivered to this group
 TOUCH_CHUNK = 500
-
-
-def connect(config: RedisSettings) -> aioredis.Redis:
-    """A client whose socket timeout outlasts the blocking read, over a bounded pool that waits.
-
-    redis-py's own retry is off on purpose: it re-sends a command whose reply was lost, and a
-    re-sent MULTI writes its batches twice. Every caller retries explicitly instead, with
-    backoff, and re-reads its pending list, which is exact. The pool never raises for being
-    full (redis-py's default pool does, at 100 connections): a task waits for a connection.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        config.redis.url,
-        max_connections=config.redis.max_connections,
-        timeout=None,
-        decode_responses=True,
-        encoding_errors="surrogateescape",  # invalid UTF-8 reaches the parser, which refuses it
-        socket_timeout=config.redis_socket_timeout,
-        socket_connect_timeout=5,
-        retry=Retry(NoBackoff(), retries=0),
-        health_check_interval=30,
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
@@ -77,16 +54,17 @@ class Commit:
 
 
 class Streams:
-    """Stream keys and operations for one configured inbound stream and group.
+    """Stream keys and operations for one inbound stream (the configured one, or one of its
+    partitions: ``keys``) and group.
 
     ``consumer`` is this worker's consumer name; the identity lease may change it at start."""
 
-    def __init__(self, redis: aioredis.Redis, config: RedisSettings) -> None:
+    def __init__(self, redis: RedisClient, config: RedisSettings, keys: Keys | None = None) -> None:
         self.redis = redis
-        self.inbound = config.stream.key
+        self.keys = keys or Keys.partitions(config)[0]
+        self.inbound = self.keys.inbound
         self.group = config.stream.group
         self.consumer = config.consumer
-        self.keys = Keys(self.inbound)
         self.dead_letters = self.keys.dead_letters
         self.written_key = self.keys.written  # see ``Commit.written``
         self.stats = StreamStats(redis, self.group)
@@ -314,6 +292,11 @@ class Streams:
         """Remove this worker's consumer from the group of ``key`` if it holds nothing."""
         with redis_errors():
             return bool(await self._drop_own(keys=[key], args=[self.group, self.consumer]))
+
+
+def partitions(redis: RedisClient, config: RedisSettings) -> list[Streams]:
+    """One ``Streams`` per partition of the configured stream, partition 0 first."""
+    return [Streams(redis, config, keys) for keys in Keys.partitions(config)]
 
 
 def _pending(entry_id: str, fields: dict[str, str] | None) -> Pending:

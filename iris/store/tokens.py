@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import orjson
-import redis.asyncio as aioredis
 
 from iris.core.retry import doubling
+from iris.store.client import RedisClient
 from iris.store.errors import redis_errors
+from iris.store.keys import TokenKeys
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -126,17 +127,17 @@ class Pause:
 
 
 class TokenStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str, destination: str, fingerprint: str,
+    def __init__(self, redis: RedisClient, prefix: str, destination: str, fingerprint: str,
                  *, encryption_key: str | None = None, lease: float = 120.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cluster: bool = False) -> None:
         self._redis = redis
         self._clock = clock  # epoch seconds: when a pause ends
-        base = f"{prefix}:{destination}"
-        self.token_key = f"{base}:{fingerprint}:token"
-        self._lock_key = f"{base}:{fingerprint}:lock"
-        self._fence_key = f"{base}:{fingerprint}:fence"
-        self._pause_key = f"{base}:{fingerprint}:pause"
-        self.refresh_key = f"{base}:refresh"
+        keys = TokenKeys.of(prefix, destination, fingerprint, cluster)
+        self.token_key = keys.token
+        self._lock_key = keys.lock
+        self._fence_key = keys.fence
+        self._pause_key = keys.pause
+        self.refresh_key = keys.refresh
         self._cipher = _fernet(encryption_key) if encryption_key else None
         self._lease_ms = int(lease * 1000)
         self._acquire = redis.register_script(ACQUIRE)

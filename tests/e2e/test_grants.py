@@ -436,6 +436,8 @@ async def redis_values(redis: aioredis.Redis, pattern: str) -> dict[str, list[st
     out: dict[str, list[str]] = {}
     async for key in redis.scan_iter(match=pattern, count=1000):
         kind = await redis.type(key)
+        if kind == "none":  # expired since SCAN listed it (a rate schedule's key lives ~1 s)
+            continue
         if kind == "hash":
             values = [x for item in (await redis.hgetall(key)).items() for x in item]
         elif kind == "string":

@@ -1,0 +1,63 @@
+"""What the publishers of one destination share, one publisher per partition: its circuit
+breaker, its count of requests in flight, and its reports.
+
+A partner sees one client however many partitions feed it: ``limits.max_in_flight`` bounds the
+requests in flight to it from this worker across every partition, and one circuit opens for all
+of them. Without partitions there is one publisher per destination and this is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from iris.config.model import Destination
+from iris.core.circuit import CircuitBreaker, Feed
+from iris.core.log_digest import LogDigest
+from iris.runtime.health import Health
+from iris.runtime.metrics import Metrics
+
+log = logging.getLogger("iris.runtime.publisher")
+
+
+class DestinationState:
+    def __init__(self, dest: Destination, metrics: Metrics, health: Health) -> None:
+        self.dest = dest
+        self._metrics = metrics
+        self._health = health
+        self.breaker = CircuitBreaker(dest.id, dest.circuit.failure_threshold,
+                                      dest.circuit.cooldown, on_change=self._circuit_changed)
+        self.fed = asyncio.Event()  # the breaker was fed: a turn may have come
+        self.in_flight = 0  # deliveries under way, every partition's publisher together
+        self._wakes: list[asyncio.Event] = []  # each publisher's: a slot freed
+        self.retry_report = LogDigest(
+            log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
+            "summed up every 10 s", f"{dest.id}: %d request(s) retried in the last %.0f s; "
+            "last: %s", extra={"destination": dest.id})
+        self.last_redirect = ""
+
+    def _circuit_changed(self, is_open: bool) -> None:
+        self._metrics.circuit_open.labels(self.dest.id).set(int(is_open))
+        self._health.paused(self.dest.id, "paused (circuit open)" if is_open else None,
+                            "circuit")
+
+    def waken_by_free_slots(self, wake: asyncio.Event) -> None:
+        """``wake`` is set whenever a delivery of any partition ends (a slot is free)."""
+        self._wakes.append(wake)
+
+    def free(self) -> int:
+        """How many more batches the destination may take now, before pauses."""
+        limit = self.dest.limits.max_in_flight
+        return self.breaker.capacity(limit - self.in_flight, self.in_flight)
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def ended(self) -> None:
+        self.in_flight -= 1
+        for wake in self._wakes:
+            wake.set()
+
+    def feed(self, feed: Feed, probe: bool) -> None:
+        self.breaker.feed(feed, probe)
+        self.fed.set()  # a turn may have come for those waiting

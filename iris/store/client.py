@@ -1,0 +1,87 @@
+"""The redis-py client iris talks through: one Redis (a bounded pool that waits) or a Redis
+Cluster (redis-py's cluster client), chosen by ``redis.cluster``."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from iris.config.model import RedisSettings
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster  # what every Redis-talking class is given
+
+__all__ = ["RedisClient", "StreamsCluster", "connect", "connect_cluster"]
+
+
+def connect(config: RedisSettings) -> RedisClient:
+    """A client whose socket timeout outlasts the blocking read, over a bounded pool that waits.
+
+    redis-py's own retry is off on purpose: it re-sends a command whose reply was lost, and a
+    re-sent MULTI writes its batches twice. Every caller retries explicitly instead, with
+    backoff, and re-reads its pending list, which is exact. The pool never raises for being
+    full (redis-py's default pool does, at 100 connections): a task waits for a connection.
+    Each partition beyond the first adds two connections, for its two blocking reads.
+    With ``redis.cluster``, redis-py's cluster client (``connect_cluster``).
+    """
+    if config.redis.cluster:
+        return connect_cluster(config)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        config.redis.url,
+        max_connections=config.redis.max_connections + 2 * (config.stream.partitions - 1),
+        timeout=None,
+        decode_responses=True,
+        encoding_errors="surrogateescape",  # invalid UTF-8 reaches the parser, which refuses it
+        socket_timeout=config.redis_socket_timeout,
+        socket_connect_timeout=5,
+        retry=Retry(NoBackoff(), retries=0),
+        health_check_interval=30,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class StreamsCluster(RedisCluster):  # type: ignore[misc]  # redis-py is untyped here
+    """redis-py's cluster client, reading the keys of XREADGROUP and XREAD itself.
+
+    redis-py asks the server for them (COMMAND GETKEYS) before every such read, to find the
+    slot: one more round trip per read, a third of all iris's commands on a cluster (measured
+    by ``make bench``'s scale-out mode). Their keys are the first half of what follows
+    ``STREAMS``."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("XREADGROUP", "XREAD"):
+            words = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
+            if b"STREAMS" in words:
+                named = args[words.index(b"STREAMS") + 1:]
+                slots = {self.keyslot(key) for key in named[:len(named) // 2]}
+                if len(slots) == 1:
+                    return int(slots.pop())
+        return int(await super()._determine_slot(command, *args))
+
+
+def connect_cluster(config: RedisSettings) -> RedisCluster:
+    """redis-py's cluster client, seeded with every URL of ``redis.url`` (TLS and password
+    as written in them). It follows MOVED and ASK itself; its retry is off, as ``connect``'s:
+    a connection lost during a failover is each caller's to retry, after the client has read
+    the new topology. Its per-node pool raises instead of waiting when full, so each node
+    gets ``redis.max_connections`` plus room for two blocking reads per partition, or 64,
+    whichever is more."""
+    first, *others = config.redis.urls
+    per_node = max(64, config.redis.max_connections + 2 * config.stream.partitions)
+    seeds = [ClusterNode(part.hostname or "127.0.0.1", part.port or 6379)
+             for part in map(urlsplit, others)]
+    return StreamsCluster.from_url(
+        first,
+        startup_nodes=seeds or None,
+        max_connections=per_node,
+        decode_responses=True,
+        encoding_errors="surrogateescape",
+        socket_timeout=config.redis_socket_timeout,
+        socket_connect_timeout=5,
+        retry=Retry(NoBackoff(), retries=0),
+        health_check_interval=30,
+    )
