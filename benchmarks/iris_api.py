@@ -8,7 +8,10 @@ below is the one line to change.
 from __future__ import annotations
 
 from iris.config.model import load_config
+from iris.core.partitions import inbound_keys, partition_of
 from iris.core.payload import aam_date
+from iris_demo.localcluster import LocalCluster
 from iris_demo.localredis import RedisProcess, free_port
 
-__all__ = ["RedisProcess", "aam_date", "free_port", "load_config"]
+__all__ = ["LocalCluster", "RedisProcess", "aam_date", "free_port", "inbound_keys",
+           "load_config", "partition_of"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.bench import Bench
 from benchmarks.console import say
+from benchmarks.scale_out import print_scale_out
 
 PEERS = {1000: ("iris", "faststream"), 10: ("aam10", "faststream10")}  # max_users: phases
 LABELS = {"iris": "iris max_users 1000, K=1", "aam10": "iris max_users 10 (AAM)",
@@ -131,6 +132,15 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{'yes' if m['uvloop'] else 'no'}, hiredis {'yes' if m['hiredis'] else 'no'}, "
         f"{summary['destinations']} destinations, {summary['partner_procs']} partner "
         f"processes, {summary['bench_seconds']:.0f} s in all")
+    if phases:
+        _print_phases(phases)
+    print_comparison(summary["comparison"])
+    if "scale_out" in summary:
+        print_scale_out(summary["scale_out"])
+    print_lines(summary)
+
+
+def _print_phases(phases: dict[str, dict[str, Any]]) -> None:
     say("redis-server, the partner and the worker(s) share these cores. CPU: % of one core, "
         "average/peak (per 0.5 s) over the phase;")
     say("'bench' is this script (the producer in the latency run), 'others' is CPU used by "
@@ -152,8 +162,6 @@ def print_table(summary: dict[str, Any]) -> None:
             f"{machine['others_pct']:>7.0f}{machine['avg_pct']:>5.0f}")
         if name == "naive":
             say(f"{'  (the naive loop process)':<27}{'':>51}{_cpu_cell(p, 'naive'):>11}")
-    print_comparison(summary["comparison"])
-    print_lines(summary)
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -27,6 +27,9 @@ Phases (each on a flushed Redis, so none sees another's entries):
 6. **latency**: a steady offered load (``--rate`` events/s for ``--latency-seconds``) with
    ``max_wait: 0.25``: p50/p99/max milliseconds from XADD to receipt at the partner.
 7. **scale-out** (``--workers K`` with K > 1): phase 1 again with K workers in one group.
+8. **scale-out on a cluster** (``--scale-out K1,K2,...``, only when asked): for each K, K workers
+   on the one redis-server, then K workers on a private Redis Cluster of ``--cluster-masters``
+   masters (``benchmarks/scale_out.py``); one table.
 
 Prints the tables and writes ``benchmarks/results.json``. The numbers are only meaningful as
 ratios on the same machine in the same run: redis-server, the partner and the worker share the
@@ -55,6 +58,7 @@ from benchmarks.console import progress, say, set_quiet  # noqa: E402
 from benchmarks.naive import naive_child  # noqa: E402
 from benchmarks.phases import phase_latency, phase_naive, phase_throughput  # noqa: E402
 from benchmarks.report import print_table, summarize  # noqa: E402
+from benchmarks.scale_out import parse_counts, run_scale_out  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
 
@@ -77,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1,
                    help="also run the throughput phase with this many workers in one group "
                         "(default 1: only K=1)")
+    p.add_argument("--scale-out", type=parse_counts, default=None, metavar="K1,K2,...",
+                   help="also, for each K: K workers on the one redis-server, then K workers on "
+                        "a private Redis Cluster (--events events each); one table")
+    p.add_argument("--cluster-masters", type=int, default=3,
+                   help="masters of the --scale-out cluster (default 3, at least 3)")
     p.add_argument("--aam-events", type=int, default=None,
                    help="events for the max_users 10 runs, iris and FastStream (default: "
                         "min(events, 50000))")
@@ -95,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="processes of the HTTP partner, on one port (default: the CPU count, "
                         "at least 2)")
     p.add_argument("--skip", action="append", default=[],
-                   choices=["aam10", "faststream", "naive", "latency"],
+                   choices=["iris", "aam10", "faststream", "naive", "latency"],
                    help="leave a phase out (repeatable; faststream: both FastStream runs)")
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="run the throughput run's worker under cProfile, write the stats to "
@@ -117,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "partner_procs"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.cluster_masters < 3:
+        p.error("--cluster-masters must be at least 3 (redis-cli --cluster create needs 3)")
     return args
 
 
@@ -155,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     phases: dict[str, dict[str, Any]] = {}
+    scale_out: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="iris-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 except PhaseFailed as exc:
                     bench.failed = True
                     bench.warn(f"{name} failed: {exc}")
+            if args.scale_out:
+                scale_out = run_scale_out(bench, args)
         except KeyboardInterrupt:
             progress("interrupted; stopping everything")
             return 130
@@ -174,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.close()
     summary = summarize(bench, phases, time.monotonic() - started)
+    if scale_out is not None:
+        summary["scale_out"] = scale_out
+        summary["pids"] += scale_out["pids"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2) + "\n")
     print_table(summary)
