@@ -127,3 +127,19 @@ async def test_a_partitioned_stream_on_one_redis(redis_server, redis, stream_key
             assert metric(worker, "iris_stream_lag", stream=key, group=GROUP) == 0
         assert worker.metrics.registry.get_sample_value(
             "iris_stream_lag_total", {"group": GROUP}) == 0
+
+
+async def test_events_left_in_the_unpartitioned_stream_are_named_at_start(
+        redis_server, redis, stream_key, partners, caplog):
+    """A producer that does not partition yet (or what was left when ``stream.partitions``
+    changed): a WARNING names the stream and where events go now."""
+    partner = await partners("423", client_secret=None)
+    config = make_config(redis_server.url, stream_key, [destination_config(partner)],
+                         partitions=2)
+    await redis.xadd(stream_key, event("left-behind"))
+    async with running(config):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(w.startswith(f"{stream_key} holds 1 entries that no worker reads")
+               and f"{stream_key}:{{0}} … {stream_key}:{{1}}" in w for w in warnings), warnings
+    assert partner.server.segment_changes() == []

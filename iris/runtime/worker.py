@@ -148,6 +148,7 @@ class Worker:
                         on_lease_lost=self._lost_lease)
         with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
             await upkeep.check_unread_deleted()
+            await self._check_unpartitioned()
         await self._stages.start(Loops("upkeep", [
             (f"upkeep-{name}", partial(upkeep.run, name, every, chore))
             for name, every, chore in upkeep.chores()]))
@@ -160,6 +161,20 @@ class Worker:
         count = len(self.config.destinations)
         log.info("started: consumer %s, %d destination%s", self.streams.consumer, count,
                  "" if count == 1 else "s")
+
+    async def _check_unpartitioned(self) -> None:
+        """With partitions, ``stream.key`` itself is never read: say so if it holds events (a
+        producer not partitioning yet, or what was left when ``stream.partitions`` changed)."""
+        base = self.config.stream.key
+        if self.streams.inbound == base:
+            return
+        length = (await self.streams.stats.describe(base))["length"]
+        if length:
+            log.warning("%s holds %s entries that no worker reads: with stream.partitions %d "
+                        "events go to %s … %s, partition crc32(uuid) mod %d (README: Scaling "
+                        "past one Redis); drain it with the previous setting first",
+                        base, length, len(self.all_streams), self.all_streams[0].inbound,
+                        self.all_streams[-1].inbound, len(self.all_streams))
 
     def _task_name(self, name: str, partition: Partition) -> str:
         """``name``, with the partition's inbound stream when there are several."""
