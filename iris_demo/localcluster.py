@@ -237,10 +237,23 @@ class LocalCluster:
         if port not in self._procs:
             raise ValueError(f"no node of this cluster on port {port}")
         with contextlib.suppress(OSError, RuntimeError):
-            me = _text(port, "CLUSTER", "MYID")
-            self._replicas_of[port] = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
+            self._note_replicas(port)
         self._procs[port].kill()
         self._procs[port].wait()
+
+    def _note_replicas(self, port: int) -> list[int]:
+        me = _text(port, "CLUSTER", "MYID")
+        self._replicas_of[port] = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
+        return self._replicas_of[port]
+
+    def failover(self, port: int, timeout: float = 30) -> int:
+        """A planned failover (CLUSTER FAILOVER on a replica of the master on ``port``, which
+        lives on as a replica; clients blocked on it are cut short): the new master's port."""
+        replicas = self._note_replicas(port)
+        if not replicas:
+            raise RuntimeError(f"node {port} has no replica to fail over to")
+        call(replicas[0], "CLUSTER", "FAILOVER")
+        return self.wait_failover(port, timeout)
 
     def wait_failover(self, killed_port: int, timeout: float = 30) -> int:
         """Wait until a replica of the killed master is master in every live node's view and

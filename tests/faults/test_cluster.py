@@ -138,6 +138,9 @@ async def test_partitions_on_a_cluster_deliver_everything_through_a_master_failo
         twice = {u: k for u, k in keys_per_user(partner).items() if len(k) > 1}
         assert not twice, f"{len(twice)} users under several keys: {list(twice.items())[:2]}"
         assert len(delivered(partner)) == EVENTS
+        for worker in workers:  # the pools recovered (redis-py#4110, #3135)
+            assert "MaxConnectionsError" not in worker.log()
+            await wait_for(worker.ready, 15, f"{worker.config_path.stem} ready", worker.log)
         for key in inbound_keys(stream_key, P, True):
             assert await client.xlen(f"{key}:dlq") == 0
         alive(*workers)
@@ -224,3 +227,36 @@ async def test_dead_letters_of_every_partition_are_listed_and_replayed(
     getkeys = {port: info(port, "commandstats").get("cmdstat_command|getkeys")
                for port in cluster.masters()}
     assert set(getkeys.values()) == {None}, getkeys
+
+
+async def test_a_planned_failover_cuts_blocked_reads_short_and_loses_nothing(
+    cluster: LocalCluster, client: RedisCluster, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """A master demoted while the worker's blocking reads wait on it (redis/redis#6371: they
+    are answered UNBLOCKED and the connection closed): the reads resume on the new master,
+    the worker stays ready, and what is sent afterwards is delivered once."""
+    partner = await partners("423", client_secret=None)
+    data = cluster_config(cluster, stream_key, [fast(partner)])
+    first = write_events(tmp_path / "first.jsonl", "a", 500)
+    second = write_events(tmp_path / "second.jsonl", "b", 500)
+    with WorkerProcess(data, tmp_path, "w").start() as worker:
+        await wait_for(worker.ready, 30, "worker ready", worker.log)
+        config = str(worker.config_path)
+        await cli("send", "-c", config, "--file", str(tmp_path / "first.jsonl"))
+        await wait_for(lambda: delivered(partner) >= first, 30, "first wave delivered")
+        await nothing_pending(client, stream_key, ["423"])  # idle: every read is blocked now
+        demoted = cluster.master_of(inbound_keys(stream_key, P, True)[0])
+        promoted = cluster.failover(demoted)
+        assert promoted != demoted and demoted not in cluster.masters()
+        await cli("send", "-c", config, "--file", str(tmp_path / "second.jsonl"))
+        await wait_for(lambda: delivered(partner) >= first | second, 30, "second wave delivered")
+        await nothing_pending(client, stream_key, ["423"])
+        assert len(partner.server.segment_changes()) == len(first | second)  # each once
+        await wait_for(worker.ready, 15, "worker ready again", worker.log)
+        # the blocked reads were cut short (UNBLOCKED, counted as READONLY; or the connection
+        # closed under them) and retried: nothing else went wrong
+        cut = {reply: await worker.metric("iris_redis_errors_total", reply=reply)
+               for reply in ("READONLY", "connection", "other")}
+        assert cut["READONLY"] + cut["connection"] >= 1 and cut["other"] == 0, cut
+        alive(worker)
