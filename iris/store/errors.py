@@ -30,6 +30,7 @@ MEANINGS = {
     "TRYAGAIN": "redis cluster is resharding",
     "CLUSTERDOWN": "redis cluster is down",
     "MASTERDOWN": "redis lost its primary",
+    "MOVED": "redis is a Redis Cluster node: set redis.cluster: true",
 }
 _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.OutOfMemoryError, "OOM"),
@@ -39,6 +40,7 @@ _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.TryAgainError, "TRYAGAIN"),
     (rx.MasterDownError, "MASTERDOWN"),
     (rx.ClusterDownError, "CLUSTERDOWN"),
+    (rx.AskError, "MOVED"),  # and MovedError: redirections the plain client cannot follow
 )
 # Replies about Redis as a whole (its state, or no answer): every command fails alike. Any other
 # reply is about one command (a key of another type, a key the ACL denies).
@@ -76,6 +78,8 @@ def reply_text(exc: BaseException) -> str:
 
 def translate(exc: BaseException) -> RedisUnavailable | None:
     """The ``RedisUnavailable`` for a redis-py (or socket) error; None for anything else."""
+    if isinstance(exc, rx.RedisClusterException):
+        return _cluster_client(exc)
     if isinstance(exc, rx.BusyLoadingError | rx.ResponseError):
         code = reply_code(exc)
         text = reply_text(exc)
@@ -97,12 +101,27 @@ def translate(exc: BaseException) -> RedisUnavailable | None:
     return None
 
 
+def _cluster_client(exc: rx.RedisClusterException) -> RedisUnavailable | None:
+    """What redis-py's cluster client raises itself, before or instead of a reply: no node
+    reachable, a seed that is no cluster node, a slot no node serves. Anything else (keys of
+    several slots in one transaction) is a bug of iris's, and raised as it is."""
+    text = reply_text(exc)
+    if "Cluster mode is not enabled" in text:
+        return RedisUnavailable(f"redis is not a Redis Cluster node, but redis.cluster is true "
+                                f"(set it to false, or name cluster nodes): {text}", "other")
+    if isinstance(exc, rx.SlotNotCoveredError):
+        return RedisUnavailable(f"{MEANINGS['CLUSTERDOWN']}: {text}", "CLUSTERDOWN")
+    if "cannot be connected" in text or "reachable node" in text:
+        return RedisUnavailable(f"redis unreachable: {text}")
+    return None
+
+
 @contextmanager
 def redis_errors() -> Iterator[None]:
     """Raise ``RedisUnavailable`` for whatever redis-py raises inside the block."""
     try:
         yield
-    except (rx.RedisError, OSError, TimeoutError) as exc:
+    except (rx.RedisError, rx.RedisClusterException, OSError, TimeoutError) as exc:
         translated = translate(exc)
         if translated is None:
             raise

@@ -260,3 +260,33 @@ async def test_a_planned_failover_cuts_blocked_reads_short_and_loses_nothing(
                for reply in ("READONLY", "connection", "other")}
         assert cut["READONLY"] + cut["connection"] >= 1 and cut["other"] == 0, cut
         alive(worker)
+
+
+@pytest.mark.parametrize("cluster_flag", [True, False])
+async def test_a_cluster_setting_that_does_not_match_redis_is_named(
+    cluster_flag: bool, redis_server: Any, stream_key: str, partners: Any, tmp_path: Path,
+) -> None:
+    """``redis.cluster: true`` against a plain Redis, or false against a cluster node: the
+    worker stays unready with a reason naming the setting to change, and never crashes."""
+    partner = await partners("423", client_secret=None)
+    if cluster_flag:
+        url, context = redis_server.url, None
+    else:
+        context = LocalCluster(masters=3, replicas=0).start()
+        url = context.url
+    try:
+        data = worker_config(url, stream_key, [fast(partner)], partitions=P)
+        data["redis"]["cluster"] = cluster_flag
+        with WorkerProcess(data, tmp_path, "w").start() as worker:
+            async def named() -> bool:
+                status, body = await worker.get("/readyz")
+                wanted = ("redis.cluster is true (set it to false" if cluster_flag
+                          else "set redis.cluster: true")
+                return status == 503 and wanted in body
+
+            await wait_for(named, 20, "readyz names redis.cluster", worker.log)
+            alive(worker)
+            assert "Traceback" not in worker.log()
+    finally:
+        if context is not None:
+            context.stop()
