@@ -49,7 +49,7 @@ class Consumer:
         self._remaining: dict[str, set[str]] = {}  # fanned-out entry → destinations to write
         self._done: dict[str, set[str]] = {}  # fanned-out entry → destinations written
         self._recovery = Recovery(streams, streams.inbound, config.stream,
-                                  health.retry("consume: heartbeat"))
+                                  health.retry(f"consume{streams.where}: heartbeat"))
         self._abandoned = False
         self.stopping = asyncio.Event()
 
@@ -70,7 +70,9 @@ class Consumer:
         """
         self._forget()
         history = History()
-        reads, writes = self._health.retry("consume"), self._health.retry("consume: write")
+        where = self._streams.where
+        reads = self._health.retry(f"consume{where}")
+        writes = self._health.retry(f"consume{where}: write")
         while not self.stopping.is_set():
             try:
                 commit = await self._round(history)

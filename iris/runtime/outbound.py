@@ -26,7 +26,7 @@ class OutboundReader:
         self._streams = streams
         self._publishers = publishers
         self._block_ms = block_ms
-        self._retry = health.retry("publish: shared read")
+        self._retry = health.retry(f"publish: shared read{streams.where}")
         self._changed = asyncio.Event()  # some publisher may want batches now
         for publisher in publishers:
             publisher.wants_changed = self._changed

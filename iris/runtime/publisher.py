@@ -50,10 +50,10 @@ class Publisher:
         self._sender = sender
         self._metrics = metrics
         self.key = streams.outbound(dest.id)
-        self._reads = health.retry(f"publish {dest.id}")
+        self._reads = health.retry(f"publish {dest.id}{streams.where}")
         self._settler = settler
         self._recovery = Recovery(streams, self.key, stream,
-                                  health.retry(f"publish {dest.id}: heartbeat"))
+                                  health.retry(f"publish {dest.id}{streams.where}: heartbeat"))
         self._shared = shared  # with the other partitions' publishers of this destination
         self._breaker = shared.breaker
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery

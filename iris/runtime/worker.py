@@ -137,7 +137,7 @@ class Worker:
             return
         self.partitions = [
             Partition(streams, Consumer(self.config, streams, self.metrics, self.health),
-                      Settler(streams, self.health.retry("settle")))
+                      Settler(streams, self.health.retry(f"settle{streams.where}")))
             for streams in self.all_streams]
         await self._stages.start(Hook("partners", self._close_partners))
         await self._stages.start(Hook("deliveries", self._drain))

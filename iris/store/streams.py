@@ -76,6 +76,12 @@ class Streams:
         self._hand_back = self.redis.register_script(stream_scripts.HAND_BACK)
         self._rate = self.redis.register_script(stream_scripts.TAKE_RATE)
 
+    @property
+    def where(self) -> str:
+        """`` (<partition's inbound stream>)`` with partitions, else nothing: for the names of
+        the loops that work on one partition (each reports its Redis faults apart)."""
+        return "" if self.inbound == self.keys.base else f" ({self.inbound})"
+
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""
         return self.keys.outbound(destination_id)
