@@ -72,7 +72,7 @@ def test_token_keys_carry_a_per_destination_hash_tag_on_a_cluster() -> None:
     assert (plain.token, plain.refresh) == ("iris:events:auth:423:abc:token",
                                             "iris:events:auth:423:refresh")
     tagged = TokenKeys.of("iris:events:auth", "423", "abc", cluster=True)
-    assert tagged.token == "{iris:events:auth:423}:abc:token"
+    assert tagged.token == "iris:events:auth:{423}:abc:token"  # ACL patterns ~iris:* match
     slots = {key_slot(k.encode()) for k in (tagged.token, tagged.lock, tagged.fence,
                                             tagged.pause, tagged.refresh)}
     assert len(slots) == 1
@@ -100,9 +100,13 @@ def test_cluster_seeds_are_each_checked_and_masked() -> None:
     data["redis"]["url"] = "redis://10.0.0.1:7000,http://10.0.0.2:7001"
     with pytest.raises(ConfigError, match=r"redis\.url"):
         parse_config(data, env={})
-    from iris.config.redaction import mask_url, url_passwords
-    assert mask_url(config.redis.url) == "redis://:****@10.0.0.1:7000, rediss://:****@10.0.0.2:7001"
+    from iris.config.redaction import mask_redis_url, url_passwords
+    assert mask_redis_url(config) == "redis://:****@10.0.0.1:7000, rediss://:****@10.0.0.2:7001"
     assert set(url_passwords(config)) == {"pw1", "pw2"}
+    # without a cluster a comma is no separator: a password may hold one
+    single = parse_config(config_data("redis://:pa,ss@10.0.0.1:6380/0", "k", dest), env={})
+    assert mask_redis_url(single) == "redis://:****@10.0.0.1:6380/0"
+    assert "pa,ss" in url_passwords(single)
 
 
 async def test_a_partitioned_stream_on_one_redis(redis_server, redis, stream_key, partners):
@@ -143,3 +147,21 @@ async def test_events_left_in_the_unpartitioned_stream_are_named_at_start(
     assert any(w.startswith(f"{stream_key} holds 1 entries that no worker reads")
                and f"{stream_key}:{{0}} … {stream_key}:{{1}}" in w for w in warnings), warnings
     assert partner.server.segment_changes() == []
+
+
+async def test_batches_of_two_partitions_never_share_an_idempotency_key(
+        redis_server, redis, stream_key, partners):
+    """Entry ids are unique within one stream only: two partitions may both hold ``1000-0``.
+    Their batches must still carry different keys, or a partner that deduplicates by key
+    would drop one of them."""
+    partner = await partners("423", client_secret=None)
+    config = make_config(redis_server.url, stream_key, [destination_config(
+        partner, batch={"max_users": 1, "max_wait": 0.1})], partitions=2)
+    keys = inbound_keys(stream_key, 2, cluster=False)
+    for key, uuid in zip(keys, ("left", "right"), strict=True):
+        await redis.xadd(key, event(uuid), id="1000-0")  # the same id in both partitions
+    async with running(config):
+        await wait_for(lambda: len(partner.server.received) >= 2, 20, "both delivered")
+    sent = {b.payload["Users"][0]["AAM_UUID"]: b.idempotency_key for b in partner.server.received}
+    assert set(sent) == {"left", "right"}
+    assert sent["left"] != sent["right"], sent

@@ -34,11 +34,17 @@ def url_passwords(settings: RedisSettings) -> list[str]:
 
 def mask_url(url: str) -> str:
     """Hide the password of a Redis URL (``user:password@host`` or ``?password=``), leaving the
-    rest exactly as written (each of a comma-separated list of seed URLs)."""
-    if "," in url:
-        return ",".join(mask_url(part) for part in url.split(","))
+    rest exactly as written."""
     url = re.sub(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
     return re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
+
+
+def mask_redis_url(settings: RedisSettings) -> str:
+    """``redis.url`` with its passwords hidden: on a cluster, in each of its seed URLs (only
+    there is a comma a separator: a password may hold one)."""
+    if not settings.redis.cluster:
+        return mask_url(settings.redis.url)
+    return ",".join(mask_url(part) for part in settings.redis.url.split(","))
 
 
 def fingerprint(secret: str) -> str:
@@ -51,7 +57,7 @@ def redacted(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, for ``iris check-config``: each secret as its
     ``fingerprint``, the passwords of the Redis and proxy URLs masked."""
     data: dict[str, Any] = _fingerprints(config.model_dump(), config.model_dump(mode="json"))
-    data["redis"]["url"] = mask_url(config.redis.url)
+    data["redis"]["url"] = mask_redis_url(config)
     for dest in data["destinations"]:
         if dest.get("proxy"):
             dest["proxy"] = mask_url(dest["proxy"])

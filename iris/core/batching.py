@@ -96,10 +96,14 @@ class Batch:
     def source_ids(self) -> list[str]:
         return list(dict.fromkeys(entry_id for entry_id, _ in self.events))
 
-    def idempotency_key(self) -> str:
+    def idempotency_key(self, stream: str = "") -> str:
         """Derived from the inbound entries in the batch, so that the same events carry the
-        same key however often the batch is written or sent."""
-        digest = hashlib.blake2b(",".join(self.source_ids).encode(), digest_size=16).hexdigest()
+        same key however often the batch is written or sent. Entry ids are unique within one
+        stream only: with partitions, ``stream`` (the partition's inbound stream) is part of
+        the digest, so batches of two partitions never share a key."""
+        scope = f"{stream}\n" if stream else ""
+        digest = hashlib.blake2b((scope + ",".join(self.source_ids)).encode(),
+                                 digest_size=16).hexdigest()
         return f"{self.destination_id}-{digest}"
 
 

@@ -241,7 +241,7 @@ class Consumer:
             return
         commit.batches.append((self._streams.outbound(dest.id), OutboundBatch(
             batch.body, orjson.dumps(batch.events), batch.users, batch.segments,
-            batch.idempotency_key(), int(time.time() * 1000))))
+            batch.idempotency_key(self._streams.partition), int(time.time() * 1000))))
 
     def _forget(self) -> None:
         """After a failed commit: drop open batches; their entries are re-read from history."""

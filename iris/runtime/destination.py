@@ -54,7 +54,10 @@ class DestinationState:
         self.in_flight += 1
 
     def ended(self) -> None:
+        """A delivery ended: wake every partition's publisher, each time another first (the
+        first woken takes the free slot)."""
         self.in_flight -= 1
+        self._wakes[:] = self._wakes[1:] + self._wakes[:1]
         for wake in self._wakes:
             wake.set()
 

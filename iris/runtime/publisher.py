@@ -92,8 +92,10 @@ class Publisher:
         return [*self._tasks, *(entry_id for entry_id, _ in self._handed), *self._crashed]
 
     async def run(self) -> None:
-        """Read and dispatch until ``stopping``; first this consumer's own pending history."""
+        """Read and dispatch until ``stopping``; first this consumer's own pending history
+        (which holds what was handed to an earlier run, restarted after a bug)."""
         self._history = History()
+        self._handed.clear()
         while not self.stopping.is_set():
             self._wake.clear()
             try:

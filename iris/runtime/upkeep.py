@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 from iris.config.model import StreamConfig
 from iris.errors import RedisUnavailable
@@ -80,8 +81,20 @@ class Upkeep:
 
     async def check_unread_deleted(self) -> None:
         """Warn (once per occurrence) when entries were deleted before our group read them."""
-        for streams, _ in self._partitions:
-            await self._check_unread_deleted(streams)
+        await self._each([partial(self._check_unread_deleted, s) for s, _ in self._partitions])
+
+    @staticmethod
+    async def _each(chores: list[Callable[[], Awaitable[None]]]) -> None:
+        """Every chore, one per partition or stream, even when one of them fails (its master
+        is down, say): then the first failure is raised once all were tried."""
+        failed: RedisUnavailable | None = None
+        for chore in chores:
+            try:
+                await chore()
+            except RedisUnavailable as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def _check_unread_deleted(self, streams: Streams) -> None:
         inbound = streams.inbound
@@ -95,16 +108,17 @@ class Upkeep:
                     inbound, streams.group, lost[0])
 
     async def trim(self) -> None:
-        await self.check_unread_deleted()
-        for streams, _ in self._partitions:
-            trimmed = await streams.trim(streams.inbound)
-            if trimmed:
-                self._metrics.stream_trimmed.labels(streams.inbound).inc(trimmed)
+        await self._each([partial(self._trim, streams) for streams, _ in self._partitions])
+
+    async def _trim(self, streams: Streams) -> None:
+        await self._check_unread_deleted(streams)
+        trimmed = await streams.trim(streams.inbound)
+        if trimmed:
+            self._metrics.stream_trimmed.labels(streams.inbound).inc(trimmed)
 
     async def drop_idle_consumers(self) -> None:
-        for streams, keys in self._partitions:
-            for key in keys:
-                await self._drop_idle_consumers(streams, key)
+        await self._each([partial(self._drop_idle_consumers, streams, key)
+                          for streams, keys in self._partitions for key in keys])
 
     async def _drop_idle_consumers(self, streams: Streams, key: str) -> None:
         removed = await streams.drop_idle_consumers(key, self._config.idle_consumer_ms)

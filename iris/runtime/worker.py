@@ -310,6 +310,8 @@ class Worker:
             except RedisUnavailable:
                 return
             if stats is None:
+                if key == streams.inbound:
+                    total = None  # a partition without our group: no total to tell
                 continue
             length, pending, lag = stats
             self.metrics.stream_length.labels(key).set(length)

@@ -30,7 +30,8 @@ MEANINGS = {
     "TRYAGAIN": "redis cluster is resharding",
     "CLUSTERDOWN": "redis cluster is down",
     "MASTERDOWN": "redis lost its primary",
-    "MOVED": "redis is a Redis Cluster node: set redis.cluster: true",
+    "MOVED": "redis redirected a command to another cluster node (redis.cluster must be true "
+             "for a Redis Cluster; on one, a slot is moving)",
 }
 _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.OutOfMemoryError, "OOM"),
@@ -80,6 +81,9 @@ def translate(exc: BaseException) -> RedisUnavailable | None:
     """The ``RedisUnavailable`` for a redis-py (or socket) error; None for anything else."""
     if isinstance(exc, rx.RedisClusterException):
         return _cluster_client(exc)
+    if isinstance(exc, rx.ClusterError) and not isinstance(exc, rx.ResponseError):
+        return RedisUnavailable(f"redis cluster is resharding or failing over: "
+                                f"{reply_text(exc)}", "TRYAGAIN")  # redirected too often
     if isinstance(exc, rx.BusyLoadingError | rx.ResponseError):
         code = reply_code(exc)
         text = reply_text(exc)
@@ -109,7 +113,8 @@ def _cluster_client(exc: rx.RedisClusterException) -> RedisUnavailable | None:
     if "Cluster mode is not enabled" in text:
         return RedisUnavailable(f"redis is not a Redis Cluster node, but redis.cluster is true "
                                 f"(set it to false, or name cluster nodes): {text}", "other")
-    if isinstance(exc, rx.SlotNotCoveredError):
+    if isinstance(exc, rx.SlotNotCoveredError) or "slots are not covered" in text or (
+            "could not agree" in text):
         return RedisUnavailable(f"{MEANINGS['CLUSTERDOWN']}: {text}", "CLUSTERDOWN")
     if "cannot be connected" in text or "reachable node" in text:
         return RedisUnavailable(f"redis unreachable: {text}")

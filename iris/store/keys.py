@@ -8,7 +8,7 @@ With partitions (``core.partitions``), each partition's inbound stream is ``<str
 and its outbound, dead-letter and ``written`` keys are named after it, so they share its hash
 slot; the keys shared by every partition (rate schedules, consumer leases) keep
 ``stream.key``'s name: each is used alone, in any slot. On a cluster the token store's keys of
-one destination share the hash tag ``{<prefix>:<destination>}``: its scripts touch several.
+one destination share the hash tag ``{<destination>}``: its scripts touch several.
 """
 
 from __future__ import annotations
@@ -81,8 +81,9 @@ class TokenKeys:
     @classmethod
     def of(cls, prefix: str, destination: str, fingerprint: str,
            cluster: bool = False) -> TokenKeys:
-        """On a cluster the destination's part is a hash tag: its scripts touch several keys."""
-        base = f"{{{prefix}:{destination}}}" if cluster else f"{prefix}:{destination}"
+        """On a cluster the destination is a hash tag, ``<prefix>:{<destination>}``: its
+        scripts touch several keys; the prefix stays in front, for ACL key patterns."""
+        base = f"{prefix}:{{{destination}}}" if cluster else f"{prefix}:{destination}"
         named = f"{base}:{fingerprint}"
         return cls(f"{named}:token", f"{named}:lock", f"{named}:fence", f"{named}:pause",
                    f"{base}:refresh")

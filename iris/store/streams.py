@@ -77,10 +77,15 @@ class Streams:
         self._rate = self.redis.register_script(stream_scripts.TAKE_RATE)
 
     @property
+    def partition(self) -> str:
+        """This partition's inbound stream with partitions, else "" (one stream)."""
+        return "" if self.inbound == self.keys.base else self.inbound
+
+    @property
     def where(self) -> str:
         """`` (<partition's inbound stream>)`` with partitions, else nothing: for the names of
         the loops that work on one partition (each reports its Redis faults apart)."""
-        return "" if self.inbound == self.keys.base else f" ({self.inbound})"
+        return f" ({self.partition})" if self.partition else ""
 
     def outbound(self, destination_id: str) -> str:
         """The per-destination stream of closed batches: a failing partner's backlog waits here."""

@@ -173,7 +173,7 @@ async def test_three_workers_on_a_cluster_share_one_token(
         assert partner.tokens is not None and len(partner.tokens.requests) == 1
         senders = {b.token for b in partner.server.received}
         assert len(senders) == 1  # every worker used the one token
-        prefix = f"{{{stream_key}:auth:423}}"
+        prefix = f"{stream_key}:auth:{{423}}"
         stored = [k async for k in client.scan_iter(match=f"{prefix}*", target_nodes="all")]
         assert any(k.endswith(":token") for k in stored), stored
         alive(*workers)
@@ -281,7 +281,7 @@ async def test_a_cluster_setting_that_does_not_match_redis_is_named(
             async def named() -> bool:
                 status, body = await worker.get("/readyz")
                 wanted = ("redis.cluster is true (set it to false" if cluster_flag
-                          else "set redis.cluster: true")
+                          else "redis.cluster must be true for a Redis Cluster")
                 return status == 503 and wanted in body
 
             await wait_for(named, 20, "readyz names redis.cluster", worker.log)
