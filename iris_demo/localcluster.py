@@ -241,8 +241,36 @@ class LocalCluster:
         self._procs[port].kill()
         self._procs[port].wait()
 
+    def node_id(self, port: int) -> str:
+        return _text(port, "CLUSTER", "MYID")
+
+    def begin_move(self, slot: int, to: int) -> tuple[int, list[str]]:
+        """Start moving ``slot`` to the master on ``to``, as ``redis-cli --cluster reshard``
+        does (IMPORTING there, MIGRATING here): (the source master's port, the slot's keys).
+        Move each with ``migrate``, then ``end_move``; meanwhile clients get ASK and TRYAGAIN."""
+        source = next(p for p in self.masters()
+                      if any(_port_of(f) == p and _serves(f, slot) for f in cluster_nodes(p)))
+        call(to, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.node_id(source))
+        call(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.node_id(to))
+        keys = call(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100000")
+        assert isinstance(keys, list)
+        return source, [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+
+    def migrate(self, source: int, to: int, key: str) -> None:
+        call(source, "MIGRATE", "127.0.0.1", str(to), key, "0", "5000", timeout=10)
+
+    def end_move(self, source: int, slot: int, to: int) -> None:
+        """The slot belongs to ``to`` now, on every master (what is left at ``source`` moves
+        there first)."""
+        keys = call(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100000")
+        assert isinstance(keys, list)
+        for key in keys:
+            self.migrate(source, to, key.decode() if isinstance(key, bytes) else str(key))
+        for port in self.masters():
+            call(port, "CLUSTER", "SETSLOT", str(slot), "NODE", self.node_id(to))
+
     def _note_replicas(self, port: int) -> list[int]:
-        me = _text(port, "CLUSTER", "MYID")
+        me = self.node_id(port)
         self._replicas_of[port] = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
         return self._replicas_of[port]
 

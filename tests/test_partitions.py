@@ -8,6 +8,7 @@ import zlib
 from typing import Any
 
 import pytest
+import yaml
 from redis.crc import key_slot
 
 from iris.config.model import RedisSettings, parse_config
@@ -15,7 +16,7 @@ from iris.core.partitions import inbound_keys, partition_key, partition_of
 from iris.errors import ConfigError
 from iris.store.keys import Keys, TokenKeys
 from tests.conftest import config_data, destination_config, make_config, metric, running, wait_for
-from tests.helpers import GROUP, equals, event, group_pending
+from tests.helpers import GROUP, equals, event, group_pending, run_cli
 
 
 def test_the_worked_example_and_the_standard_crc32_check_value() -> None:
@@ -133,20 +134,42 @@ async def test_a_partitioned_stream_on_one_redis(redis_server, redis, stream_key
             "iris_stream_lag_total", {"group": GROUP}) == 0
 
 
-async def test_events_left_in_the_unpartitioned_stream_are_named_at_start(
-        redis_server, redis, stream_key, partners, caplog):
-    """A producer that does not partition yet (or what was left when ``stream.partitions``
-    changed): a WARNING names the stream and where events go now."""
+async def test_events_no_worker_reads_are_named_and_repartitioned(
+        redis_server, redis, stream_key, partners, caplog, tmp_path):
+    """Events a producer put in ``stream.key`` while partitions are on, and events left in a
+    partition that a smaller ``stream.partitions`` no longer reads: a WARNING names each
+    stream and its count, a gauge shows it, and ``iris repartition`` moves the events where
+    they belong, once; then they are delivered."""
     partner = await partners("423", client_secret=None)
-    config = make_config(redis_server.url, stream_key, [destination_config(partner)],
-                         partitions=2)
-    await redis.xadd(stream_key, event("left-behind"))
-    async with running(config):
-        pass
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any(w.startswith(f"{stream_key} holds 1 entries that no worker reads")
-               and f"{stream_key}:{{0}} … {stream_key}:{{1}}" in w for w in warnings), warnings
-    assert partner.server.segment_changes() == []
+    config = make_config(redis_server.url, stream_key, [destination_config(
+        partner, batch={"max_users": 10, "max_wait": 0.1})], partitions=2)
+    await redis.xadd(stream_key, event("unpartitioned"))
+    for uuid in ("left-1", "left-2", "left-3"):
+        await redis.xadd(partition_key(stream_key, 3), event(uuid))  # from partitions: 4
+    async with running(config) as worker:
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        [warning] = [w for w in warnings if w.startswith("events that no worker reads")]
+        assert f"{stream_key} (1)" in warning and f"{stream_key}:{{3}} (3)" in warning
+        assert f"belong in {stream_key}:{{0}} … {stream_key}:{{1}}" in warning
+        assert "iris repartition" in warning
+        assert metric(worker, "iris_stream_length", stream=partition_key(stream_key, 3)) == 3
+        path = tmp_path / "iris.yaml"
+        path.write_text(yaml.safe_dump(config_data(redis_server.url, stream_key, [
+            {"id": "423", "url": "https://p.example/x", "user_dpid": "1", "client_id": "2"}],
+            partitions=2)))
+        code, out, err = await run_cli("repartition", "-c", str(path), "--dry-run")
+        assert code == 0, err
+        assert f"would move 4 event(s) into {stream_key} (2 partitions)" in out
+        assert await redis.xlen(stream_key) == 1  # a dry run changes nothing
+        code, out, err = await run_cli("repartition", "-c", str(path))
+        assert code == 0, err
+        assert f"moved 1 event(s) from {stream_key}\n" in out
+        assert f"moved 3 event(s) from {stream_key}:{{3}}\n" in out
+        await wait_for(lambda: len(partner.server.segment_changes()) >= 4, 20, "moved delivered")
+    assert sorted(u for u, *_ in partner.server.segment_changes()) == [
+        "left-1", "left-2", "left-3", "unpartitioned"]
+    assert await redis.xlen(stream_key) == 0
+    assert await redis.xlen(partition_key(stream_key, 3)) == 0
 
 
 async def test_batches_of_two_partitions_never_share_an_idempotency_key(

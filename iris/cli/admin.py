@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypedDict
 
+from iris.core.partitions import partition_of
 from iris.core.records import DeadLetter
 from iris.store.streams import Streams
 
@@ -136,6 +137,31 @@ async def _replay_batch(streams: Streams, batch: list[tuple[str, dict[str, str]]
     if batch and not dry_run:
         await streams.replay(batch)
     return len(batch)
+
+
+async def repartition(partitions: list[Streams], strays: list[str], *,
+                      dry_run: bool = False) -> dict[str, int]:
+    """Move the entries of ``strays`` (inbound streams no worker reads) into the partitions
+    they belong in, a page at a time: added there, then deleted here (a stop between the two
+    leaves a page in both; the same events are then delivered twice). Returns how many were
+    moved from each stray stream that held any."""
+    first = partitions[0]
+    moved: dict[str, int] = {}
+    for key in (await first.lengths(strays)):
+        start = "-"
+        while page := await first.page(key, start, PAGE):
+            start = f"({page[-1][0]}"
+            moved[key] = moved.get(key, 0) + len(page)
+            if dry_run:
+                continue
+            placed: dict[int, list[dict[str, str]]] = {}
+            for _, fields in page:
+                where = partition_of(fields.get("uuid", ""), len(partitions))
+                placed.setdefault(where, []).append(fields)
+            for where, events in placed.items():
+                await partitions[where].add_many(events)
+            await first.remove(key, [entry_id for entry_id, _ in page])
+    return moved
 
 
 def printable(fields: dict[str, str]) -> dict[str, str]:

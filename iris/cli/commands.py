@@ -98,6 +98,23 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repartition(args: argparse.Namespace) -> int:
+    from iris.cli import admin
+    from iris.store.keys import stray_inbound
+
+    config = load_redis(args)
+    strays = stray_inbound(config)
+    moved = completed(with_partitions(config, lambda parts: admin.repartition(
+        parts, strays, dry_run=args.dry_run)))
+    verb = "would move" if args.dry_run else "moved"
+    for key, count in moved.items():
+        print(f"{verb} {count} event(s) from {key}")
+    print(f"{verb} {sum(moved.values())} event(s) into {config.stream.key}"
+          + (f" ({config.stream.partitions} partitions)" if config.stream.partitions > 1
+             else ""))
+    return 0
+
+
 def _destinations(config: Config, wanted: str | None) -> list[Destination]:
     chosen = [d for d in config.destinations if wanted is None or d.id == wanted]
     if not chosen:

@@ -12,7 +12,15 @@ import logging
 import sys
 from collections.abc import Callable
 
-from iris.cli.commands import cmd_auth, cmd_check_config, cmd_demo, cmd_dlq, cmd_run, cmd_status
+from iris.cli.commands import (
+    cmd_auth,
+    cmd_check_config,
+    cmd_demo,
+    cmd_dlq,
+    cmd_repartition,
+    cmd_run,
+    cmd_status,
+)
 from iris.cli.parser import build_parser
 from iris.cli.send import cmd_send
 from iris.config.validation import ConfigErrors
@@ -28,6 +36,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "send": cmd_send,
     "status": cmd_status,
     "dlq": cmd_dlq,
+    "repartition": cmd_repartition,
     "auth": cmd_auth,
     "demo": cmd_demo,
 }

@@ -96,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--dry-run", action="store_true",
                              help="count what would be replayed; change nothing")
 
+    repartition = sub.add_parser(
+        "repartition", help="move events no worker reads into the partitions they belong in",
+        description="Move the entries of inbound streams that no worker with this config reads "
+                    "(stream.key itself when stream.partitions > 1; partition streams beyond "
+                    "stream.partitions, left when it changed) into their partitions, "
+                    "crc32(uuid) mod stream.partitions, and delete them where they were. A "
+                    "worker warns about such streams. Outbound streams of removed partitions "
+                    "are not moved: set stream.partitions back to drain them.")
+    _add_config(repartition)
+    repartition.add_argument("--dry-run", action="store_true",
+                             help="count what would be moved; change nothing")
+
     auth = sub.add_parser("auth", help="check a destination's credentials, or log in once",
                           description="Check or set up how iris authenticates to destinations.")
     auth_sub = auth.add_subparsers(dest="auth_command", required=True, metavar="ACTION")

@@ -20,7 +20,7 @@ from iris.config.base import read_utf8
 from iris.config.model import RedisView
 from iris.core.events import parse_event
 from iris.core.partitions import inbound_keys, partition_of
-from iris.errors import EventError, IrisError
+from iris.errors import EventError, IrisError, RedisUnavailable
 
 if TYPE_CHECKING:
     from iris.store.streams import Streams
@@ -135,8 +135,19 @@ async def _add(partitions: list[Streams], events: list[dict[str, str]]) -> list[
     for index, fields in enumerate(events):
         placed.setdefault(partition_of(fields.get("uuid", ""), len(partitions)), []).append(index)
     ids = [""] * len(events)
+    written: list[str] = []
     for partition, indexes in placed.items():
-        added = await partitions[partition].add_many([events[i] for i in indexes])
+        streams = partitions[partition]
+        try:
+            added = await streams.add_many([events[i] for i in indexes])
+        except RedisUnavailable as exc:
+            if not written:
+                raise
+            count = sum(1 for entry_id in ids if entry_id)
+            raise IrisError(f"{exc}; {count} of {len(events)} event(s) were written before it, "
+                            f"to {', '.join(written)}: sending them all again would send "
+                            f"those twice") from None
+        written.append(streams.inbound)
         for index, entry_id in zip(indexes, added, strict=True):
-            ids[index] = f"{partitions[partition].inbound} {entry_id}"
+            ids[index] = f"{streams.inbound} {entry_id}"
     return ids

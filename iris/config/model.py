@@ -50,7 +50,7 @@ class RedisConfig(Strict):
 class StreamConfig(Strict):
     key: str = Field(default="iris:events", min_length=1)
     group: str = Field(default="iris", min_length=1)
-    partitions: Annotated[int, Field(ge=1, le=1024)] = 1  # inbound streams; see core/partitions
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 1  # inbound streams (core.partitions)
     consumer: str = ""
     read_count: PositiveInt = 1000
     block_ms: PositiveInt = 1000

@@ -5,6 +5,9 @@
 - Trim: keep each inbound stream (one per partition) bounded by trimming what every consumer
   group has acknowledged (never an entry that some group still holds or has not read); and warn when
   something else deleted entries before iris read them (a producer's MAXLEN).
+- Stray streams: warn about inbound streams no worker reads (``stream.key`` itself with
+  partitions; partitions beyond ``stream.partitions``) while they hold events, and export
+  their length, so events a producer put in the wrong place are never silently left there.
 - Idle consumers: remove consumers that hold nothing and have been idle for
   ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
 
@@ -31,13 +34,15 @@ log = logging.getLogger(__name__)
 Chore = tuple[str, float, Callable[[], Awaitable[None]]]  # (name, every seconds, what)
 
 
+STRAY_EVERY = 60.0  # seconds between looks for stray inbound streams
 Partition = tuple[Streams, Sequence[str]]  # a partition's streams: its inbound, then outbound
 
 
 class Upkeep:
     def __init__(self, partitions: Sequence[Partition], lease: ConsumerLease,
                  config: StreamConfig, metrics: Metrics, health: Health,
-                 on_lease_lost: Callable[[], None]) -> None:
+                 on_lease_lost: Callable[[], None], strays: Sequence[str] = ()) -> None:
+        """``strays``: the inbound streams no worker reads (``keys.stray_inbound``)."""
         self._partitions = partitions
         self._lease = lease
         self._config = config
@@ -45,9 +50,12 @@ class Upkeep:
         self._health = health
         self._on_lease_lost = on_lease_lost
         self._lost: dict[str, str] = {}  # inbound stream → the last unread deletion warned about
+        self._strays = list(strays)
+        self._stray_seen: dict[str, int] = {}  # stray stream → its length when last warned
 
     def chores(self) -> list[Chore]:
-        chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease)]
+        chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease),
+                               ("stray streams", STRAY_EVERY, self.check_strays)]
         if self._config.trim:
             chores.append(("trim", self._config.trim_interval_ms / 1000, self.trim))
         every = min(60.0, self._config.idle_consumer_ms / 2000)
@@ -106,6 +114,25 @@ class Upkeep:
                     "producer's MAXLEN, XTRIM or XDEL drops events iris never saw; remove it "
                     "(iris trims the stream itself, safely)", "some" if count is None else count,
                     inbound, streams.group, lost[0])
+
+    async def check_strays(self) -> None:
+        """Warn when a stream no worker reads holds events (again after it changed)."""
+        streams = self._partitions[0][0]
+        found = await streams.lengths(self._strays)
+        for key in set(self._stray_seen) - set(found):
+            self._metrics.stream_length.labels(key).set(0)
+        changed = {k: n for k, n in found.items() if n and self._stray_seen.get(k) != n}
+        self._stray_seen = found
+        for key, length in found.items():
+            self._metrics.stream_length.labels(key).set(length)
+        if changed:
+            held = ", ".join(f"{k} ({n})" for k, n in sorted(changed.items())[:8])
+            log.warning("events that no worker reads: %s%s; with stream.partitions %d they "
+                        "belong in %s … %s (partition crc32(uuid) mod %d): move them there "
+                        "with `iris repartition`, and make producers write there (README: "
+                        "Scaling past one Redis)", held, " and more" if len(changed) > 8 else "",
+                        len(self._partitions), self._partitions[0][0].inbound,
+                        self._partitions[-1][0].inbound, len(self._partitions))
 
     async def trim(self) -> None:
         await self._each([partial(self._trim, streams) for streams, _ in self._partitions])

@@ -40,7 +40,7 @@ from iris.runtime.stopping import unless_stopped
 from iris.runtime.upkeep import Upkeep
 from iris.runtime.wiring import SharedTokens, make_auth
 from iris.store.client import connect
-from iris.store.keys import Keys
+from iris.store.keys import Keys, stray_inbound
 from iris.store.lease import ConsumerLease
 from iris.store.permissions import check_permissions
 from iris.store.streams import Streams, partitions
@@ -145,10 +145,10 @@ class Worker:
         ids = self._destination_ids()
         upkeep = Upkeep([(p.streams, p.keys(ids)) for p in self.partitions], self.lease,
                         self.config.stream, self.metrics, self.health,
-                        on_lease_lost=self._lost_lease)
+                        on_lease_lost=self._lost_lease, strays=stray_inbound(self.config))
         with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
             await upkeep.check_unread_deleted()
-            await self._check_unpartitioned()
+            await upkeep.check_strays()
         await self._stages.start(Loops("upkeep", [
             (f"upkeep-{name}", partial(upkeep.run, name, every, chore))
             for name, every, chore in upkeep.chores()]))
@@ -159,22 +159,11 @@ class Worker:
         self.health.starting = False
         self.metrics.redis_usable.set(1)
         count = len(self.config.destinations)
-        log.info("started: consumer %s, %d destination%s", self.streams.consumer, count,
-                 "" if count == 1 else "s")
-
-    async def _check_unpartitioned(self) -> None:
-        """With partitions, ``stream.key`` itself is never read: say so if it holds events (a
-        producer not partitioning yet, or what was left when ``stream.partitions`` changed)."""
-        base = self.config.stream.key
-        if self.streams.inbound == base:
-            return
-        length = (await self.streams.stats.describe(base))["length"]
-        if length:
-            log.warning("%s holds %s entries that no worker reads: with stream.partitions %d "
-                        "events go to %s … %s, partition crc32(uuid) mod %d (README: Scaling "
-                        "past one Redis); drain it with the previous setting first",
-                        base, length, len(self.all_streams), self.all_streams[0].inbound,
-                        self.all_streams[-1].inbound, len(self.all_streams))
+        where = "Redis Cluster" if self.config.redis.cluster else "Redis"
+        if len(self.all_streams) > 1:
+            where += f", {len(self.all_streams)} partitions"
+        log.info("started: consumer %s, %d destination%s (%s)", self.streams.consumer, count,
+                 "" if count == 1 else "s", where)
 
     def _task_name(self, name: str, partition: Partition) -> str:
         """``name``, with the partition's inbound stream when there are several."""

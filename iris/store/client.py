@@ -67,9 +67,11 @@ def connect_cluster(config: RedisSettings) -> RedisCluster:
     """redis-py's cluster client, seeded with every URL of ``redis.url`` (TLS and password
     as written in them). It follows MOVED and ASK itself; its retry is off, as ``connect``'s:
     a connection lost during a failover is each caller's to retry, after the client has read
-    the new topology. Its per-node pool raises instead of waiting when full, so each node
-    gets ``redis.max_connections`` plus room for two blocking reads per partition, or 64,
-    whichever is more."""
+    the new topology. A MOVED reply only moves its slot in the client's map: by default
+    every fifth MOVED made redis-py close every connection to every node, cutting short the
+    commands of every partition, so resharding one partition stalled them all. Its per-node
+    pool raises instead of waiting when full, so each node gets ``redis.max_connections``
+    plus room for two blocking reads per partition, or 64, whichever is more."""
     first, *others = config.redis.urls
     per_node = max(64, config.redis.max_connections + 2 * config.stream.partitions)
     seeds = [ClusterNode(part.hostname or "127.0.0.1", part.port or 6379)
@@ -83,5 +85,6 @@ def connect_cluster(config: RedisSettings) -> RedisCluster:
         socket_timeout=config.redis_socket_timeout,
         socket_connect_timeout=5,
         retry=Retry(NoBackoff(), retries=0),
+        reinitialize_steps=0,
         health_check_interval=30,
     )

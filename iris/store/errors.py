@@ -50,6 +50,10 @@ REDIS_WIDE = frozenset({"OOM", "MISCONF", "NOREPLICAS", "READONLY", "LOADING", "
 TEXT_CHARS = 160
 SCRIPT_DENIED = "user executing the script can't run this command"
 ALIASES = {"UNBLOCKED": "READONLY"}  # a blocking read cut short: the server became a replica
+# what asyncio's and uvloop's transports, and redis-py 8.1 (its writer gone), raise for a write
+# on a connection that the cluster client closed meanwhile (during a failover or a reshard)
+CLOSED_UNDER = ("the handler is closed", "Transport is closed",
+                "'NoneType' object has no attribute 'writelines'")
 
 
 def reply_code(exc: rx.ResponseError) -> str:
@@ -131,6 +135,11 @@ def redis_errors() -> Iterator[None]:
         if translated is None:
             raise
         raise translated from None
+    except (RuntimeError, AttributeError) as exc:  # a connection closed under a command
+        if not any(text in str(exc) for text in CLOSED_UNDER):
+            raise
+        raise RedisUnavailable("redis unreachable: the connection was closed under a command "
+                               "(the cluster client renewed its connections)") from None
 
 
 class Reporter(Protocol):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from iris.config.model import RedisSettings
-from iris.core.partitions import inbound_keys
+from iris.core.partitions import MAX_PARTITIONS, inbound_keys, partition_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,16 @@ class Keys:
     def consumer_lease(self, name: str) -> str:
         """The lease on a consumer name: one live worker per name."""
         return f"{self.base}:consumer:{name}"
+
+
+def stray_inbound(settings: RedisSettings) -> list[str]:
+    """Inbound streams that no worker with these settings reads: ``stream.key`` itself with
+    partitions (a producer that does not partition), and every partition stream outside
+    ``stream.partitions`` (left when the count changed)."""
+    stream = settings.stream
+    read = set(inbound_keys(stream.key, stream.partitions, settings.redis.cluster))
+    every = [stream.key, *(partition_key(stream.key, p) for p in range(MAX_PARTITIONS))]
+    return [key for key in every if key not in read]
 
 
 @dataclass(frozen=True, slots=True)

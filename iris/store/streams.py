@@ -272,6 +272,23 @@ class Streams:
                     pipe.xadd(self.inbound, fields)
                 return [str(entry_id) for entry_id in await pipe.execute()]
 
+    async def lengths(self, keys: list[str]) -> dict[str, int]:
+        """XLEN of each of ``keys`` that exists: one EXISTS for all (one command on a single
+        Redis), then, only if some exist, one pipeline of XLEN."""
+        with redis_errors():
+            if not keys or not await self.redis.exists(*keys):
+                return {}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.xlen(key)
+                found = await pipe.execute(raise_on_error=False)
+        return {key: n for key, n in zip(keys, found, strict=True) if isinstance(n, int)}
+
+    async def remove(self, key: str, ids: list[str]) -> None:
+        """XDEL ``ids`` from ``key``."""
+        with redis_errors():
+            await self.redis.xdel(key, *ids)
+
     async def trim(self, key: str) -> int:
         """Trim what every group of ``key`` has acknowledged; returns how many were trimmed."""
         with redis_errors():

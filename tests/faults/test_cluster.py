@@ -13,6 +13,7 @@ came back unacknowledged).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
@@ -290,3 +292,61 @@ async def test_a_cluster_setting_that_does_not_match_redis_is_named(
     finally:
         if context is not None:
             context.stop()
+
+
+async def test_a_partition_moved_to_another_master_mid_run_loses_nothing(
+    cluster: LocalCluster, client: RedisCluster, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """``redis-cli --cluster reshard`` (what README advises to even the partitions out) moves
+    partition 0's slot while events flow: its keys move one by one, and meanwhile commands
+    get ASK, and transactions over keys on both sides TRYAGAIN. Nothing is lost, nothing
+    crashes, and the worker delivers on from the new master."""
+    partner = await partners("423", client_secret=None)
+    data = cluster_config(cluster, stream_key, [fast(partner)])
+    first = write_events(tmp_path / "first.jsonl", "m", 3000)
+    second = write_events(tmp_path / "second.jsonl", "n", 1000)
+    with WorkerProcess(data, tmp_path, "w").start() as worker:
+        await wait_for(worker.ready, 30, "worker ready", worker.log)
+        config = str(worker.config_path)
+        partition0 = inbound_keys(stream_key, P, True)[0]
+        slot = int(await client.cluster_keyslot(partition0))
+        target = next(p for p in cluster.masters() if p != cluster.master_of(partition0))
+        await cli("send", "-c", config, "--file", str(tmp_path / "first.jsonl"))
+        source, keys = cluster.begin_move(slot, target)
+        for key in keys[: len(keys) // 2]:  # half moved: the slot is split between two nodes
+            cluster.migrate(source, target, key)
+        await asyncio.sleep(1.0)  # the fault itself: events flow while the slot is split
+        cluster.end_move(source, slot, target)
+        assert cluster.master_of(partition0) == target
+        await wait_for(lambda: delivered(partner) >= first, 60, "first wave delivered",
+                       lambda: f"{len(first - delivered(partner))} missing")
+        await cli("send", "-c", config, "--file", str(tmp_path / "second.jsonl"))
+        await wait_for(lambda: delivered(partner) >= first | second, 30, "all delivered")
+        await nothing_pending(client, stream_key, ["423"])
+        twice = {u: k for u, k in keys_per_user(partner).items() if len(k) > 1}
+        assert not twice, f"{len(twice)} users under several keys: {list(twice.items())[:2]}"
+        assert "Traceback" not in worker.log(), worker.log()[-3000:]
+        await wait_for(worker.ready, 15, "worker ready again", worker.log)
+        alive(worker)
+
+
+async def test_commands_name_an_unreachable_cluster_in_one_line(tmp_path: Path) -> None:
+    """No seed answers (the cluster is not up yet, or the URL is wrong): each command exits 1
+    with one line naming it, never a traceback, and never the password in the URL."""
+    from iris_demo.localredis import free_port
+
+    dest = [{"id": "423", "url": "https://p.example/x", "user_dpid": "1", "client_id": "2"}]
+    data = worker_config(f"redis://:pw-s3cret@127.0.0.1:{free_port()}", "k", dest,
+                         partitions=P)
+    data["redis"]["cluster"] = True
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump(data))
+    events = tmp_path / "e.jsonl"
+    write_events(events, "x", 3)
+    for args in (("status",), ("dlq", "list"), ("send", "--file", str(events)),
+                 ("repartition",)):
+        code, out, err = await run_cli(*args, "-c", str(path))
+        assert code == 1, (args, err)
+        assert "Traceback" not in err and "pw-s3cret" not in err + out, err
+        assert "redis unreachable" in err, err
