@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Iterable
+from pathlib import Path
 from urllib.parse import quote_plus
 
 import orjson
 import redis.asyncio as aioredis
 
+ROOT = Path(__file__).resolve().parent.parent
 GROUP = "iris"  # the default consumer group, which the tests' configs keep
 Pair = tuple[str, str]  # (uuid, segment) of one event
 
@@ -120,3 +123,28 @@ async def all_delivered(client: aioredis.Redis, delivered: set[Pair], expected: 
     """Every ``expected`` event is among the ``delivered`` ones, and nothing is pending on
     ``keys`` (deliveries are acknowledged just after the partner's 2xx)."""
     return delivered >= expected and await group_pending(client, keys) == 0
+
+
+# --------------------------------------------------------------------------- processes
+
+def process_alive(pid: int) -> bool:
+    """Running (a zombie or a vanished pid is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def run_bench(*args: str, timeout: float) -> tuple[int, str, str]:
+    """``benchmarks/run.py ARGS`` as a child process: (exit code, stdout, stderr); killed if
+    it outlives ``timeout`` seconds."""
+    proc = subprocess.Popen([sys.executable, "benchmarks/run.py", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stdout, stderr

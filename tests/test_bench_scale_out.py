@@ -5,11 +5,9 @@ for every K, every event was delivered once, the table is there, and nothing is 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.test_bench_smoke import ROOT, _alive
+from tests.helpers import process_alive, run_bench
 
 EVENTS = 2000
 
@@ -18,18 +16,10 @@ def test_bench_scale_out_smoke(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
     skip = [arg for phase in ("iris", "faststream", "aam10", "naive", "latency")
             for arg in ("--skip", phase)]
-    proc = subprocess.Popen(
-        [sys.executable, "benchmarks/run.py", "--scale-out", "1,2", "--events", str(EVENTS),
-         "--destinations", "2", "--partner-procs", "2", "--json", "--output", str(output),
-         *skip],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr[-3000:]
+    code, stdout, stderr = run_bench(
+        "--scale-out", "1,2", "--events", str(EVENTS), "--destinations", "2", "--partner-procs",
+        "2", "--json", "--output", str(output), *skip, timeout=90)
+    assert code == 0, stderr[-3000:]
     results = json.loads(output.read_text())
     assert json.loads(stdout) == results
     assert results["phases"] == {}  # every other phase skipped
@@ -50,4 +40,4 @@ def test_bench_scale_out_smoke(tmp_path: Path) -> None:
                    "redis CPU s", "per server CPU s", "cmds/event"):
         assert column in header, column
     assert len(scale["pids"]) == 3
-    assert [pid for pid in results["pids"] if _alive(pid)] == []
+    assert [pid for pid in results["pids"] if process_alive(pid)] == []

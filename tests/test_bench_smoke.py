@@ -5,11 +5,9 @@ run), the figures and the comparison are there, and everything it started is gon
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import process_alive, run_bench
+
 KEYS = ("iris_events_per_s", "naive_events_per_s", "ratio", "p50_ms", "p99_ms", "max_rss_mb",
         "events", "requests_per_s", "users_per_request", "aam10_events_per_s", "workers",
         "faststream_events_per_s", "faststream10_events_per_s", "comparison", "partner_procs")
@@ -19,33 +17,17 @@ COLUMNS = ("max_users", "pipeline", "events/s", "from ready", "iris/peer", "work
            "events/CPU-s", "redis CPU s", "cmds/event")
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie or a vanished pid is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and value > 0
 
 
 def test_bench_smoke(tmp_path):
     output = tmp_path / "results.json"
-    proc = subprocess.Popen(
-        [sys.executable, "benchmarks/run.py", "--events", "2000", "--aam-events", "1000",
-         "--json", "--destinations", "2", "--latency-seconds", "2", "--rate", "500",
-         "--naive-seconds", "1", "--partner-procs", "2", "--output", str(output)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=100)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr[-3000:]
+    code, stdout, stderr = run_bench(
+        "--events", "2000", "--aam-events", "1000", "--json", "--destinations", "2",
+        "--latency-seconds", "2", "--rate", "500", "--naive-seconds", "1", "--partner-procs",
+        "2", "--output", str(output), timeout=100)
+    assert code == 0, stderr[-3000:]
     results = json.loads(output.read_text())
     for key in KEYS:
         assert key in results, key
@@ -100,4 +82,4 @@ def test_bench_smoke(tmp_path):
     assert "iris/FastStream at max_users 10:" in stderr
     # redis, the partner and its 2 processes, 3 iris workers, 2 FastStream pipelines, naive
     assert len(results["pids"]) >= 10
-    assert [pid for pid in results["pids"] if _alive(pid)] == []  # nothing is left behind
+    assert [pid for pid in results["pids"] if process_alive(pid)] == []  # nothing is left behind

@@ -641,7 +641,9 @@ def _require(doc: dict[str, Any], path: str, typ: type | tuple[type, ...]) -> An
     return node
 
 
-def check_scaled_object(so: dict[str, Any], docs: list[dict[str, Any]], config: Config) -> None:
+def check_scale_target(so: dict[str, Any], docs: list[dict[str, Any]]) -> list[Any]:
+    """What every ScaledObject of ours holds: the Deployment as target, read from the iris
+    container's env, 1 <= min <= max replicas. Returns its triggers."""
     deployment = one("Deployment", docs)
     assert so["apiVersion"] == "keda.sh/v1alpha1"
     assert so["kind"] == "ScaledObject"
@@ -655,6 +657,11 @@ def check_scaled_object(so: dict[str, Any], docs: list[dict[str, Any]], config: 
     hi = _require(so, "spec.maxReplicaCount", int)
     assert 1 <= lo <= hi, "outbound streams and tokens need a live worker: no scaling to 0"
     triggers = _require(so, "spec.triggers", list)
+    return triggers
+
+
+def check_scaled_object(so: dict[str, Any], docs: list[dict[str, Any]], config: Config) -> None:
+    triggers = check_scale_target(so, docs)
     assert len(triggers) == 1, "one trigger: the inbound stream's lag"
     trig = triggers[0]
     assert trig["type"] == "redis-streams"
@@ -792,19 +799,7 @@ def check_partitioned_scaled_object(so: dict[str, Any], docs: list[dict[str, Any
     one redis-cluster-streams trigger per partition, in partition order, each on the
     partition's inbound stream and the configured group, all with one per-partition lagCount,
     the Redis address read from the container env the worker's redis.url is made of."""
-    deployment = one("Deployment", docs)
-    assert so["apiVersion"] == "keda.sh/v1alpha1"
-    assert so["kind"] == "ScaledObject"
-    _require(so, "metadata.name", str)
-    ref = _require(so, "spec.scaleTargetRef", dict)
-    assert ref["name"] == deployment["metadata"]["name"], "scaleTargetRef must be the Deployment"
-    assert ref.get("kind", "Deployment") == "Deployment"
-    assert ref.get("apiVersion", "apps/v1") == "apps/v1"
-    assert ref.get("envSourceContainerName") == "iris", "KEDA must read the iris container's env"
-    lo = _require(so, "spec.minReplicaCount", int)
-    hi = _require(so, "spec.maxReplicaCount", int)
-    assert 1 <= lo <= hi, "outbound streams and tokens need a live worker: no scaling to 0"
-    triggers = _require(so, "spec.triggers", list)
+    triggers = check_scale_target(so, docs)
     assert [t.get("type") for t in triggers] == ["redis-cluster-streams"] * partitions, (
         f"one redis-cluster-streams trigger per partition ({partitions})")
     streams = [t["metadata"].get("stream") for t in triggers]

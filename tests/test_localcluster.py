@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from iris_demo.localcluster import LocalCluster, info
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie or a vanished pid is not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+from tests.helpers import process_alive
 
 
 @pytest.fixture
@@ -43,7 +34,8 @@ async def test_cluster_serves_fails_over_and_stops(cluster: LocalCluster) -> Non
     for port in cluster.ports:
         assert info(port, "cluster")["cluster_state"] == "ok"
     pids = cluster.pids()
-    assert sorted(pids) == sorted(cluster.ports) and all(_alive(pid) for pid in pids.values())
+    assert sorted(pids) == sorted(cluster.ports)
+    assert all(process_alive(pid) for pid in pids.values())
 
     rc = RedisCluster.from_url(cluster.url, decode_responses=True)
     try:
@@ -65,7 +57,7 @@ async def test_cluster_serves_fails_over_and_stops(cluster: LocalCluster) -> Non
         assert node is not None
         assert await rc.execute_command("WAIT", 1, 1000, target_nodes=node) == 1
         cluster.kill(old)
-        assert not _alive(pids[old])
+        assert not process_alive(pids[old])
         started = time.monotonic()
         new = cluster.wait_failover(old, timeout=15)
         assert new != old and new in cluster.masters() and old not in cluster.pids()
@@ -83,5 +75,5 @@ async def test_cluster_serves_fails_over_and_stops(cluster: LocalCluster) -> Non
 
     cluster.stop()
     assert cluster.pids() == {}
-    assert [pid for pid in pids.values() if _alive(pid)] == []
+    assert [pid for pid in pids.values() if process_alive(pid)] == []
     cluster.stop()  # idempotent

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,19 @@ def keys_per_user(partner: Any) -> dict[str, set[str]]:
     return keys
 
 
+@asynccontextmanager
+async def started_workers(data: dict[str, Any], tmp_path: Path,
+                          count: int) -> AsyncIterator[list[WorkerProcess]]:
+    """``count`` ``iris run`` processes on one config, ready; killed on exit."""
+    workers = [WorkerProcess(data, tmp_path, f"w{i}") for i in range(count)]
+    try:
+        await start_all(*workers)
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
 def alive(*workers: WorkerProcess) -> None:
     for worker in workers:
         assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-3000:]
@@ -123,10 +137,8 @@ async def test_partitions_on_a_cluster_deliver_everything_through_a_master_failo
     the master holding partition 0 is SIGKILLed once a quarter is delivered."""
     partner = await partners("423", https=True)
     data = cluster_config(cluster, stream_key, [fast(partner, ca_file=str(tls.ca_file))])
-    workers = [WorkerProcess(data, tmp_path, f"w{i}") for i in range(2)]
     pairs = write_events(tmp_path / "events.jsonl", "u", EVENTS)
-    try:
-        await start_all(*workers)
+    async with started_workers(data, tmp_path, 2) as workers:
         out = await cli("send", "-c", str(workers[0].config_path), "--file",
                         str(tmp_path / "events.jsonl"))
         assert f"sent {EVENTS} event(s) to {stream_key} ({P} partitions)" in out
@@ -151,9 +163,6 @@ async def test_partitions_on_a_cluster_deliver_everything_through_a_master_failo
             assert f"{key}: length" in status, status
         assert status.count(f"group {GROUP}: pending 0, lag 0") == 2 * P, status
         assert f"{stream_key}:{{0..{P - 1}}}:dlq: 0 dead letters" in status
-    finally:
-        for worker in workers:
-            worker.__exit__()
 
 
 async def test_three_workers_on_a_cluster_share_one_token(
@@ -164,10 +173,8 @@ async def test_three_workers_on_a_cluster_share_one_token(
     the token store's keys of the destination share one hash tag."""
     partner = await partners("423")
     data = cluster_config(cluster, stream_key, [fast(partner)])
-    workers = [WorkerProcess(data, tmp_path, f"w{i}") for i in range(3)]
     pairs = write_events(tmp_path / "events.jsonl", "t", 3000)
-    try:
-        await start_all(*workers)
+    async with started_workers(data, tmp_path, 3) as workers:
         await cli("send", "-c", str(workers[0].config_path), "--file",
                   str(tmp_path / "events.jsonl"))
         await wait_for(lambda: delivered(partner) >= pairs, 60, "every event delivered")
@@ -179,9 +186,6 @@ async def test_three_workers_on_a_cluster_share_one_token(
         stored = [k async for k in client.scan_iter(match=f"{prefix}*", target_nodes="all")]
         assert any(k.endswith(":token") for k in stored), stored
         alive(*workers)
-    finally:
-        for worker in workers:
-            worker.__exit__()
 
 
 async def test_dead_letters_of_every_partition_are_listed_and_replayed(
@@ -200,8 +204,7 @@ async def test_dead_letters_of_every_partition_are_listed_and_replayed(
     partner.server.responder = reject
     data = cluster_config(cluster, stream_key, [fast(partner)])
     pairs = write_events(tmp_path / "events.jsonl", "d", 400)
-    with WorkerProcess(data, tmp_path, "w").start() as worker:
-        await wait_for(worker.ready, 30, "worker ready", worker.log)
+    async with started_workers(data, tmp_path, 1) as [worker]:
         config = str(worker.config_path)
         await cli("send", "-c", config, "--file", str(tmp_path / "events.jsonl"))
         dlqs = [f"{key}:dlq" for key in inbound_keys(stream_key, P, True)]
@@ -242,8 +245,7 @@ async def test_a_planned_failover_cuts_blocked_reads_short_and_loses_nothing(
     data = cluster_config(cluster, stream_key, [fast(partner)])
     first = write_events(tmp_path / "first.jsonl", "a", 500)
     second = write_events(tmp_path / "second.jsonl", "b", 500)
-    with WorkerProcess(data, tmp_path, "w").start() as worker:
-        await wait_for(worker.ready, 30, "worker ready", worker.log)
+    async with started_workers(data, tmp_path, 1) as [worker]:
         config = str(worker.config_path)
         await cli("send", "-c", config, "--file", str(tmp_path / "first.jsonl"))
         await wait_for(lambda: delivered(partner) >= first, 30, "first wave delivered")
@@ -306,8 +308,7 @@ async def test_a_partition_moved_to_another_master_mid_run_loses_nothing(
     data = cluster_config(cluster, stream_key, [fast(partner)])
     first = write_events(tmp_path / "first.jsonl", "m", 3000)
     second = write_events(tmp_path / "second.jsonl", "n", 1000)
-    with WorkerProcess(data, tmp_path, "w").start() as worker:
-        await wait_for(worker.ready, 30, "worker ready", worker.log)
+    async with started_workers(data, tmp_path, 1) as [worker]:
         config = str(worker.config_path)
         partition0 = inbound_keys(stream_key, P, True)[0]
         slot = int(await client.cluster_keyslot(partition0))
