@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,6 @@ import yaml
 
 from iris.config.model import Config, parse_config
 from iris.runtime.worker import Worker
-from iris_demo.localredis import free_port
 from iris_demo.partner import PartnerServer
 from tests.conftest import Partner, config_data, destination_config, wait_for
 from tests.helpers import group_pending, xadd_all
@@ -52,8 +52,11 @@ class WorkerProcess:
     """``iris run`` as a child process, its log in a file the tests can scan."""
 
     def __init__(self, config: dict[str, Any], directory: Path, name: str = "worker") -> None:
-        self.port = free_port()
-        config = {**config, "http": {"listen": f"127.0.0.1:{self.port}"}}
+        # port 0: the kernel picks a free one as the worker binds, and the worker logs which
+        # (a port picked here could be taken by another test's server before the worker binds)
+        self._port: int | None = None
+        self._log_start = 0  # where this run's log begins (a restart appends to the file)
+        config = {**config, "http": {"listen": "127.0.0.1:0"}}
         self.config = config
         self.config_path = directory / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -61,6 +64,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra_env: tuple[str, str]) -> WorkerProcess:
+        self._port, self._log_start = None, len(self.log())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iris", "--log-level", "DEBUG", "--log-format", "json",
@@ -75,6 +79,17 @@ class WorkerProcess:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        """The port the worker's HTTP server listens on, as its log says (0 until it does)."""
+        if self._port is None:
+            found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics",
+                              self.log()[self._log_start:])
+            if found is None:
+                return 0
+            self._port = int(found.group(1))
+        return self._port
 
     @property
     def base_url(self) -> str:
@@ -108,6 +123,8 @@ class WorkerProcess:
 
     async def get(self, path: str) -> tuple[int, str]:
         """GET one of the worker's HTTP endpoints; (0, reason) when it does not answer."""
+        if not self.port:
+            return 0, "not listening yet"
         try:
             async with aiohttp.ClientSession() as session, session.get(
                 self.base_url + path, timeout=aiohttp.ClientTimeout(total=2)
