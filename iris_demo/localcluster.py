@@ -44,7 +44,7 @@ def _read(f: BinaryIO) -> Reply:
     return f.read(size + 2)[:size] if kind == b"$" else [_read(f) for _ in range(size)]
 
 
-def call(port: int, *args: str, timeout: float = 2.0) -> Reply:
+def call(port: int, *args: str, timeout: float = 5.0) -> Reply:
     """One command to the node on 127.0.0.1:port."""
     _check_port(port)
     parts = [f"*{len(args)}\r\n".encode()]
@@ -269,10 +269,21 @@ class LocalCluster:
         for port in self.masters():
             call(port, "CLUSTER", "SETSLOT", str(slot), "NODE", self.node_id(to))
 
-    def _note_replicas(self, port: int) -> list[int]:
-        me = self.node_id(port)
-        self._replicas_of[port] = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
-        return self._replicas_of[port]
+    def _note_replicas(self, port: int, timeout: float = 10) -> list[int]:
+        """The replicas of the master on ``port``, as the nodes see them now (asked again for
+        up to ``timeout`` seconds while a loaded machine keeps a node from answering)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                me = self.node_id(port)
+                replicas = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
+                break
+            except (OSError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self._replicas_of[port] = replicas
+        return replicas
 
     def failover(self, port: int, timeout: float = 30) -> int:
         """A planned failover (CLUSTER FAILOVER on a replica of the master on ``port``, which
