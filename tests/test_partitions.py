@@ -188,3 +188,32 @@ async def test_batches_of_two_partitions_never_share_an_idempotency_key(
     sent = {b.payload["Users"][0]["AAM_UUID"]: b.idempotency_key for b in partner.server.received}
     assert set(sent) == {"left", "right"}
     assert sent["left"] != sent["right"], sent
+
+
+async def test_the_lag_total_sums_every_partition(redis_server, redis, stream_key, partners):
+    """``iris_stream_lag_total`` is the sum of the inbound partitions' lag (what one KEDA
+    trigger or alert can use), and each partition keeps its own ``iris_stream_lag``."""
+    from iris.runtime.worker import Worker
+    from iris.store.streams import connect, partitions
+
+    partner = await partners("423", client_secret=None)
+    config = make_config(redis_server.url, stream_key, [destination_config(partner)],
+                         partitions=2)
+    keys = inbound_keys(stream_key, 2, cluster=False)
+    worker = Worker(config)  # never started: only its scrape-time stream gauges are used
+    worker.redis = connect(config)
+    worker.all_streams = partitions(worker.redis, config)
+    worker.streams = worker.all_streams[0]
+    try:
+        for streams in worker.all_streams:
+            for key in streams.all_keys(["423"]):
+                await streams.ensure_group(key)
+        for key, count in zip(keys, (5, 3), strict=True):
+            for i in range(count):
+                await redis.xadd(key, event(f"{key}-{i}"))
+        await worker._refresh_stream_stats()
+    finally:
+        await worker.redis.aclose()
+    assert [metric(worker, "iris_stream_lag", stream=k, group=GROUP) for k in keys] == [5, 3]
+    assert worker.metrics.registry.get_sample_value(
+        "iris_stream_lag_total", {"group": GROUP}) == 8
