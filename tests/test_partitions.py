@@ -152,24 +152,30 @@ async def test_events_no_worker_reads_are_named_and_repartitioned(
         assert f"{stream_key} (1)" in warning and f"{stream_key}:{{3}} (3)" in warning
         assert f"belong in {stream_key}:{{0}} … {stream_key}:{{1}}" in warning
         assert "iris repartition" in warning
-        assert metric(worker, "iris_stream_length", stream=partition_key(stream_key, 3)) == 3
+        assert metric(worker, "iris_stream_unread", stream=partition_key(stream_key, 3)) == 3
+        assert metric(worker, "iris_stream_unread", stream=stream_key) == 1
         path = tmp_path / "iris.yaml"
         path.write_text(yaml.safe_dump(config_data(redis_server.url, stream_key, [
             {"id": "423", "url": "https://p.example/x", "user_dpid": "1", "client_id": "2"}],
             partitions=2)))
+        code, out, err = await run_cli("status", "-c", str(path))
+        assert code == 0, err
+        assert (f"{stream_key}:{{3}}: 3 entries that no worker reads (`iris repartition` moves "
+                "them into their partitions)") in out
         code, out, err = await run_cli("repartition", "-c", str(path), "--dry-run")
         assert code == 0, err
-        assert f"would move 4 event(s) into {stream_key} (2 partitions)" in out
+        assert out.endswith("would move 4 event(s) in all\n"), out
         assert await redis.xlen(stream_key) == 1  # a dry run changes nothing
         code, out, err = await run_cli("repartition", "-c", str(path))
         assert code == 0, err
-        assert f"moved 1 event(s) from {stream_key}\n" in out
-        assert f"moved 3 event(s) from {stream_key}:{{3}}\n" in out
+        into = {1: f"1 to {stream_key}:{{{partition_of('unpartitioned', 2)}}}"}
+        assert f"moved 1 event(s) from {stream_key}: {into[1]}\n" in out, out
+        assert f"moved 3 event(s) from {stream_key}:{{3}}: " in out, out
         await wait_for(lambda: len(partner.server.segment_changes()) >= 4, 20, "moved delivered")
     assert sorted(u for u, *_ in partner.server.segment_changes()) == [
         "left-1", "left-2", "left-3", "unpartitioned"]
-    assert await redis.xlen(stream_key) == 0
-    assert await redis.xlen(partition_key(stream_key, 3)) == 0
+    # emptied and deleted (a group left on an emptied stream would report a false lag)
+    assert not await redis.exists(stream_key, partition_key(stream_key, 3))
 
 
 async def test_batches_of_two_partitions_never_share_an_idempotency_key(
@@ -217,3 +223,24 @@ async def test_the_lag_total_sums_every_partition(redis_server, redis, stream_ke
     assert [metric(worker, "iris_stream_lag", stream=k, group=GROUP) for k in keys] == [5, 3]
     assert worker.metrics.registry.get_sample_value(
         "iris_stream_lag_total", {"group": GROUP}) == 8
+
+
+async def test_a_lag_is_never_more_than_the_stream_holds(redis_server, redis, stream_key):
+    """Entries deleted after the group's position and never read (what `iris repartition`
+    does to a partition it empties): Redis 7.0 goes on reporting them as lag (its entries-read
+    stays behind), here 5 on an empty stream. Nothing unread is left, so the lag iris reports
+    (metrics, ``iris status``, what KEDA's alerts and scaling read through iris) is 0."""
+    from iris.store.stats import StreamStats
+
+    await redis.xgroup_create(stream_key, GROUP, id="0", mkstream=True)
+    read = [await redis.xadd(stream_key, event(f"r{i}")) for i in range(3)]
+    await redis.xreadgroup(GROUP, "c", {stream_key: ">"})
+    await redis.xack(stream_key, GROUP, *read)
+    gone = [await redis.xadd(stream_key, event(f"g{i}")) for i in range(5)]
+    await redis.xdel(stream_key, *read, *gone)  # trimmed after reading, deleted unread
+    assert await redis.xreadgroup(GROUP, "c", {stream_key: ">"}) == []
+    [info] = await redis.xinfo_groups(stream_key)
+    assert info["lag"] == 5  # what Redis 7.0 says
+    assert await StreamStats(redis, GROUP).group_stats(stream_key) == (0, 0, 0)
+    described = await StreamStats(redis, GROUP).describe(stream_key)
+    assert described["groups"][0]["lag"] == 0

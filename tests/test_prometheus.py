@@ -43,7 +43,7 @@ EXPECTED_ALERTS = {
     "IrisStreamLagHigh", "IrisPendingStuck", "IrisDeliveryErrorRatio", "IrisDeadLetterGrowing",
     "IrisNoProgress", "IrisTokenFetchFailing", "IrisDestinationPaused", "IrisAuthRefused",
     "IrisRedisRefusesWrites", "IrisRedisUnavailable", "IrisInboundStreamGrowing",
-    "IrisOutboundBacklogGrowing",
+    "IrisOutboundBacklogGrowing", "IrisEventsUnread",
 }
 RUNBOOK_HINTS = ("iris status", "iris dlq", "partner", "token")
 NAME = re.compile(r"\b(?:iris|process|python)_[a-zA-Z0-9_]*")

@@ -36,6 +36,7 @@ class StatusReport(TypedDict):
     """What ``iris status`` shows (``--json`` prints it as is)."""
 
     streams: list[dict[str, Any]]  # ``StreamStats.describe`` of each stream
+    unread: dict[str, int]  # streams no worker reads that hold entries → how many
     dead_letters: DeadLetterSummary
 
 
@@ -140,27 +141,31 @@ async def _replay_batch(streams: Streams, batch: list[tuple[str, dict[str, str]]
 
 
 async def repartition(partitions: list[Streams], strays: list[str], *,
-                      dry_run: bool = False) -> dict[str, int]:
+                      dry_run: bool = False) -> dict[str, Counter[str]]:
     """Move the entries of ``strays`` (inbound streams no worker reads) into the partitions
     they belong in, a page at a time: added there, then deleted here (a stop between the two
-    leaves a page in both; the same events are then delivered twice). Returns how many were
-    moved from each stray stream that held any."""
+    leaves a page in both; the same events are then delivered twice), and delete each emptied
+    stream. Returns, for each stray stream that held any, how many went to each partition."""
     first = partitions[0]
-    moved: dict[str, int] = {}
+    moved: dict[str, Counter[str]] = {}
     for key in (await first.lengths(strays)):
         start = "-"
         while page := await first.page(key, start, PAGE):
             start = f"({page[-1][0]}"
-            moved[key] = moved.get(key, 0) + len(page)
-            if dry_run:
-                continue
             placed: dict[int, list[dict[str, str]]] = {}
             for _, fields in page:
                 where = partition_of(fields.get("uuid", ""), len(partitions))
                 placed.setdefault(where, []).append(fields)
+            counts = moved.setdefault(key, Counter())
+            for where, events in placed.items():
+                counts[partitions[where].inbound] += len(events)
+            if dry_run:
+                continue
             for where, events in placed.items():
                 await partitions[where].add_many(events)
             await first.remove(key, [entry_id for entry_id, _ in page])
+        if not dry_run:
+            await first.drop_if_empty(key)  # its group's counters would report a false lag
     return moved
 
 
@@ -176,9 +181,10 @@ def _escape(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-async def status(partitions: list[Streams], destination_ids: Iterable[str]) -> StatusReport:
-    """Every stream of every partition, and the dead letters of all, counted by destination
-    and reason."""
+async def status(partitions: list[Streams], destination_ids: Iterable[str],
+                 strays: list[str] | None = None) -> StatusReport:
+    """Every stream of every partition, the streams no worker reads (``strays``) that hold
+    entries, and the dead letters of all, counted by destination and reason."""
     ids = list(destination_ids)
     counts: Counter[tuple[str, str]] = Counter()
     async for _, (_, fields) in every_dead_letter(partitions):
@@ -191,6 +197,7 @@ async def status(partitions: list[Streams], destination_ids: Iterable[str]) -> S
         f"{first.keys.base}:{{0..{len(partitions) - 1}}}:dlq")
     return {
         "streams": described,
+        "unread": await first.lengths(strays or []),
         "dead_letters": {"stream": dlq, "total": sum(counts.values()),
                          "by": [{"destination": d, "reason": r, "count": n}
                                 for (d, r), n in sorted(counts.items())]},
@@ -207,6 +214,9 @@ def format_status(report: StatusReport) -> str:
             for consumer in group["consumers"]:
                 lines.append(f"    consumer {consumer['name']}: pending {consumer['pending']}, "
                              f"idle {consumer['idle_ms'] / 1000:.1f} s")
+    for key, length in report["unread"].items():
+        lines.append(f"{key}: {length} entries that no worker reads (`iris repartition` moves "
+                     "them into their partitions)")
     dlq = report["dead_letters"]
     lines.append(f"{dlq['stream']}: {dlq['total']} dead letters")
     for row in dlq["by"]:

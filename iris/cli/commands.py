@@ -57,10 +57,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from iris.cli import admin
+    from iris.store.keys import stray_inbound
 
     config = load_redis(args)
     ids = [d.id for d in config.destinations]
-    report = completed(with_partitions(config, lambda parts: admin.status(parts, ids)))
+    strays = stray_inbound(config)
+    report = completed(with_partitions(config, lambda parts: admin.status(parts, ids, strays)))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json
           else admin.format_status(report))
     return 0
@@ -107,11 +109,10 @@ def cmd_repartition(args: argparse.Namespace) -> int:
     moved = completed(with_partitions(config, lambda parts: admin.repartition(
         parts, strays, dry_run=args.dry_run)))
     verb = "would move" if args.dry_run else "moved"
-    for key, count in moved.items():
-        print(f"{verb} {count} event(s) from {key}")
-    print(f"{verb} {sum(moved.values())} event(s) into {config.stream.key}"
-          + (f" ({config.stream.partitions} partitions)" if config.stream.partitions > 1
-             else ""))
+    for key, targets in moved.items():
+        where = ", ".join(f"{n} to {target}" for target, n in sorted(targets.items()))
+        print(f"{verb} {targets.total()} event(s) from {key}: {where}")
+    print(f"{verb} {sum(t.total() for t in moved.values())} event(s) in all")
     return 0
 
 

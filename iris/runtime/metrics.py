@@ -101,6 +101,10 @@ class Metrics:
             registry=r)
         self.stream_length = Gauge(
             "iris_stream_length", "Entries the stream holds (XLEN)", ["stream"], registry=r)
+        self.stream_unread = Gauge(
+            "iris_stream_unread", "Entries of an inbound stream that no worker reads: stream.key "
+            "itself with partitions, or a partition beyond stream.partitions (iris repartition "
+            "moves them)", ["stream"], registry=r)
         self.stream_trimmed = Counter(
             "iris_stream_trimmed", "Acknowledged entries trimmed from the inbound stream",
             ["stream"], registry=r)

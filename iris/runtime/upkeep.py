@@ -51,7 +51,7 @@ class Upkeep:
         self._on_lease_lost = on_lease_lost
         self._lost: dict[str, str] = {}  # inbound stream → the last unread deletion warned about
         self._strays = list(strays)
-        self._stray_seen: dict[str, int] = {}  # stray stream → its length when last warned
+        self._stray_seen: dict[str, int] = {}  # stray stream → its length at the last look
 
     def chores(self) -> list[Chore]:
         chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease),
@@ -116,21 +116,21 @@ class Upkeep:
                     inbound, streams.group, lost[0])
 
     async def check_strays(self) -> None:
-        """Warn when a stream no worker reads holds events (again after it changed)."""
+        """Warn, at every look, while a stream no worker reads holds events; export how many
+        (``iris_stream_unread``, which IrisEventsUnread alerts on)."""
         streams = self._partitions[0][0]
         found = await streams.lengths(self._strays)
         for key in set(self._stray_seen) - set(found):
-            self._metrics.stream_length.labels(key).set(0)
-        changed = {k: n for k, n in found.items() if n and self._stray_seen.get(k) != n}
+            self._metrics.stream_unread.remove(key)
         self._stray_seen = found
         for key, length in found.items():
-            self._metrics.stream_length.labels(key).set(length)
-        if changed:
-            held = ", ".join(f"{k} ({n})" for k, n in sorted(changed.items())[:8])
+            self._metrics.stream_unread.labels(key).set(length)
+        if found:
+            held = ", ".join(f"{k} ({n})" for k, n in sorted(found.items())[:8])
             log.warning("events that no worker reads: %s%s; with stream.partitions %d they "
                         "belong in %s … %s (partition crc32(uuid) mod %d): move them there "
                         "with `iris repartition`, and make producers write there (README: "
-                        "Scaling past one Redis)", held, " and more" if len(changed) > 8 else "",
+                        "Scaling past one Redis)", held, " and more" if len(found) > 8 else "",
                         len(self._partitions), self._partitions[0][0].inbound,
                         self._partitions[-1][0].inbound, len(self._partitions))
 

@@ -71,9 +71,10 @@ def connect_cluster(config: RedisSettings) -> RedisCluster:
     every fifth MOVED made redis-py close every connection to every node, cutting short the
     commands of every partition, so resharding one partition stalled them all. Its per-node
     pool raises instead of waiting when full, so each node gets ``redis.max_connections``
-    plus room for two blocking reads per partition, or 64, whichever is more."""
+    plus room for two blocking reads per partition beyond the first, or 64, whichever is
+    more."""
     first, *others = config.redis.urls
-    per_node = max(64, config.redis.max_connections + 2 * config.stream.partitions)
+    per_node = max(64, config.redis.max_connections + 2 * (config.stream.partitions - 1))
     seeds = [ClusterNode(part.hostname or "127.0.0.1", part.port or 6379)
              for part in map(urlsplit, others)]
     return StreamsCluster.from_url(

@@ -114,9 +114,11 @@ def _cluster_client(exc: rx.RedisClusterException) -> RedisUnavailable | None:
     reachable, a seed that is no cluster node, a slot no node serves. Anything else (keys of
     several slots in one transaction) is a bug of iris's, and raised as it is."""
     text = reply_text(exc)
-    if "Cluster mode is not enabled" in text:
-        return RedisUnavailable(f"redis is not a Redis Cluster node, but redis.cluster is true "
-                                f"(set it to false, or name cluster nodes): {text}", "other")
+    if "Cluster mode is not enabled" in text:  # CLUSTER SLOTS refused, for either reason
+        return RedisUnavailable(
+            f"redis refused CLUSTER SLOTS: either it is not a Redis Cluster node and "
+            f"redis.cluster should be false, or the redis user lacks +cluster|slots: {text}",
+            "other")
     if isinstance(exc, rx.SlotNotCoveredError) or "slots are not covered" in text or (
             "could not agree" in text):
         return RedisUnavailable(f"{MEANINGS['CLUSTERDOWN']}: {text}", "CLUSTERDOWN")

@@ -120,6 +120,19 @@ end
 return #rows
 """
 
+# Delete a stream that is empty and that no group holds anything of (``iris repartition``, once
+# it moved a stray stream's entries away): XLEN and every group's pending count, then DEL, in
+# one step, so an entry a producer adds meanwhile is never deleted. 1 if deleted.
+DROP_EMPTY_STREAM = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('XLEN', KEYS[1]) ~= 0 then return 0 end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #group, 2 do
+    if group[i] == 'pending' and group[i + 1] ~= 0 then return 0 end
+  end
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 # Remove this worker's consumer from the group when it holds nothing (a clean stop).
 DROP_OWN_CONSUMER = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end

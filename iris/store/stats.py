@@ -20,18 +20,17 @@ class StreamStats:
             if not await self.redis.exists(key):
                 return {"stream": key, "length": 0, "groups": []}
             groups = []
+            length = int(await self.redis.xlen(key))
             for group in await self.redis.xinfo_groups(key):
                 consumers = await self.redis.xinfo_consumers(key, group["name"])
-                lag = group.get("lag")
-                if lag is None:
-                    lag = await self._count_after(key, group.get("last-delivered-id") or "0-0")
                 groups.append({
                     "group": group["name"], "pending": group.get("pending", 0),
-                    "lag": lag, "last_delivered": group.get("last-delivered-id"),
+                    "lag": await self._lag(key, group, length),
+                    "last_delivered": group.get("last-delivered-id"),
                     "consumers": [{"name": c["name"], "pending": c.get("pending", 0),
                                    "idle_ms": c.get("idle", 0)} for c in consumers],
                 })
-            return {"stream": key, "length": await self.redis.xlen(key), "groups": groups}
+            return {"stream": key, "length": length, "groups": groups}
 
     async def group_stats(self, key: str) -> tuple[int, int, int | None] | None:
         """(length, pending, lag) of our group on ``key``, or None when it has no such group.
@@ -47,11 +46,20 @@ class StreamStats:
                 return None
             for group in groups:
                 if group.get("name") == self.group:
-                    lag = group.get("lag")
-                    if lag is None:
-                        lag = await self._count_after(key, group.get("last-delivered-id"))
+                    lag = await self._lag(key, group, int(length))
                     return int(length), int(group.get("pending") or 0), lag
         return None
+
+    async def _lag(self, key: str, group: dict[str, object], length: int) -> int | None:
+        """The group's lag: Redis's, or counted when Redis cannot tell (None if that would
+        take a long scan). An entry not read yet is in the stream, so never more than its
+        length: Redis's count runs ahead after entries were deleted unread (``entries-read``
+        is not moved past them)."""
+        lag = group.get("lag")
+        if lag is None:
+            last = group.get("last-delivered-id")
+            lag = await self._count_after(key, str(last) if last else None)
+        return None if lag is None else min(int(str(lag)), length)
 
     async def _count_after(self, key: str, last_delivered: str | None,
                            limit: int = 10_000) -> int | None:

@@ -75,6 +75,7 @@ class Streams:
         self._drop_own = self.redis.register_script(stream_scripts.DROP_OWN_CONSUMER)
         self._hand_back = self.redis.register_script(stream_scripts.HAND_BACK)
         self._rate = self.redis.register_script(stream_scripts.TAKE_RATE)
+        self._drop_empty = self.redis.register_script(stream_scripts.DROP_EMPTY_STREAM)
 
     @property
     def partition(self) -> str:
@@ -273,8 +274,8 @@ class Streams:
                 return [str(entry_id) for entry_id in await pipe.execute()]
 
     async def lengths(self, keys: list[str]) -> dict[str, int]:
-        """XLEN of each of ``keys`` that exists: one EXISTS for all (one command on a single
-        Redis), then, only if some exist, one pipeline of XLEN."""
+        """XLEN of each of ``keys`` that holds entries: one EXISTS for all (one command on a
+        single Redis), then, only if some exist, one pipeline of XLEN."""
         with redis_errors():
             if not keys or not await self.redis.exists(*keys):
                 return {}
@@ -282,12 +283,19 @@ class Streams:
                 for key in keys:
                     pipe.xlen(key)
                 found = await pipe.execute(raise_on_error=False)
-        return {key: n for key, n in zip(keys, found, strict=True) if isinstance(n, int)}
+        return {key: n for key, n in zip(keys, found, strict=True) if isinstance(n, int) and n}
 
     async def remove(self, key: str, ids: list[str]) -> None:
         """XDEL ``ids`` from ``key``."""
         with redis_errors():
             await self.redis.xdel(key, *ids)
+
+    async def drop_if_empty(self, key: str) -> bool:
+        """Delete ``key`` if it is an empty stream no group holds anything of: its groups'
+        counters would report a lag that can never be read (Redis keeps ``entries-read``
+        behind after entries were deleted unread). True if deleted."""
+        with redis_errors():
+            return bool(await self._drop_empty(keys=[key]))
 
     async def trim(self, key: str) -> int:
         """Trim what every group of ``key`` has acknowledged; returns how many were trimmed."""

@@ -284,7 +284,7 @@ async def test_a_cluster_setting_that_does_not_match_redis_is_named(
         with WorkerProcess(data, tmp_path, "w").start() as worker:
             async def named() -> bool:
                 status, body = await worker.get("/readyz")
-                wanted = ("redis.cluster is true (set it to false" if cluster_flag
+                wanted = ("redis.cluster should be false" if cluster_flag
                           else "redis.cluster must be true for a Redis Cluster")
                 return status == 503 and wanted in body
 
