@@ -27,7 +27,7 @@ from aiohttp import web
 from redis.asyncio.cluster import RedisCluster
 
 from iris.core.partitions import inbound_keys, partition_of
-from iris_demo.localcluster import LocalCluster, info
+from iris_demo.localcluster import LocalCluster, call, info
 from iris_demo.tls import TLSMaterial
 from tests.conftest import wait_for
 from tests.faults.harness import WorkerProcess, delivered, dest_config, start_all, worker_config
@@ -351,3 +351,28 @@ async def test_commands_name_an_unreachable_cluster_in_one_line(tmp_path: Path) 
         assert code == 1, (args, err)
         assert "Traceback" not in err and "pw-s3cret" not in err + out, err
         assert "redis unreachable" in err, err
+
+
+async def test_the_documented_acl_works_on_a_cluster_and_a_missing_grant_is_named(
+    cluster: LocalCluster, stream_key: str, tmp_path: Path,
+) -> None:
+    """README's Redis user, on every node: without ``+cluster|slots`` the cluster client
+    cannot read the slot map, and the error names that grant (not only "no cluster node");
+    with it, the commands work."""
+    grants = ["+@stream", "+@scripting", "+@transaction", "+@string", "+@hash", "+@keyspace",
+              "+@connection", "+time"]
+    for port in cluster.ports:
+        call(port, "ACL", "SETUSER", "iris", "on", ">pw-acl", "~*", "-@all", *grants)
+    dest = [{"id": "423", "url": "https://p.example/x", "user_dpid": "1", "client_id": "2"}]
+    url = cluster.url.replace("redis://", "redis://iris:pw-acl@")
+    data = worker_config(url, stream_key, dest, partitions=P)
+    data["redis"]["cluster"] = True
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = await run_cli("status", "-c", str(path))
+    assert code == 1 and "lacks +cluster|slots" in err and "Traceback" not in err, err
+    for port in cluster.ports:
+        call(port, "ACL", "SETUSER", "iris", "+cluster|slots")
+    code, out, err = await run_cli("status", "-c", str(path))
+    assert code == 0, err
+    assert f"{stream_key}:{{7}}: length 0" in out
