@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypedDict
 
-from iris.core.partitions import partition_of
+from iris.core.partitions import by_partition
 from iris.core.records import DeadLetter
 from iris.store.streams import Streams
 
@@ -152,10 +152,9 @@ async def repartition(partitions: list[Streams], strays: list[str], *,
         start = "-"
         while page := await first.page(key, start, PAGE):
             start = f"({page[-1][0]}"
-            placed: dict[int, list[dict[str, str]]] = {}
-            for _, fields in page:
-                where = partition_of(fields.get("uuid", ""), len(partitions))
-                placed.setdefault(where, []).append(fields)
+            events = [fields for _, fields in page]
+            placed = {where: [events[i] for i in indexes]
+                      for where, indexes in by_partition(events, len(partitions)).items()}
             counts = moved.setdefault(key, Counter())
             for where, events in placed.items():
                 counts[partitions[where].inbound] += len(events)

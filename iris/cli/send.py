@@ -19,7 +19,7 @@ from iris.cli.shell import completed, load_redis, unknown_destination, with_part
 from iris.config.base import read_utf8
 from iris.config.model import RedisView
 from iris.core.events import parse_event
-from iris.core.partitions import inbound_keys, partition_of
+from iris.core.partitions import by_partition, inbound_keys
 from iris.errors import EventError, IrisError, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -131,12 +131,9 @@ async def _add(partitions: list[Streams], events: list[dict[str, str]]) -> list[
     """Add each event to its partition's stream (``core.partitions``); the ids, in order."""
     if len(partitions) == 1:
         return await partitions[0].add_many(events)
-    placed: dict[int, list[int]] = {}
-    for index, fields in enumerate(events):
-        placed.setdefault(partition_of(fields.get("uuid", ""), len(partitions)), []).append(index)
     ids = [""] * len(events)
     written: list[str] = []
-    for partition, indexes in placed.items():
+    for partition, indexes in by_partition(events, len(partitions)).items():
         streams = partitions[partition]
         try:
             added = await streams.add_many([events[i] for i in indexes])

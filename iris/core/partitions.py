@@ -18,6 +18,7 @@ P = 8 the events of user ``user-1`` go to partition 4, ``iris:events:{4}``.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping, Sequence
 
 MAX_PARTITIONS = 1024
 
@@ -28,6 +29,15 @@ def partition_of(uuid: str, partitions: int) -> int:
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
     return zlib.crc32(uuid.encode("utf-8", "surrogateescape")) % partitions
+
+
+def by_partition(events: Sequence[Mapping[str, str]], partitions: int) -> dict[int, list[int]]:
+    """The indexes of ``events`` (their fields) that go to each partition, in order; an event
+    without a ``uuid`` goes to partition 0 (where a worker dead-letters it as invalid)."""
+    placed: dict[int, list[int]] = {}
+    for index, fields in enumerate(events):
+        placed.setdefault(partition_of(fields.get("uuid", ""), partitions), []).append(index)
+    return placed
 
 
 def partition_key(stream_key: str, partition: int) -> str:
