@@ -12,6 +12,7 @@ from iris.core.partitions import inbound_keys, partition_of
 from iris.core.payload import aam_date
 from iris_demo.localcluster import LocalCluster
 from iris_demo.localredis import RedisProcess, free_port
+from iris_demo.partner import basic_credentials
 
-__all__ = ["LocalCluster", "RedisProcess", "aam_date", "free_port", "inbound_keys",
-           "load_config", "partition_of"]
+__all__ = ["LocalCluster", "RedisProcess", "aam_date", "basic_credentials", "free_port",
+           "inbound_keys", "load_config", "partition_of"]

@@ -19,8 +19,6 @@ through a pipe.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -31,6 +29,8 @@ from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 from aiohttp import web
+
+from benchmarks.iris_api import basic_credentials
 
 TOKEN_TTL = 3600
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -119,14 +119,8 @@ class Tokens:
 
 def _basic(header: str | None) -> tuple[str, str] | None:
     """RFC 6749 §2.3.1: Basic, base64 of ``id:secret``, each side form-encoded."""
-    scheme, _, b64 = (header or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, sep, password = base64.b64decode(b64.strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (unquote_plus(user), unquote_plus(password)) if sep else None
+    creds = basic_credentials(header)
+    return None if creds is None else (unquote_plus(creds[0]), unquote_plus(creds[1]))
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:

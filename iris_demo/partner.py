@@ -113,8 +113,9 @@ def _bearer_of(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _basic_of(header: str | None) -> tuple[str, str] | None:
-    """Plain RFC 7617 Basic (no form-decoding: that is only for OAuth client credentials)."""
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of a plain RFC 7617 Basic header, or None (no form-decoding: that is
+    only for OAuth client credentials, RFC 6749 §2.3.1, which applies it to each side)."""
     scheme, _, b64 = (header or "").strip().partition(" ")
     if scheme.lower() != "basic":
         return None
@@ -234,7 +235,7 @@ class PartnerServer:
                 self.expired_token_requests += 1
         if token is not None and self._bearer is not None and same_secret(token, self._bearer):
             return True, token
-        creds = _basic_of(header)
+        creds = basic_credentials(header)
         if creds is not None and self._basic is not None:
             ok = same_secret(creds[0], self._basic[0]) & same_secret(creds[1], self._basic[1])
             if ok:
