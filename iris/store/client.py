@@ -3,6 +3,7 @@ Cluster (redis-py's cluster client), chosen by ``redis.cluster``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
@@ -10,6 +11,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from iris.config.model import RedisSettings
 
@@ -44,13 +47,35 @@ def connect(config: RedisSettings) -> RedisClient:
     return aioredis.Redis.from_pool(pool)
 
 
-class StreamsCluster(RedisCluster):  # type: ignore[misc]  # redis-py is untyped here
-    """redis-py's cluster client, reading the keys of XREADGROUP and XREAD itself.
+class ClusterScript(AsyncScript):  # type: ignore[misc]  # redis-py is untyped here
+    """A Lua script on a cluster that a promoted replica does not know yet.
 
-    redis-py asks the server for them (COMMAND GETKEYS) before every such read, to find the
+    Redis does not replicate SCRIPT LOAD (redis/redis#14314): after a failover the new master
+    answers NOSCRIPT. redis-py then loads the script on the primaries it knows, which may not
+    include the new master yet, and its second EVALSHA fails the same way. Then the script runs
+    once by its text (EVAL), which the node that serves the key caches."""
+
+    async def __call__(self, keys: Sequence[Any] | None = None,
+                       args: Sequence[Any] | None = None, client: Any = None) -> Any:
+        try:
+            return await super().__call__(keys, args, client)
+        except NoScriptError:
+            keys = keys or []
+            return await (client or self.registered_client).eval(
+                self.script, len(keys), *keys, *(args or []))
+
+
+class StreamsCluster(RedisCluster):  # type: ignore[misc]  # redis-py is untyped here
+    """redis-py's cluster client, reading the keys of XREADGROUP and XREAD itself, and
+    running Lua scripts a promoted replica does not know yet (``ClusterScript``).
+
+    redis-py asks the server for the keys (COMMAND GETKEYS) before every such read, to find the
     slot: one more round trip per read, a third of all iris's commands on a cluster (measured
     by ``make bench``'s scale-out mode). Their keys are the first half of what follows
     ``STREAMS``."""
+
+    def register_script(self, script: str) -> ClusterScript:
+        return ClusterScript(self, script)
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         if command.upper() in ("XREADGROUP", "XREAD"):

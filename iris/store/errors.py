@@ -30,6 +30,7 @@ MEANINGS = {
     "TRYAGAIN": "redis cluster is resharding",
     "CLUSTERDOWN": "redis cluster is down",
     "MASTERDOWN": "redis lost its primary",
+    "NOSCRIPT": "redis lost iris's Lua scripts (a replica promoted, or SCRIPT FLUSH)",
     "MOVED": "redis redirected a command to another cluster node (redis.cluster must be true "
              "for a Redis Cluster; on one, a slot is moving)",
 }
@@ -41,7 +42,8 @@ _CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (rx.TryAgainError, "TRYAGAIN"),
     (rx.MasterDownError, "MASTERDOWN"),
     (rx.ClusterDownError, "CLUSTERDOWN"),
-    (rx.AskError, "MOVED"),  # and MovedError: redirections the plain client cannot follow
+    (rx.AskError, "MOVED"),
+    (rx.NoScriptError, "NOSCRIPT"),  # and MovedError: redirections the plain client cannot follow
 )
 # Replies about Redis as a whole (its state, or no answer): every command fails alike. Any other
 # reply is about one command (a key of another type, a key the ACL denies).
