@@ -12,7 +12,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.connection import HiredisRespSerializer
+from redis.exceptions import DataError, NoScriptError
+from redis.utils import HIREDIS_AVAILABLE
 
 from iris.config.model import RedisSettings
 
@@ -44,7 +46,29 @@ def connect(config: RedisSettings) -> RedisClient:
         retry=Retry(NoBackoff(), retries=0),
         health_check_interval=30,
     )
+    if HIREDIS_AVAILABLE:
+        pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+_HIREDIS = HiredisRespSerializer()
+
+
+def hiredis_packing(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` (plain, TLS or Unix socket) packing commands with hiredis's C
+    encoder, as redis-py's synchronous client does (its asyncio client packs in Python: at
+    AAM's 10-user batches, a tenth of a worker's CPU went to packing XADDs). The bytes on the
+    wire are the same. Text hiredis cannot encode (invalid UTF-8 kept as surrogates, e.g. in
+    a dead letter) is packed by redis-py's own encoder, with the pool's error handler."""
+
+    def pack_command(self: Any, *args: Any) -> list[bytes]:
+        try:
+            return _HIREDIS.pack(*args)  # type: ignore[no-any-return]
+        except (UnicodeEncodeError, DataError):
+            return connection_class.pack_command(self, *args)  # type: ignore[no-any-return]
+
+    return type(f"Hiredis{connection_class.__name__}", (connection_class,),
+                {"pack_command": pack_command})
 
 
 class ClusterScript(AsyncScript):  # type: ignore[misc]  # redis-py is untyped here
