@@ -91,10 +91,7 @@ class Batch:
     users: int
     segments: int
     events: list[tuple[str, dict[str, str]]]  # (source entry id, original fields)
-
-    @property
-    def source_ids(self) -> list[str]:
-        return list(dict.fromkeys(entry_id for entry_id, _ in self.events))
+    source_ids: list[str]  # the distinct inbound entry ids of ``events``, in order
 
     def idempotency_key(self, stream: str = "") -> str:
         """Derived from the inbound entries in the batch, so that the same events carry the
@@ -114,6 +111,7 @@ class BatchBuilder:
         self.dest = dest
         self._clock = clock
         self._envelope = envelope_size(dest.id, dest.user_dpid, dest.client_id)
+        self._max_users, self._max_bytes = dest.batch.max_users, dest.batch.max_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -131,25 +129,23 @@ class BatchBuilder:
 
     def add(self, event: Event, partner_id: str) -> list[Batch]:
         """Fold one event in; return the batches this closed (0, 1 or 2)."""
-        user = self._users.get(event.uuid)
+        users = self._users
+        user = users.get(event.uuid)
         if user is None:
-            growth = _new_user_size(event.uuid, partner_id, event) + (1 if self._users else 0)
+            growth = _new_user_size(event.uuid, partner_id, event) + (1 if users else 0)
         else:
             growth = user.growth(event, partner_id)
-        if self._users and self._size + growth > self.dest.batch.max_bytes:
+        if users and self._size + growth > self._max_bytes:
             # Close the current batch, and start the next with this event.
             return self.close() + self.add(event, partner_id)
         if user is None:
-            user = self._users[event.uuid] = _User(partner_id)
+            user = users[event.uuid] = _User(partner_id)
         user.fold(event, partner_id)
         if self.deadline is None:
             self.deadline = self._clock() + self.dest.batch.max_wait
         self._sources.add(event.id)
         self._size += growth
-        closed: list[Batch] = []
-        if len(self._users) >= self.dest.batch.max_users:
-            closed.extend(self.close())
-        return closed
+        return self.close() if len(users) >= self._max_users else []
 
     def due(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -169,13 +165,15 @@ class BatchBuilder:
         if len(body) > dest.batch.max_bytes and len(users) > 1:
             half = len(users) // 2
             return self._encode(users[:half]) + self._encode(users[half:])
+        events = [e for _, u in users for e in u.events]
         return [
             Batch(
                 destination_id=dest.id,
                 body=body,
                 users=len(users),
                 segments=sum(len(u.segments) for _, u in users),
-                events=[e for _, u in users for e in u.events],
+                events=events,
+                source_ids=list(dict.fromkeys(entry_id for entry_id, _ in events)),
             )
         ]
 

@@ -74,13 +74,6 @@ def _parse_dpuuids(raw: str) -> dict[str, str]:
     return out
 
 
-def _required(fields: dict[str, str], name: str) -> str:
-    value = fields.get(name, "").strip()
-    if not value:
-        raise EventError(f"missing {name}")
-    return value
-
-
 def _check_utf8(name: str, value: str) -> None:
     """Bytes that were not UTF-8 arrive as lone surrogates (surrogateescape): refuse them."""
     for text in (name, value):
@@ -93,33 +86,31 @@ def _check_utf8(name: str, value: str) -> None:
 
 def parse_event(entry_id: str, fields: dict[str, str]) -> Event:
     """Validate one entry; raise ``EventError`` naming the first problem."""
-    for name, value in fields.items():
-        if not (name.isascii() and value.isascii()):
+    get = fields.get
+    if not ("".join(fields).isascii() and "".join(fields.values()).isascii()):
+        for name, value in fields.items():  # one C pass above for the usual all-ASCII entry
             _check_utf8(name, value)
-    uuid = _required(fields, "uuid")
-    segment = _required(fields, "segment")
-    status = fields.get("status", "1").strip() or "1"
-    if status not in ("0", "1"):
-        raise EventError(f"status must be 0 or 1, not {status[:20]!r}")
-    ts = fields.get("ts")
-    time = parse_ts(ts) if ts else entry_time(entry_id)
-    dpuuid = fields.get("dpuuid", "").strip() or None
-    raw_dpuuids = fields.get("dpuuids")
+    uuid = get("uuid", "").strip()
+    if not uuid:
+        raise EventError("missing uuid")
+    segment = get("segment", "").strip()
+    if not segment:
+        raise EventError("missing segment")
+    status = get("status")
+    if status != "1" and status != "0":  # the usual values, as producers write them
+        status = (status or "1").strip() or "1"
+        if status not in ("0", "1"):
+            raise EventError(f"status must be 0 or 1, not {status[:20]!r}")
+    ts = get("ts")
+    when = parse_ts(ts) if ts else entry_time(entry_id)
+    dpuuid = get("dpuuid", "").strip() or None
+    raw_dpuuids = get("dpuuids")
     dpuuids = _parse_dpuuids(raw_dpuuids) if raw_dpuuids else None
     if dpuuid is None and dpuuids is None:
         raise EventError("missing dpuuid (or dpuuids)")
     regions = None
-    if raw_regions := fields.get("regions"):
+    if raw_regions := get("regions"):
         regions = tuple(r.strip() for r in raw_regions.split(",") if r.strip()) or None
-    return Event(
-        id=entry_id,
-        uuid=uuid,
-        segment=segment,
-        status=status,
-        time=time,
-        dpuuid=dpuuid,
-        dpuuids=dpuuids,
-        destination=fields.get("destination", "").strip() or None,
-        regions=regions,
-        fields=fields,
-    )
+    destination = get("destination")
+    return Event(entry_id, uuid, segment, status, when, dpuuid, dpuuids,
+                 destination.strip() or None if destination else None, regions, fields)

@@ -173,8 +173,10 @@ class Consumer:
         have it written already (``written``: recorded before a crash)."""
         event = parse_event(entry_id, fields)
         routes, skips = self._routes.route(event)
-        commit.skipped.update(skips)
-        routes = [(dest, partner_id) for dest, partner_id in routes if dest.id not in written]
+        if skips:
+            commit.skipped.update(skips)
+        if written:
+            routes = [(dest, partner_id) for dest, partner_id in routes if dest.id not in written]
         if not routes:
             commit.acks.append(entry_id)
             if written:
