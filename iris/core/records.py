@@ -50,8 +50,13 @@ class OutboundBatch:
     @classmethod
     def decode(cls, fields: Fields, fallback_key: str) -> OutboundBatch:
         """Raise ``KeyError``/``ValueError`` for a corrupt entry (it is then dead-lettered as it
-        is, after ``max_deliveries``); ``fallback_key`` serves entries written without a key."""
-        return cls(fields["body"].encode(), fields["events"].encode(), int(fields["users"]),
+        is, after ``max_deliveries``); ``fallback_key`` serves entries written without a key.
+        ``events`` is only checked to be a JSON array here: it is parsed when a dead letter or
+        a split needs it, and an entry whose array does not parse takes the same path then."""
+        events = fields["events"]
+        if not (events.startswith("[") and events.endswith("]")):  # parsed only when needed
+            raise ValueError("events is not a JSON array")
+        return cls(fields["body"].encode(), events.encode(), int(fields["users"]),
                    int(fields["segments"]), fields.get("key") or fallback_key,
                    int(fields.get("created_ms") or 0))
 

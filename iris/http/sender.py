@@ -144,6 +144,7 @@ class Sender:
         self._proxy = proxy_for(dest.url, dest.proxy)
         self._rate = rate
         self._requests = metrics.requests
+        self._by_code: dict[str, Any] = {}
         self._duration = metrics.request_duration.labels(dest.id)
         self._inflight = metrics.inflight.labels(dest.id)
 
@@ -163,11 +164,18 @@ class Sender:
         if credential is not None:
             headers["Authorization"] = credential.header
         outcome = await self._post(body, headers)
-        self._requests.labels(self.dest.id, outcome.code).inc()
+        self._count(outcome.code)
         if outcome.action is Action.REFRESH and not await self.auth.refused(
                 credential, blames_token=outcome.blames_token):
             return paused(f"{outcome.error}; waiting for a new token", None)
         return outcome
+
+    def _count(self, code: str) -> None:
+        """``iris_requests_total{destination, code}`` + 1 (each code's child looked up once)."""
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self._requests.labels(self.dest.id, code)
+        child.inc()
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> Outcome:
         """One request; a kept-alive connection the partner had closed costs nothing but a
@@ -176,7 +184,7 @@ class Sender:
             outcome, stale = await self._post_once(body, headers)
             if not stale:
                 return outcome
-            self._requests.labels(self.dest.id, STALE).inc()
+            self._count(STALE)
         return outcome
 
     async def _post_once(self, body: bytes, headers: dict[str, str]) -> tuple[Outcome, bool]:
