@@ -6,8 +6,8 @@ this module carries the steps out. A batch is then settled: XACK + XDEL after a 
 dead-lettered and acknowledged in one MULTI. A batch that is neither stays pending in Redis. At
 most ``max_in_flight`` batches are being delivered, and as many more are read ahead (held in
 memory, pending for this consumer): the rest of a slow partner's backlog waits in its stream. A
-batch with an outcome frees its slot at once; it is held only until the settler's next flush
-writes its ack (tens of milliseconds).
+batch with an outcome frees its slot at once (up to ``max_in_flight`` such batches); it is held
+only until the settler's next flush writes its ack (tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -223,7 +223,9 @@ class Publisher:
 
     def _settles(self, entry_id: str) -> None:
         """The delivery of ``entry_id`` has its outcome and waits only for its settle: its slot
-        is free for the next batch (the partner is done with this one)."""
+        is free for the next batch (the partner is done with this one). At most
+        ``max_in_flight`` deliveries wait so; the others keep their slots until their settle
+        is written, so a Redis that refuses writes (OOM) stops deliveries it cannot settle."""
         self._settling.add(entry_id)
         self._shared.ended()
 
@@ -243,7 +245,8 @@ class Publisher:
         batch = OutboundBatch.decode(fields, f"{self.dest.id}-{entry_id}")
         dead: list[DeadLetter] = []
         if await self._deliver(batch, dead):
-            self._settles(entry_id)
+            if len(self._settling) < self.dest.limits.max_in_flight:
+                self._settles(entry_id)
             await self._settle(entry_id, dead)
 
     async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter]) -> bool:

@@ -36,7 +36,7 @@ from tests.faults.harness import (
     settled,
 )
 from tests.faults.proxy import FaultProxy
-from tests.helpers import GROUP
+from tests.helpers import GROUP, equals
 
 FAULT_SECONDS = 25
 NOTABLE = ("info", "warning", "error", "critical")
@@ -439,3 +439,43 @@ async def test_clean_restarts_during_an_outage_count_no_delivery(
     assert await direct.xlen(f"{stream_key}:dlq") == 0
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
                          {partner.dest_id: sent})
+
+
+async def test_oom_with_a_backlog_stops_deliveries_it_cannot_settle(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """A delivered batch frees its in-flight slot before its settle is written, but only up to
+    ``max_in_flight`` such batches: when Redis refuses writes (OOM, while XREADGROUP still
+    works) with 40 batches waiting in the outbound stream, the worker delivers at most
+    2 × ``max_in_flight`` of them and then waits, instead of sending the whole backlog with
+    none of it acknowledged. Once Redis accepts writes, every batch arrives and is settled."""
+    partner = await partners("423")
+    gate = Gate()
+    partner.server.responder = gate
+    data = raw_config(own_redis.url, stream_key, partner, max_deliveries=100,
+                      dest=patient(batch={"max_users": 1, "max_wait": 0.05},
+                                   limits={"max_in_flight": 2}))
+    out_key = f"{stream_key}:out:{partner.dest_id}"
+    with WorkerProcess(data, tmp_path).start() as worker:
+        await wait_for(worker.ready, 20, "worker ready", worker.log)
+        backlog = await produce(direct, stream_key, "backlog", 40)
+        await wait_for(lambda: equals(direct.xlen(out_key), 40), 20, "40 batches written")
+        await wait_for(lambda: gate.refused >= 2, 10, "the first batches refused")
+        used = int((await direct.info("memory"))["used_memory"])
+        await direct.config_set("maxmemory", used // 2)
+        try:
+            gate.open = True
+            await wait_for(lambda: not_ready_naming(worker, "OOM"), 10,
+                           "/readyz 503 naming OOM", worker.log)
+            await asyncio.sleep(3)  # the fault itself: deliveries it could make meanwhile
+            during = len(delivered(partner))
+            assert 1 <= during <= 4, f"{during} batches delivered that could not be settled"
+        finally:
+            await direct.config_set("maxmemory", 0)
+        await wait_for(lambda: backlog <= delivered(partner), 30, "the whole backlog delivered",
+                       lambda: missing(partner, backlog))
+        await settled(direct, stream_key, partner.dest_id)
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: backlog})
