@@ -31,8 +31,8 @@ def _regions_size(regions: tuple[str, ...] | None) -> int:
 
 
 def _new_user_size(uuid: str, partner_id: str, event: Event) -> int:
-    return (_USER + _blen(uuid) + _blen(partner_id) + _SEGMENT + _blen(event.segment)
-            + _regions_size(event.regions))
+    size = _USER + _SEGMENT + _blen(uuid + partner_id + event.segment)
+    return size + _regions_size(event.regions) if event.regions else size
 
 
 class _User:

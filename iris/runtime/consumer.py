@@ -112,7 +112,7 @@ class Consumer:
         else:
             await self._take_recovered(
                 await self._recovery.history(history, stream.read_count), commit)
-        claimed = await self._recovery.reclaim(stream.read_count, self._held())
+        claimed = await self._recovery.reclaim(stream.read_count, self._held)
         if claimed is not None:
             await self._take_recovered(claimed, commit)
         self._close(commit, due_only=True)

@@ -147,7 +147,7 @@ class Publisher:
                 fresh += read[:take]
                 self._handed += read[take:]
         room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
-        claimed = await self._recovery.reclaim(room, self.held()) if room > 0 else None
+        claimed = await self._recovery.reclaim(room, self.held) if room > 0 else None
         if claimed is not None:
             await self._settle_recovered(claimed)
             fresh += claimed.entries

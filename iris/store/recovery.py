@@ -109,8 +109,9 @@ class Recovery:
         due = min(self._next_touch, self._next_claim) if claim else self._next_touch
         return max(0.0, due - time.monotonic())
 
-    async def reclaim(self, count: int, held: Collection[str] = ()) -> Recovered | None:
-        """Entries abandoned by other consumers, when a claim is due; else None."""
+    async def reclaim(self, count: int, held: Callable[[], Collection[str]]) -> Recovered | None:
+        """Entries abandoned by other consumers, when a claim is due; else None. ``held()``
+        names the entries the caller works on (asked only when a claim runs)."""
         now = time.monotonic()
         if now < self._next_claim:
             return None
@@ -118,7 +119,8 @@ class Recovery:
             self._key, self._config.claim_idle_ms, self._cursor, count
         )
         self._cursor, self._next_claim = cursor, now + self._claim_every
-        live = [e for e in entries if e[0] not in held]
+        ours = held()
+        live = [e for e in entries if e[0] not in ours]
         counts = await self._streams.delivery_counts(self._key, [i for i, f in live if f])
         recovered = self._sort(live, counts)
         recovered.trimmed.extend(trimmed)
