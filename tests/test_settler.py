@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from iris.config.model import parse_config
 from iris.core.records import DeadLetter
 from iris.errors import RedisUnavailable
+from iris.runtime import settler as settler_module
 from iris.runtime.health import Health
 from iris.runtime.settler import Settler
 from iris.store.permissions import check_permissions
@@ -92,6 +93,28 @@ async def test_batches_that_finish_together_are_one_transaction(
         assert await pending(redis, streams.outbound(dest)) == 0
         assert await redis.xlen(streams.outbound(dest)) == 0
     assert await redis.xlen(streams.dead_letters) == 5
+
+
+async def test_a_settle_that_holds_a_slot_is_written_without_gathering(
+    redis: aioredis.Redis, streams: Streams, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settles gather for ``GATHER_SECONDS`` (here a minute) before a flush, unless one of them
+    holds a delivery's slot (``hurry``): then the flush is written at once, with every settle
+    queued beside it, in one transaction (a 20 ms gather before every flush capped a fast
+    partner's throughput at small ``max_in_flight``)."""
+    monkeypatch.setattr(settler_module, "GATHER_SECONDS", 60.0)
+    ids = await batches(redis, streams, "a", 3)
+    before = await multis(redis)
+    settler = Settler(streams, Health().retry("settle"))
+    waiting = [asyncio.ensure_future(settler.settle(streams.outbound("a"), i, [])) for i in ids]
+    for _ in range(20):  # the loop runs the flush task: it gathers
+        await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)
+    settler.hurry()
+    await wait_for(lambda: all(w.done() for w in waiting), 5, "the hurried flush")
+    assert [w.result() for w in waiting] == [True] * 3
+    assert await multis(redis) - before == 1
+    assert await pending(redis, streams.outbound("a")) == 0
 
 
 async def test_a_settle_redis_refuses_does_not_hold_the_others(

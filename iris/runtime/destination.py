@@ -29,6 +29,7 @@ class DestinationState:
                                       dest.circuit.cooldown, on_change=self._circuit_changed)
         self.fed = asyncio.Event()  # the breaker was fed: a turn may have come
         self.in_flight = 0  # deliveries under way, every partition's publisher together
+        self.settling = 0  # deliveries with an outcome whose slot was freed before their settle
         self._wakes: list[asyncio.Event] = []  # each publisher's: a slot freed
         self.retry_report = LogDigest(
             log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
@@ -50,8 +51,28 @@ class DestinationState:
         limit = self.dest.limits.max_in_flight
         return self.breaker.capacity(limit - self.in_flight, self.in_flight)
 
+    def read_ahead(self) -> int:
+        """How many batches each publisher may read beyond its free slots: ``max_in_flight``
+        for the destination, shared among its partitions' publishers."""
+        return -(-self.dest.limits.max_in_flight // max(1, len(self._wakes)))
+
     def started(self) -> None:
         self.in_flight += 1
+
+    def settles(self) -> bool:
+        """A delivery has its outcome and waits only for its settle: True if its slot is freed
+        now (the partner is done with it). At most ``max_in_flight`` deliveries of the
+        destination wait so; the others keep their slots until their settle is written, so a
+        Redis that refuses writes stops the deliveries it cannot settle."""
+        if self.settling >= self.dest.limits.max_in_flight:
+            return False
+        self.settling += 1
+        self.ended()
+        return True
+
+    def settled(self) -> None:
+        """A delivery whose slot was freed by ``settles`` ended."""
+        self.settling -= 1
 
     def ended(self) -> None:
         """A delivery ended: wake every partition's publisher, each time another first (the

@@ -3,11 +3,14 @@
 Each batch is read from Redis and POSTed; ``policy.DeliveryPolicy`` decides, from what
 ``retry.classify`` made of each answer, whether to retry, refresh, split or dead-letter it, and
 this module carries the steps out. A batch is then settled: XACK + XDEL after a 2xx, or
-dead-lettered and acknowledged in one MULTI. A batch that is neither stays pending in Redis. At
-most ``max_in_flight`` batches are being delivered, and as many more are read ahead (held in
-memory, pending for this consumer): the rest of a slow partner's backlog waits in its stream. A
-batch with an outcome frees its slot at once (up to ``max_in_flight`` such batches); it is held
-only until the settler's next flush writes its ack (tens of milliseconds).
+dead-lettered and acknowledged in one MULTI. A batch that is neither stays pending in Redis.
+
+Per destination (all partitions together), at most ``max_in_flight`` batches are being
+delivered; a batch with an outcome frees its slot at once, and is held until its settle is
+written (tens of milliseconds, longer while Redis refuses writes), up to ``max_in_flight`` such
+batches (``DestinationState.settles``); and ``max_in_flight`` more, shared among the
+partitions' publishers, are read ahead (pending for this consumer), so that a freed slot takes
+a batch without a read of its own. The rest of a slow partner's backlog waits in its stream.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Publisher:
         self._breaker = shared.breaker
         self._tasks: dict[str, asyncio.Task[None]] = {}  # entry id → its delivery
         self._settling: set[str] = set()  # deliveries whose slot is free: waiting for a settle
-        self._handed: list[Entry] = []  # taken by the shared read, waiting for a free slot
+        self._handed: list[Entry] = []  # taken by the shared read or read ahead: for a free slot
         self._crashed: dict[str, float] = {}  # delivery died of a bug → when to try again
         self._crash_wait = stream.claim_idle_ms / 1000  # as long as a dead worker's entries
         self._delivered_segments = metrics.delivered.labels(dest.id)
@@ -141,7 +144,7 @@ class Publisher:
                 # read ahead as many as in flight: a freed slot then takes a batch without a
                 # read of its own (one XREADGROUP per batch, at 10-user batches)
                 take = free - len(fresh)
-                wanted = take + self.dest.limits.max_in_flight
+                wanted = take + self._shared.read_ahead()
                 read = await self._streams.read(self.key, wanted, None)
                 self._maybe_more = len(read) == wanted
                 fresh += read[:take]
@@ -218,16 +221,9 @@ class Publisher:
             return
         if entry_id in self._settling:
             self._settling.discard(entry_id)  # its slot was freed before its settle
+            self._shared.settled()
         else:
             self._shared.ended()  # wakes every partition's publisher: a slot is free
-
-    def _settles(self, entry_id: str) -> None:
-        """The delivery of ``entry_id`` has its outcome and waits only for its settle: its slot
-        is free for the next batch (the partner is done with this one). At most
-        ``max_in_flight`` deliveries wait so; the others keep their slots until their settle
-        is written, so a Redis that refuses writes (OOM) stops deliveries it cannot settle."""
-        self._settling.add(entry_id)
-        self._shared.ended()
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight batches finish within ``timeout``; cancel the rest (they stay pending)."""
@@ -240,16 +236,21 @@ class Publisher:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _handle(self, entry_id: str, fields: dict[str, str]) -> None:
-        """Deliver one batch entry. A corrupt entry raises: it stays pending, is reclaimed, and
-        after ``max_deliveries`` ends in the dead-letter stream."""
+        """Deliver one batch entry. An entry that does not decode raises: it stays pending, is
+        reclaimed, and after ``max_deliveries`` ends in the dead-letter stream. One whose events
+        do not parse is sent all the same (its body may be fine); if it must be dead-lettered
+        or split, it is dead-lettered as it is."""
         batch = OutboundBatch.decode(fields, f"{self.dest.id}-{entry_id}")
         dead: list[DeadLetter] = []
-        if await self._deliver(batch, dead):
-            if len(self._settling) < self.dest.limits.max_in_flight:
-                self._settles(entry_id)
+        if await self._deliver(batch, dead, (entry_id, fields)):
+            if self._shared.settles():
+                self._settling.add(entry_id)
+            else:
+                self._settler.hurry()  # our slot waits for this settle: no gathering
             await self._settle(entry_id, dead)
 
-    async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter]) -> bool:
+    async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter], entry: Entry,
+                       ) -> bool:
         """Carry out the delivery policy for one batch (or its halves): the policy decides each
         step, this only does the I/O. False if stopped before an outcome was reached."""
         retry = self.dest.retry
@@ -265,12 +266,13 @@ class Publisher:
                 raise
             decision = policy.next(outcome, probe)
             self._feed(decision.feed, probe)
-            finished = await self._step(decision.step, batch, outcome, policy.attempts, dead)
+            finished = await self._step(decision.step, batch, outcome, policy.attempts, dead,
+                                        entry)
             if finished is not None:
                 return finished
 
     async def _step(self, step: Step, batch: OutboundBatch, outcome: Outcome, attempt: int,
-                    dead: list[DeadLetter]) -> bool | None:
+                    dead: list[DeadLetter], entry: Entry) -> bool | None:
         """Do what the policy decided: True once the batch has an outcome, False if stopped,
         None to send it again."""
         match step:
@@ -280,10 +282,10 @@ class Publisher:
             case Dead(reason):
                 if reason == REDIRECTED:
                     self._redirected(outcome)
-                dead.extend(self._dead(batch.events(), reason, outcome))
+                dead.extend(self._dead(_events(batch, entry), reason, outcome))
                 return True
             case Split():
-                return await self._split(batch, dead, outcome)
+                return await self._split(batch, dead, outcome, entry)
             case Wait(seconds, retry):
                 if retry:
                     self._retrying(batch, outcome, attempt, seconds)
@@ -301,15 +303,19 @@ class Publisher:
                   delay, extra={"destination": self.dest.id, "batch_id": batch.key,
                                 "attempt": attempt, "status": outcome.code})
 
-    async def _split(self, batch: OutboundBatch, dead: list[DeadLetter],
-                     outcome: Outcome) -> bool:
-        """413: send each half with its own stable key; one user that cannot fit is dead."""
-        halves = split_in_halves(batch, self.dest)
+    async def _split(self, batch: OutboundBatch, dead: list[DeadLetter], outcome: Outcome,
+                     entry: Entry) -> bool:
+        """413: send each half with its own stable key; one user that cannot fit is dead (and
+        so is a batch whose events do not parse: they cannot be shared between halves)."""
+        try:
+            halves = split_in_halves(batch, self.dest)
+        except (ValueError, KeyError, TypeError):  # a body or events that do not parse
+            halves = []
         if not halves:
-            dead.extend(self._dead(batch.events(), TOO_LARGE, outcome))
+            dead.extend(self._dead(_events(batch, entry), TOO_LARGE, outcome))
             return True
         for half in halves:
-            if not await self._deliver(half, dead):
+            if not await self._deliver(half, dead, entry):
                 return False
         return True
 
@@ -360,3 +366,11 @@ class Publisher:
             return False
         return True
 
+
+def _events(batch: OutboundBatch, entry: Entry) -> Events:
+    """The batch's events; for an entry whose events do not parse, the entry as it is (each
+    field cut to 1,000 characters), so that it is dead-lettered, not crashed on."""
+    try:
+        return batch.events()
+    except (ValueError, TypeError):
+        return events_of(*entry)

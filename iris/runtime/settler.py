@@ -5,8 +5,10 @@ rejected one also written to the dead-letter stream, atomically. Done one batch 
 was four Redis commands per batch: at AAM's 10-user batches, most of iris's Redis work. The
 settler queues what finished and writes it in one transaction per flush, across every
 destination: each flush waits ``GATHER_SECONDS`` for the batches finishing at the same time
-(and while one is in flight, the next ones gather: group commit), so that under load a worker
-settles about fifty times a second whatever its request rate. Only the acknowledgement waits: the
+(and while one is in flight, the next ones gather: group commit), so that under load a
+worker's settler (one per partition) writes about fifty times a second whatever its request
+rate. A settle that holds a delivery slot (see ``DestinationState.settles``) is written at
+once, with those queued beside it. Only the acknowledgement waits: the
 partner has the batch already, and a crash meanwhile redelivers it with its idempotency key.
 
 A flush that Redis refuses is tried again, with the ``write`` loop's backoff, until it is
@@ -17,6 +19,7 @@ delivered again with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -48,7 +51,13 @@ class Settler:
         self._writes = writes
         self._queue: list[_Waiting] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # a queued settle holds a delivery slot: do not gather
         self.stopping = asyncio.Event()  # set: give up on flushes Redis refuses
+
+    def hurry(self) -> None:
+        """The next settle holds a delivery's slot (too many delivered batches wait for their
+        settle already): flush without waiting for others to gather."""
+        self._hurry.set()
 
     async def settle(self, key: str, entry_id: str, dead: list[DeadLetter]) -> bool:
         """Acknowledge and delete ``entry_id`` of ``key``, writing its dead letters; True once
@@ -74,7 +83,10 @@ class Settler:
         taken: list[_Waiting] = []
         try:
             while self._queue:
-                await asyncio.sleep(GATHER_SECONDS)  # let the batches finishing now join it
+                with contextlib.suppress(TimeoutError):  # let the batches finishing now join
+                    async with asyncio.timeout(GATHER_SECONDS):
+                        await self._hurry.wait()
+                self._hurry.clear()
                 taken, self._queue = self._queue, []
                 failed, error = await self._write(taken)
                 if not failed or error is None:

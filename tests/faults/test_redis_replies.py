@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from iris.core.partitions import inbound_keys
 from iris_demo.localredis import RedisProcess
 from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
@@ -36,7 +38,7 @@ from tests.faults.harness import (
     settled,
 )
 from tests.faults.proxy import FaultProxy
-from tests.helpers import GROUP, equals
+from tests.helpers import GROUP
 
 FAULT_SECONDS = 25
 NOTABLE = ("info", "warning", "error", "critical")
@@ -441,26 +443,36 @@ async def test_clean_restarts_during_an_outage_count_no_delivery(
                          {partner.dest_id: sent})
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
 async def test_oom_with_a_backlog_stops_deliveries_it_cannot_settle(
     own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
-    tmp_path: Path,
+    tmp_path: Path, partitions: int,
 ) -> None:
     """A delivered batch frees its in-flight slot before its settle is written, but only up to
-    ``max_in_flight`` such batches: when Redis refuses writes (OOM, while XREADGROUP still
-    works) with 40 batches waiting in the outbound stream, the worker delivers at most
-    2 × ``max_in_flight`` of them and then waits, instead of sending the whole backlog with
-    none of it acknowledged. Once Redis accepts writes, every batch arrives and is settled."""
+    ``max_in_flight`` such batches per destination, all partitions together: when Redis refuses
+    writes (OOM, while XREADGROUP still works) with 40 batches waiting in the outbound streams,
+    the worker delivers at most 2 × ``max_in_flight`` of them and then waits, instead of
+    sending the whole backlog with none of it acknowledged. Once Redis accepts writes, every
+    batch arrives and is settled."""
     partner = await partners("423")
     gate = Gate()
     partner.server.responder = gate
     data = raw_config(own_redis.url, stream_key, partner, max_deliveries=100,
+                      partitions=partitions,
                       dest=patient(batch={"max_users": 1, "max_wait": 0.05},
                                    limits={"max_in_flight": 2}))
-    out_key = f"{stream_key}:out:{partner.dest_id}"
+    inbound = inbound_keys(stream_key, partitions, cluster=False)
     with WorkerProcess(data, tmp_path).start() as worker:
         await wait_for(worker.ready, 20, "worker ready", worker.log)
-        backlog = await produce(direct, stream_key, "backlog", 40)
-        await wait_for(lambda: equals(direct.xlen(out_key), 40), 20, "40 batches written")
+        backlog: set[tuple[str, str]] = set()
+        for index, key in enumerate(inbound):
+            backlog |= await produce(direct, key, f"backlog{index}", 40 // partitions)
+        async def written(out_key: str) -> bool:
+            return int(await direct.xlen(out_key)) == 40 // partitions
+
+        for key in inbound:
+            out_key = f"{key}:out:{partner.dest_id}"
+            await wait_for(partial(written, out_key), 20, f"batches written to {out_key}")
         await wait_for(lambda: gate.refused >= 2, 10, "the first batches refused")
         used = int((await direct.info("memory"))["used_memory"])
         await direct.config_set("maxmemory", used // 2)
@@ -475,7 +487,10 @@ async def test_oom_with_a_backlog_stops_deliveries_it_cannot_settle(
             await direct.config_set("maxmemory", 0)
         await wait_for(lambda: backlog <= delivered(partner), 30, "the whole backlog delivered",
                        lambda: missing(partner, backlog))
-        await settled(direct, stream_key, partner.dest_id)
-    assert await direct.xlen(f"{stream_key}:dlq") == 0
-    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
-                         {partner.dest_id: backlog})
+        for key in inbound:
+            await settled(direct, key, partner.dest_id)
+            assert await direct.xlen(f"{key}:dlq") == 0
+    if partitions == 1:  # every promise: each event once, under one idempotency key
+        await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                             {partner.dest_id: backlog})
+    assert len(partner.server.segment_changes()) == 40  # each once
