@@ -98,10 +98,10 @@ async def test_batches_that_finish_together_are_one_transaction(
 async def test_a_settle_that_holds_a_slot_is_written_without_gathering(
     redis: aioredis.Redis, streams: Streams, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Settles gather for ``GATHER_SECONDS`` (here a minute) before a flush, unless one of them
-    holds a delivery's slot (``hurry``): then the flush is written at once, with every settle
-    queued beside it, in one transaction (a 20 ms gather before every flush capped a fast
-    partner's throughput at small ``max_in_flight``)."""
+    """Settles gather for ``GATHER_SECONDS`` (here a minute) before a flush, unless they hold
+    half a destination's delivery slots (``hurry``): then the flush is written at once, with
+    every settle queued beside it, in one transaction (a 20 ms gather before every flush
+    capped a fast partner's throughput at small ``max_in_flight``)."""
     monkeypatch.setattr(settler_module, "GATHER_SECONDS", 60.0)
     ids = await batches(redis, streams, "a", 3)
     before = await multis(redis)

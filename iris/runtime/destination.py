@@ -30,6 +30,7 @@ class DestinationState:
         self.fed = asyncio.Event()  # the breaker was fed: a turn may have come
         self.in_flight = 0  # deliveries under way, every partition's publisher together
         self.settling = 0  # deliveries with an outcome whose slot was freed before their settle
+        self.blocked = 0  # deliveries with an outcome that keep their slot until their settle
         self._wakes: list[asyncio.Event] = []  # each publisher's: a slot freed
         self.retry_report = LogDigest(
             log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
@@ -61,10 +62,11 @@ class DestinationState:
 
     def settles(self) -> bool:
         """A delivery has its outcome and waits only for its settle: True if its slot is freed
-        now (the partner is done with it). At most ``max_in_flight`` deliveries of the
-        destination wait so; the others keep their slots until their settle is written, so a
-        Redis that refuses writes stops the deliveries it cannot settle."""
-        if self.settling >= self.dest.limits.max_in_flight:
+        now (the partner is done with it). At most 2 × ``max_in_flight`` deliveries of the
+        destination wait so (two settler flushes' worth at the full rate); the others keep
+        their slots until their settle is written, so a Redis that refuses writes stops the
+        deliveries it cannot settle."""
+        if self.settling >= 2 * self.dest.limits.max_in_flight:
             return False
         self.settling += 1
         self.ended()

@@ -7,8 +7,8 @@ dead-lettered and acknowledged in one MULTI. A batch that is neither stays pendi
 
 Per destination (all partitions together), at most ``max_in_flight`` batches are being
 delivered; a batch with an outcome frees its slot at once, and is held until its settle is
-written (tens of milliseconds, longer while Redis refuses writes), up to ``max_in_flight`` such
-batches (``DestinationState.settles``); and ``max_in_flight`` more, shared among the
+written (tens of milliseconds, longer while Redis refuses writes), up to 2 × ``max_in_flight``
+such batches (``DestinationState.settles``); and ``max_in_flight`` more, shared among the
 partitions' publishers, are read ahead (pending for this consumer), so that a freed slot takes
 a batch without a read of its own. The rest of a slow partner's backlog waits in its stream.
 """
@@ -242,12 +242,19 @@ class Publisher:
         or split, it is dead-lettered as it is."""
         batch = OutboundBatch.decode(fields, f"{self.dest.id}-{entry_id}")
         dead: list[DeadLetter] = []
-        if await self._deliver(batch, dead, (entry_id, fields)):
-            if self._shared.settles():
-                self._settling.add(entry_id)
-            else:
-                self._settler.hurry()  # our slot waits for this settle: no gathering
+        if not await self._deliver(batch, dead, (entry_id, fields)):
+            return
+        if self._shared.settles():
+            self._settling.add(entry_id)
             await self._settle(entry_id, dead)
+            return
+        self._shared.blocked += 1  # this slot waits for the settle
+        try:
+            if 2 * self._shared.blocked >= self.dest.limits.max_in_flight:
+                self._settler.hurry()  # half the slots wait: no gathering
+            await self._settle(entry_id, dead)
+        finally:
+            self._shared.blocked -= 1
 
     async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter], entry: Entry,
                        ) -> bool:

@@ -7,9 +7,10 @@ settler queues what finished and writes it in one transaction per flush, across 
 destination: each flush waits ``GATHER_SECONDS`` for the batches finishing at the same time
 (and while one is in flight, the next ones gather: group commit), so that under load a
 worker's settler (one per partition) writes about fifty times a second whatever its request
-rate. A settle that holds a delivery slot (see ``DestinationState.settles``) is written at
-once, with those queued beside it. Only the acknowledgement waits: the
-partner has the batch already, and a crash meanwhile redelivers it with its idempotency key.
+rate. When settles hold half a destination's delivery slots (see
+``DestinationState.settles``), the flush is written at once, with every settle queued beside
+it. Only the acknowledgement waits: the partner has the batch already, and a crash meanwhile
+redelivers it with its idempotency key.
 
 A flush that Redis refuses is tried again, with the ``write`` loop's backoff, until it is
 written or the worker stops; a batch not written by then stays pending in Redis, and is
@@ -51,12 +52,12 @@ class Settler:
         self._writes = writes
         self._queue: list[_Waiting] = []
         self._flushing: asyncio.Task[None] | None = None
-        self._hurry = asyncio.Event()  # a queued settle holds a delivery slot: do not gather
+        self._hurry = asyncio.Event()  # queued settles hold delivery slots: do not gather
         self.stopping = asyncio.Event()  # set: give up on flushes Redis refuses
 
     def hurry(self) -> None:
-        """The next settle holds a delivery's slot (too many delivered batches wait for their
-        settle already): flush without waiting for others to gather."""
+        """Settles hold half a destination's delivery slots (too many delivered batches wait
+        for their settle already): flush without waiting for others to gather."""
         self._hurry.set()
 
     async def settle(self, key: str, entry_id: str, dead: list[DeadLetter]) -> bool:
