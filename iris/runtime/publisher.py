@@ -139,7 +139,9 @@ class Publisher:
             if self._history.done:
                 self.wants_changed.set()
         else:
-            fresh, self._handed = self._handed[:free], self._handed[free:]
+            fresh = await self._reclaimed(free)  # abandoned batches first: they are the oldest
+            take = free - len(fresh)
+            fresh, self._handed = fresh + self._handed[:take], self._handed[take:]
             if len(fresh) < free and self._maybe_more:
                 # read ahead as many as in flight: a freed slot then takes a batch without a
                 # read of its own (one XREADGROUP per batch, at 10-user batches)
@@ -149,13 +151,22 @@ class Publisher:
                 self._maybe_more = len(read) == wanted
                 fresh += read[:take]
                 self._handed += read[take:]
+            self._dispatch_within_limit(fresh)
+            return bool(fresh) and (self._maybe_more or bool(self._handed))
         room = free - len(fresh)  # reclaimed batches share the max_in_flight bound
-        claimed = await self._recovery.reclaim(room, self.held) if room > 0 else None
-        if claimed is not None:
-            await self._settle_recovered(claimed)
-            fresh += claimed.entries
+        if room > 0:
+            fresh += await self._reclaimed(room)
         self._dispatch_within_limit(fresh)
         return bool(fresh) and (not self._history.done or self._maybe_more or bool(self._handed))
+
+    async def _reclaimed(self, room: int) -> list[Entry]:
+        """Up to ``room`` batches other consumers abandoned (or handed back at their stop), when
+        a claim is due: trimmed ones acknowledged, those delivered too often dead-lettered."""
+        claimed = await self._recovery.reclaim(room, self.held)
+        if claimed is None:
+            return []
+        await self._settle_recovered(claimed)
+        return claimed.entries
 
     async def _idle(self) -> None:
         """Wait for a free slot, handed entries, the end of a pause or a cool-down, or a chore

@@ -118,7 +118,9 @@ class Recovery:
         cursor, entries, trimmed = await self._streams.claim(
             self._key, self._config.claim_idle_ms, self._cursor, count
         )
-        self._cursor, self._next_claim = cursor, now + self._claim_every
+        # a full page: more abandoned entries wait, claimed at the caller's next round
+        self._cursor = cursor
+        self._next_claim = now if cursor != "-" else now + self._claim_every
         ours = held()
         live = [e for e in entries if e[0] not in ours]
         counts = await self._streams.delivery_counts(self._key, [i for i, f in live if f])

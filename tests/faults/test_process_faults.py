@@ -442,6 +442,58 @@ async def test_sigterm_during_slow_partner_call(
     assert recovered_in < 30
 
 
+async def test_batches_handed_back_at_a_stop_go_before_the_backlog(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """Two workers share a backlog of 120 one-user batches for a slow partner (0.1 s a
+    request, 2 in flight each). The first is stopped (SIGTERM, 0.3 s to drain): what it held
+    and had not delivered (read ahead, or in flight past the drain) is handed back, pending
+    under its name. The second takes those over at its next claim, before the rest of the
+    backlog: all are settled while most of the backlog still waits. (A worker with a backlog
+    took them over only once its own reads ran dry: minutes, in an operator's trial.)"""
+    partner = await partners("423")
+    partner.server.responder = SlowPartner(0.1)
+    dest = destination_config(partner, timeout=0.9, limits={"max_in_flight": 2},
+                              batch={"max_users": 1, "max_wait": 0.05},
+                              retry={"base_delay": 0.05, "max_delay": 0.5})
+    out_key = f"{stream_key}:out:423"
+
+    def config(consumer: str) -> dict[str, Any]:
+        return worker_config(redis_server.url, stream_key, [dest], consumer=consumer,
+                             claim_idle_ms=1000, shutdown_timeout=0.3)
+
+    backlog = [(f"h{i:03d}", "s1") for i in range(120)]
+    with WorkerProcess(config("h1"), tmp_path, "h1") as h1, \
+            WorkerProcess(config("h2"), tmp_path, "h2") as h2:
+        await started(h1)
+        await started(h2)
+        await produce(redis, stream_key, backlog)
+        await wait_for(lambda: len(delivered(partner)) >= 10, 20, "deliveries under way")
+        h1.signal(signal.SIGTERM)
+        assert await exit_code(h1, 10) == 0, h1.log()[-3000:]
+        rows = await redis.xpending_range(out_key, GROUP, min="-", max="+", count=1000,
+                                          consumername="h1")
+        handed = [row["message_id"] for row in rows]
+        assert handed, "the stopped worker handed nothing back: nothing to take over"
+
+        async def taken_over() -> bool:
+            left = [i for i in handed if await redis.xrange(out_key, i, i)]
+            return not left  # each one delivered and settled (deleted)
+
+        await wait_for(taken_over, 30, "the handed-back batches settled",
+                       lambda: h2.log()[-2000:])
+        waiting = await redis.xlen(out_key)
+        assert waiting >= 20, (f"{len(handed)} handed-back batches taken over only with "
+                               f"{waiting} of the backlog left")
+        await everything_settled(redis, partner, set(backlog), [stream_key, out_key], h2)
+        await check_promises(redis, stream_key, GROUP, {"423": partner.server},
+                             {"423": set(backlog)})
+        assert_log_clean(h2, partner)
+    print(f"\nhand-back: {len(handed)} batches handed back, taken over with {waiting} of the "
+          f"backlog still waiting")
+
+
 # --------------------------------------------------------------------------- quiet SIGTERM
 
 
