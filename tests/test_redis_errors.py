@@ -51,6 +51,8 @@ TABLE = [  # (what redis-py raises, reply label, start of the reason /readyz sho
     (rx.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused."),
      "connection", "redis unreachable: ConnectionError: Error 111"),
     (rx.MaxConnectionsError("Too many connections"), "connection", "redis unreachable"),
+    (rx.AuthenticationError("invalid username-password pair or user is disabled."), "connection",
+     "redis refused the credentials of redis.url (user or password): invalid username"),
     (rx.TimeoutError("Timeout reading from socket"), "timeout", "redis did not answer in time"),
     (ConnectionResetError(104, "Connection reset by peer"), "connection",
      "redis unreachable: ConnectionResetError"),
@@ -71,6 +73,21 @@ def test_a_bug_is_not_translated() -> None:
     assert translate(ValueError("not a redis error")) is None
     with pytest.raises(rx.DataError), redis_errors():
         raise rx.DataError("invalid input: a bug of iris's, not Redis's answer")
+
+
+async def test_wrong_credentials_are_named_as_such(redis_server: RedisProcess) -> None:
+    """A password the server refuses (WRONGPASS) is not "unreachable": the reason names the
+    credentials of ``redis.url``, and never the password itself."""
+    url = redis_server.url.replace("redis://", "redis://nobody:not-the-pw-7431@")
+    client = aioredis.Redis.from_url(url)
+    try:
+        with pytest.raises(RedisUnavailable) as caught, redis_errors():
+            await client.ping()
+    finally:
+        await client.aclose()
+    reason = str(caught.value)
+    assert reason.startswith("redis refused the credentials of redis.url"), reason
+    assert "not-the-pw-7431" not in reason
 
 
 async def test_real_replies() -> None:

@@ -105,6 +105,9 @@ def translate(exc: BaseException) -> RedisUnavailable | None:
         return RedisUnavailable(f"{meaning}: {detail}", code)
     if isinstance(exc, rx.TimeoutError | TimeoutError):
         return RedisUnavailable(f"redis did not answer in time ({type(exc).__name__})", "timeout")
+    if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
+        return RedisUnavailable(f"redis refused the credentials of redis.url (user or password): "
+                                f"{reply_text(exc)}")  # reachable: not a network problem
     if isinstance(exc, rx.ConnectionError | rx.InvalidResponse | OSError):
         text = reply_text(exc)
         return RedisUnavailable(f"redis unreachable: {type(exc).__name__}: {text}")
