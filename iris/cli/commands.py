@@ -9,6 +9,7 @@ imports what it runs when it runs, so that ``iris --help`` and ``iris status`` s
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ from iris.errors import IrisError
 if TYPE_CHECKING:
     from iris.store.streams import Streams
 
+log = logging.getLogger("iris.runtime.worker")  # with the worker's own start and stop lines
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from iris.runtime.worker import Worker, tune_gc
@@ -39,9 +42,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load(args)
     worker = Worker(config)
     tune_gc()
+    signals = 0
+
+    def on_signal() -> None:
+        """SIGTERM/SIGINT: say what happens now (an operator otherwise sees nothing until
+        ``stopped``, up to ``shutdown_timeout`` later)."""
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping: deliveries in flight get up to %g s (shutdown_timeout); a "
+                     "second signal stops at once", config.shutdown_timeout)
+        else:
+            log.warning("stopping at once (second signal): batches in flight stay pending, "
+                        "to be delivered again with the same idempotency keys")
+        worker.request_stop()
 
     async def serve(on_stop: OnStop) -> None:
-        on_stop(worker.request_stop)
+        on_stop(on_signal)
         await worker.run()
 
     run_async(serve)

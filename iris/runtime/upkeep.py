@@ -10,6 +10,8 @@
   their length, so events a producer put in the wrong place are never silently left there.
 - Idle consumers: remove consumers that hold nothing and have been idle for
   ``idle_consumer_ms`` (replicas that are gone), so ``iris status`` stays short.
+- Log summaries: write the sums of retries and dead letters that a burst left unsaid
+  (``core.log_digest``), every 10 s.
 
 A chore that fails is tried again at its next turn: a Redis fault is reported (readiness) and
 a bug logged, and neither stops it.
@@ -23,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from iris.config.model import StreamConfig
+from iris.core.log_digest import EVERY as DIGEST_EVERY
+from iris.core.log_digest import flush_due
 from iris.errors import RedisUnavailable
 from iris.runtime.health import Health
 from iris.runtime.metrics import Metrics
@@ -55,7 +59,8 @@ class Upkeep:
 
     def chores(self) -> list[Chore]:
         chores: list[Chore] = [("lease", RENEW_EVERY, self.renew_lease),
-                               ("stray streams", STRAY_EVERY, self.check_strays)]
+                               ("stray streams", STRAY_EVERY, self.check_strays),
+                               ("log summaries", DIGEST_EVERY, self.flush_log_summaries)]
         if self._config.trim:
             chores.append(("trim", self._config.trim_interval_ms / 1000, self.trim))
         every = min(60.0, self._config.idle_consumer_ms / 2000)
@@ -79,6 +84,10 @@ class Upkeep:
                 log.exception("upkeep chore %r failed; trying again in %.0f s", name, every)
                 continue
             retry.ok()
+
+    @staticmethod
+    async def flush_log_summaries() -> None:
+        flush_due()
 
     async def renew_lease(self) -> None:
         if not await self._lease.renew():

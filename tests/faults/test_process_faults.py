@@ -494,6 +494,40 @@ async def test_batches_handed_back_at_a_stop_go_before_the_backlog(
           f"backlog still waiting")
 
 
+async def test_each_stop_signal_says_what_happens_now(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+    tmp_path: Path,
+) -> None:
+    """The first SIGTERM logs that deliveries in flight get up to ``shutdown_timeout``; a
+    second one, while a 2 s partner call is under way, logs that the worker stops at once and
+    what becomes of the batch in flight (pending, delivered again under its key), and the
+    process ends before the call would have. (An operator's trial saw nothing until "stopped",
+    and nothing at all after a second signal.)"""
+    partner = await partners("423")
+    slow = SlowPartner(2.0)
+    partner.server.responder = slow
+    dest = destination_config(partner, timeout=3, batch={"max_users": 10, "max_wait": 0.1})
+    data = worker_config(redis_server.url, stream_key, [dest], consumer="signals",
+                         claim_idle_ms=3500, shutdown_timeout=10)
+    with WorkerProcess(data, tmp_path, "signals") as proc:
+        await started(proc)
+        await produce(redis, stream_key, [("sig-1", "s1")])
+        await wait_for(lambda: slow.in_flight >= 1, 10, "a batch in the partner's hands")
+        proc.signal(signal.SIGTERM)
+        await wait_for(lambda: "stopping: deliveries in flight get up to 10 s" in proc.log(), 5,
+                       "the first signal's line", proc.log)
+        proc.signal(signal.SIGTERM)
+        assert await exit_code(proc, 5) is not None
+        records = [json.loads(line) for line in proc.log().splitlines()]
+    said = [(r["level"], r["message"]) for r in records if r["message"].startswith("stopping")]
+    assert said == [
+        ("info", "stopping: deliveries in flight get up to 10 s (shutdown_timeout); a second "
+                 "signal stops at once"),
+        ("warning", "stopping at once (second signal): batches in flight stay pending, to be "
+                    "delivered again with the same idempotency keys")], said
+    assert await pending_of(redis, f"{stream_key}:out:423") == {"signals": 1}
+
+
 # --------------------------------------------------------------------------- quiet SIGTERM
 
 
