@@ -16,5 +16,11 @@ def say(text: str = "") -> None:
     print(text, file=sys.stderr if _quiet else sys.stdout, flush=True)
 
 
+def table_head(head: str) -> None:
+    """A table's column heads, and a rule under them as wide."""
+    say(head)
+    say("-" * len(head))
+
+
 def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ import platform
 from typing import Any
 
 from benchmarks.bench import Bench
-from benchmarks.console import say
+from benchmarks.console import say, table_head
 from benchmarks.scale_out import print_scale_out
 
 PEERS = {1000: ("iris", "faststream"), 10: ("aam10", "faststream10")}  # max_users: phases
@@ -148,8 +148,7 @@ def _print_phases(phases: dict[str, dict[str, Any]]) -> None:
     head = (f"{'phase':<27}{'events':>9}{'secs':>7}{'events/s':>10}{'req/s':>8}{'users/req':>10}"
             f"{'RSS MB':>7}  {'CPU% worker':>11}{'partner':>9}{'redis':>8}{'bench':>8}"
             f"{'others':>7}{'all':>5}")
-    say(head)
-    say("-" * len(head))
+    table_head(head)
     for name, p in phases.items():
         label = LABELS.get(name, f"iris max_users 1000, K={p.get('workers')}")
         rss = p.get("max_rss_mb")
@@ -180,8 +179,7 @@ def print_comparison(rows: list[dict[str, Any]]) -> None:
     head = (f"{'max_users':>9}  {'pipeline':<11}{'events':>9}{'events/s':>10}{'from ready':>12}"
             f"{'iris/peer':>11}{'worker CPU s':>14}{'events/CPU-s':>14}{'redis CPU s':>13}"
             f"{'cmds/event':>12}")
-    say(head)
-    say("-" * len(head))
+    table_head(head)
     for row in rows:
         for side, label in (("iris", "iris"), ("faststream", "FastStream")):
             s = row[side]

@@ -28,7 +28,7 @@ import redis.cluster
 import yaml
 
 from benchmarks.bench import GROUP, STREAM_KEY, Bench, PhaseFailed
-from benchmarks.console import progress, say
+from benchmarks.console import progress, say, table_head
 from benchmarks.iris_api import LocalCluster, inbound_keys, load_config, partition_of
 from benchmarks.phases import THROUGHPUT_MAX_WAIT, _throughput_result
 from benchmarks.phases import phase_throughput as phase_single
@@ -250,8 +250,7 @@ def print_scale_out(result: dict[str, Any]) -> None:
     head = (f"{'setup':<9}{'workers':>8}{'parts':>6}{'events/s':>10}{'from ready':>12}"
             f"{'worker CPU s':>14}{'partner CPU s':>15}{'redis CPU s':>13}  "
             f"{'per server CPU s':<22}{'cmds/event':>11}")
-    say(head)
-    say("-" * len(head))
+    table_head(head)
     for r in result["rows"]:
         ready = r["events_per_s_after_ready"]
         per = "/".join(f"{s:.2f}" for s in r["redis_cpu_s_per_server"].values())
