@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # imported when a command runs: ``iris --help`` stays light
     from iris.store.streams import Streams
 
 T = TypeVar("T")
-# ``on_stop(callback)``: call ``callback`` at the first SIGTERM or SIGINT
+# ``on_stop(callback)``: call ``callback`` at each SIGTERM or SIGINT (the second also cuts the
+# command short)
 OnStop = Callable[[Callable[[], None]], None]
 
 

@@ -71,10 +71,6 @@ class Partition:
     settler: Settler
     publishers: list[Publisher] = field(default_factory=list)
 
-    def keys(self, destination_ids: list[str]) -> list[str]:
-        """Its inbound stream, then each destination's outbound stream."""
-        return self.streams.all_keys(destination_ids)
-
 
 class Worker:
     def __init__(self, config: Config) -> None:
@@ -143,7 +139,7 @@ class Worker:
         await self._stages.start(Hook("deliveries", self._drain))
         await self._stages.start(self._publishing())
         ids = self._destination_ids()
-        upkeep = Upkeep([(p.streams, p.keys(ids)) for p in self.partitions], self.lease,
+        upkeep = Upkeep([(p.streams, p.streams.all_keys(ids)) for p in self.partitions], self.lease,
                         self.config.stream, self.metrics, self.health,
                         on_lease_lost=self._lost_lease, strays=stray_inbound(self.config))
         with contextlib.suppress(RedisUnavailable):  # events dropped while no worker ran
