@@ -11,7 +11,7 @@ from iris.cli.login import login
 from iris.config.auth import OAuth2Base
 from iris.config.model import Destination
 from iris.errors import IrisError, RedisUnavailable, TokenError
-from iris.http.sender import make_session
+from iris.http.sender import make_session, tls_context
 from iris.runtime.metrics import Metrics
 from iris.runtime.wiring import SharedTokens, make_token_manager
 
@@ -32,7 +32,7 @@ async def describe(dest: Destination, shared: SharedTokens, metrics: Metrics,
     """One line about ``dest``'s token; raises ``TokenError`` when none can be had."""
     if not isinstance(dest.auth, OAuth2Base):
         return f"{dest.id}: {STATIC[dest.auth.type]}; nothing to fetch"
-    async with make_session(dest) as session:
+    async with make_session(dest, tls_context(dest)) as session:
         manager = make_token_manager(dest, session, metrics, shared)
         try:
             stored = await manager.current(fresh=fresh)

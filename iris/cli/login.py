@@ -25,7 +25,7 @@ from iris.auth.tokens import schedule
 from iris.config.auth import AuthorizationCodeAuth
 from iris.config.model import Destination
 from iris.errors import IrisError, TokenError
-from iris.http.sender import make_session
+from iris.http.sender import make_session, tls_context
 from iris.http.token_endpoint import TokenEndpoint
 from iris.runtime.wiring import SharedTokens, make_store
 from iris.store.tokens import StoredToken
@@ -140,7 +140,7 @@ async def _exchange(dest: Destination, auth: AuthorizationCodeAuth, shared: Shar
     """Exchange the code exactly once (a code is single use: no retry) and store the result."""
     requests = StandardRequests(auth)
     started = time.time()
-    async with make_session(dest) as session:
+    async with make_session(dest, tls_context(dest)) as session:
         answer = await TokenEndpoint(session, dest.timeout,
                                      proxy=dest.proxy).send(
             requests.code(code, auth.redirect_uri, verifier))

@@ -23,29 +23,48 @@ _SOCKET_CAUSES = {
 }
 
 
+SERVER_CLOSED = "the server closed the connection before answering"
+CUT_SHORT = "the answer was cut short"
+
+
+def certificate_refused(host: str, port: int | None, cause: BaseException) -> str:
+    """The partner's certificate failed verification (``ssl.SSLCertVerificationError``)."""
+    reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+    return f"TLS certificate of {host}:{port} refused: {reason or type(cause).__name__}"
+
+
+def handshake_failed(host: str, port: int | None, cause: OSError) -> str:
+    return f"TLS handshake with {host}:{port} failed: {_ssl_reason(cause)}"
+
+
+def dns_failed(host: str) -> str:
+    return f"DNS lookup of {host} failed"
+
+
+def cannot_connect(host: str, port: int | None, cause: OSError) -> str:
+    return f"cannot connect to {host}:{port}: {socket_cause(cause)}"
+
+
 def describe(exc: BaseException) -> str:
     """One line naming the cause and the host:port of a failed request."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cause = exc.certificate_error
-        reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
-        return (f"TLS certificate of {exc.host}:{exc.port} refused: "
-                f"{reason or type(cause).__name__}")
+        return certificate_refused(exc.host, exc.port, exc.certificate_error)
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return f"TLS handshake with {exc.host}:{exc.port} failed: {_ssl_reason(exc.os_error)}"
+        return handshake_failed(exc.host, exc.port, exc.os_error)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"DNS lookup of {exc.host} failed"
+        return dns_failed(exc.host)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return f"proxy {exc.host}:{exc.port} unreachable: {_socket_cause(exc.os_error)}"
+        return f"proxy {exc.host}:{exc.port} unreachable: {socket_cause(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {_socket_cause(exc.os_error)}"
+        return cannot_connect(exc.host, exc.port, exc.os_error)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return f"proxy refused the connection: HTTP {exc.status} {exc.message}"[:160]
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection before answering"
+        return SERVER_CLOSED
     if isinstance(exc, aiohttp.ClientOSError):
-        return _socket_cause(exc)
+        return socket_cause(exc)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut short"
+        return CUT_SHORT
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid URL"
     return type(exc).__name__
@@ -59,7 +78,8 @@ def is_stale_connection(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError)
 
 
-def _socket_cause(exc: OSError) -> str:
+def socket_cause(exc: OSError) -> str:
+    """The socket error in words ("connection refused"), else its text."""
     return _SOCKET_CAUSES.get(exc.errno or 0) or exc.strerror or type(exc).__name__
 
 

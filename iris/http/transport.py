@@ -1,0 +1,286 @@
+"""POST a batch over a kept-alive HTTP/1.1 connection: asyncio's transports (TLS included) carry
+it, httptools (llhttp, the parser of Node.js) reads the answer (RFC 9112).
+
+Why not aiohttp's ``ClientSession``, which iris uses for everything else (token requests,
+proxies): it spends ~190 µs of CPU per POST, this ~60 µs (measured, ``docs/performance.md``),
+and at 10-user batches the POST is the largest part of iris's work. The sender uses this only
+where no proxy applies.
+
+Per destination, a pool of at most ``limit`` connections. A connection carries one request at
+a time; it goes back to the pool only after a whole answer that lets it stay open, and is not
+taken again once idle for ``KEEPALIVE_SECONDS`` (partners close idle connections; losing that
+race is the stale-connection case, ``RequestFailed.stale``) or ``DNS_CACHE_SECONDS`` after it
+opened, so that a partner's DNS change is followed under steady traffic (the host name is
+resolved for each new connection). A request that times out or is cancelled closes its
+connection: an answer that comes late can never be read as another request's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+from yarl import URL
+
+from iris.http.errors import (
+    CUT_SHORT,
+    SERVER_CLOSED,
+    cannot_connect,
+    certificate_refused,
+    dns_failed,
+    handshake_failed,
+    socket_cause,
+)
+
+KEEPALIVE_SECONDS = 15.0  # as aiohttp's connector
+DNS_CACHE_SECONDS = 30.0
+CONNECT_SECONDS = 10.0  # at most; less when the destination's timeout is shorter
+ANSWER_MAX_BYTES = 4096  # of a refusal's body, kept for its error text (DESIGN 4.3)
+_RAW_MAX_BYTES = 65536  # of a compressed refusal's body
+_NO_BODY = (204, 304)
+
+
+class RequestFailed(Exception):
+    """The request got no whole answer. ``str()`` says why in an operator's words; ``stale``:
+    it went out on a kept-alive connection the partner had already closed (nothing of an answer
+    came), so sending it again on a new connection costs no attempt."""
+
+    def __init__(self, description: str, *, stale: bool = False) -> None:
+        super().__init__(description)
+        self.stale = stale
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A partner's answer: its status, its headers (names in lower case; the last of repeated
+    ones) and, for a status outside 2xx, up to ``ANSWER_MAX_BYTES`` of its body, decompressed."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One connection and the answer it waits for (httptools calls the ``on_*`` methods)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._answer: asyncio.Future[Answer] | None = None
+        self._reused = False
+        self._status = 0
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+        self._keep_body = False
+        self._until_close = False  # the body ends when the partner closes (no length given)
+        self._started = False  # a byte of the answer came
+        self._keep_alive = False  # the last answer lets the connection carry another request
+        self.lost = False
+        self.opened = loop.time()
+        self.idle_since = self.opened
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer is None:  # bytes no request asked for: never trust this connection
+            self.close()
+            return
+        self._started = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(RequestFailed(f"the answer is not valid HTTP/1.1 ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close: a half-closed connection is of no further use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._answer is None or self._answer.done():
+            return
+        if exc is None and self._until_close:
+            self._complete()
+        elif isinstance(exc, OSError):
+            self._fail(RequestFailed(socket_cause(exc)))
+        elif self._started:
+            self._fail(RequestFailed(CUT_SHORT))
+        else:
+            self._fail(RequestFailed(SERVER_CLOSED, stale=self._reused))
+
+    # httptools
+
+    def on_message_begin(self) -> None:
+        if self._answer is None or self._answer.done():  # a second answer to one request
+            self.close()
+        self._headers = {}
+        self._body.clear()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        status = self._status = self._parser.get_status_code()
+        self._keep_body = not 200 <= status < 300
+        self._until_close = (status >= 200 and status not in _NO_BODY
+                             and "content-length" not in self._headers
+                             and "chunked" not in self._headers.get("transfer-encoding", ""))
+
+    def on_body(self, body: bytes) -> None:
+        if self._keep_body and len(self._body) < _RAW_MAX_BYTES:
+            self._body += body[:_RAW_MAX_BYTES - len(self._body)]
+
+    def on_message_complete(self) -> None:
+        if self._status < 200:  # 100 Continue and other interim answers: the answer follows
+            return
+        self._until_close = False
+        self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it after this
+        self._complete()
+
+    # the request
+
+    async def exchange(self, request: bytes, *, reused: bool) -> Answer:
+        """Send ``request``; its answer. Raises ``RequestFailed``."""
+        assert self.transport is not None
+        if self.transport.is_closing():
+            raise RequestFailed(SERVER_CLOSED, stale=reused)
+        self._reused, self._started, self._status, self._keep_alive = reused, False, 0, False
+        self._answer = self._loop.create_future()
+        self.transport.write(request)
+        try:
+            return await self._answer
+        finally:
+            self._answer = None
+            self.idle_since = self._loop.time()
+
+    def reusable(self, now: float) -> bool:
+        """Whether the connection may carry another request now."""
+        return (not self.lost and self.transport is not None and not self.transport.is_closing()
+                and self._keep_alive
+                and not self.transport.get_write_buffer_size()  # answered before all was sent
+                and now - self.idle_since < KEEPALIVE_SECONDS
+                and now - self.opened < DNS_CACHE_SECONDS)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _complete(self) -> None:
+        assert self._answer is not None
+        if not self._answer.done():
+            body = _decoded(bytes(self._body), self._headers.get("content-encoding", ""))
+            self._answer.set_result(Answer(self._status, self._headers, body))
+
+    def _fail(self, exc: RequestFailed) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(exc)
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """A refusal's body, gzip or deflate undone (we ask for gzip); as it came if it does not
+    decompress."""
+    if not body or encoding not in ("gzip", "x-gzip", "deflate"):
+        return body[:ANSWER_MAX_BYTES]
+    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+    try:
+        return zlib.decompressobj(wbits).decompress(body, ANSWER_MAX_BYTES)
+    except zlib.error:
+        return body[:ANSWER_MAX_BYTES]
+
+
+class Connections:
+    """The kept-alive connections to one partner URL (``http`` or ``https``, no proxy)."""
+
+    def __init__(self, url: str, context: ssl.SSLContext | None, limit: int,
+                 user_agent: str) -> None:
+        parsed = URL(url)
+        self._host = parsed.raw_host or ""
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._tls = context if parsed.scheme == "https" else None
+        self._server_name = self._host.rstrip(".") if self._tls is not None else None
+        self._head = (f"POST {parsed.raw_path_qs} HTTP/1.1\r\n"
+                      f"Host: {parsed.host_port_subcomponent}\r\n"
+                      f"User-Agent: {user_agent}\r\nAccept: */*\r\n").encode()
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+
+    async def post(self, body: bytes, headers: Mapping[str, str], timeout: float) -> Answer:
+        """POST ``body`` with ``headers``; the answer within ``timeout`` seconds (waiting for a
+        free connection and opening one included). Raises ``RequestFailed`` (a header that
+        holds a line break included) and ``TimeoutError``."""
+        request = self._request(body, headers)
+        async with asyncio.timeout(timeout), self._slots:
+            connection, reused = await self._connection(min(CONNECT_SECONDS, timeout))
+            try:
+                answer = await connection.exchange(request, reused=reused)
+            except BaseException:
+                self._forget(connection)  # an answer may still come: never for another request
+                raise
+            if connection.reusable(asyncio.get_running_loop().time()):
+                self._idle.append(connection)
+            else:
+                self._forget(connection)
+            return answer
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for connection in self._open:
+            connection.close()
+        self._idle.clear()
+        self._open.clear()
+        await asyncio.sleep(0)  # the transports' close callbacks run
+
+    def _request(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        for name, value in headers.items():  # a line break would smuggle in a header
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise RequestFailed(f"request header {name[:40]!r} holds a line break")
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        return b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, lines.encode(), len(body),
+                                                      body)
+
+    async def _connection(self, connect_timeout: float) -> tuple[_Connection, bool]:
+        """A kept-alive connection (True) or a new one (False)."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable(now):
+                return connection, True
+            self._forget(connection)
+        async with asyncio.timeout(connect_timeout):
+            connection = await self._connect()
+        self._open.add(connection)
+        return connection, False
+
+    def _forget(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if self._tls is not None:
+            extra = {"ssl": self._tls, "server_hostname": self._server_name}
+        try:
+            _, connection = await loop.create_connection(
+                lambda: _Connection(loop), self._host, self._port,
+                **extra)
+        except ssl.SSLCertVerificationError as exc:
+            raise RequestFailed(certificate_refused(self._host, self._port, exc)) from None
+        except ssl.SSLError as exc:
+            raise RequestFailed(handshake_failed(self._host, self._port, exc)) from None
+        except socket.gaierror:
+            raise RequestFailed(dns_failed(self._host)) from None
+        except OSError as exc:
+            raise RequestFailed(cannot_connect(self._host, self._port, exc)) from None
+        return connection

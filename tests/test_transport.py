@@ -1,0 +1,368 @@
+"""``iris.http.transport``: batch POSTs over kept-alive connections, against real servers: an
+aiohttp partner (over HTTPS with the test CA too) and raw asyncio servers that answer exactly
+the bytes a test needs (interim answers, bodies that end at close, cut-short and garbage
+answers, connections closed or reset under a request)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import ssl
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+
+from iris.http import transport
+from iris.http.transport import Connections, RequestFailed
+from iris_demo.localredis import free_port
+from iris_demo.servers import LocalServer
+from iris_demo.tls import TLSMaterial
+
+BODY = b'{"Users":[]}'
+HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "k-1"}
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server running ``handler`` per connection; yields its URL and a list that gets one
+    entry per accepted connection."""
+    accepted: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/aam", accepted
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request: its head and its body (by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return head, await reader.readexactly(length)
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Handler:
+    """Answer the connection's requests with ``answers`` in turn."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        if then_close:
+            return
+        await reader.read()  # until the client closes
+    return handler
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_requests_share_one_kept_alive_connection_and_carry_the_exact_bytes() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(OK)
+
+    async with raw_server(handler) as (url, accepted):
+        connections = Connections(url + "?x=1", None, 4, "iris/test")
+        answers = [await connections.post(BODY, HEADERS, 5) for _ in range(3)]
+        await connections.close()
+    assert [a.status for a in answers] == [200] * 3 and answers[0].body == b""  # 2xx: unread
+    assert len(accepted) == 1
+    port = url.split(":")[2].split("/")[0]
+    assert seen[0] == (
+        b"POST /aam?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nUser-Agent: iris/test\r\n"
+        b"Accept: */*\r\nContent-Type: application/json\r\nIdempotency-Key: k-1\r\n"
+        b"Content-Length: 12\r\n\r\n" % port.encode(), BODY)
+    assert seen == [seen[0]] * 3
+
+
+async def test_a_refusal_body_is_kept_decompressed_and_chunked_answers_end_right(
+        tls: TLSMaterial) -> None:
+    """An aiohttp partner over HTTPS: a gzip-compressed, chunked 503 with Retry-After, then a
+    200 on the same connection."""
+    answers = iter([503, 200])
+
+    async def aam(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        status = next(answers)
+        response = web.StreamResponse(status=status, headers={"Retry-After": "7"})
+        if status == 503:
+            response.enable_compression(web.ContentCoding.gzip)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"error": "busy", "detail": "' + b"x" * 5000 + b'"}')
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/aam", aam)
+    server = LocalServer()
+    base = await server.start(app, ssl_context=tls.server_context())
+    connections = Connections(f"{base}/aam", tls.client_context(), 2, "iris/test")
+    try:
+        refused = await connections.post(BODY, HEADERS, 5)
+        ok = await connections.post(BODY, HEADERS, 5)
+    finally:
+        await connections.close()
+        await server.stop()
+    assert base.startswith("https://")
+    assert refused.status == 503 and refused.headers["retry-after"] == "7"
+    assert refused.headers["content-encoding"] == "gzip"
+    assert refused.body == (b'{"error": "busy", "detail": "' + b"x" * 5000)[:4096]
+    assert ok.status == 200 and ok.body == b""
+
+
+async def test_an_answer_that_ends_at_close_and_an_interim_answer() -> None:
+    close_delimited = b"HTTP/1.1 500 Oops\r\nConnection: close\r\n\r\nserver fault"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    async with raw_server(answering(close_delimited, then_close=True)) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        first = await connections.post(BODY, HEADERS, 5)
+        await connections.close()
+    assert (first.status, first.body) == (500, b"server fault")
+    async with raw_server(answering(interim, OK)) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        answers = [await connections.post(BODY, HEADERS, 5) for _ in range(2)]
+        await connections.close()
+    assert [a.status for a in answers] == [200, 200] and len(accepted) == 1
+
+
+async def test_a_closed_kept_alive_connection_is_stale_and_a_fresh_one_is_not() -> None:
+    """The partner answers once, then closes the connection when the next request comes
+    (an idle-timeout race made certain): stale. A new connection closed the same way is a
+    failure of its own."""
+    async with raw_server(answering(OK, then_close=True)) as (url, _):
+        connections = Connections(url, None, 2, "iris/test")
+        assert (await connections.post(BODY, HEADERS, 5)).status == 200
+        with pytest.raises(RequestFailed) as stale:
+            await connections.post(BODY, HEADERS, 5)
+
+        async def close_at_once(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+
+        async with raw_server(close_at_once) as (fresh_url, _):
+            fresh = Connections(fresh_url, None, 2, "iris/test")
+            with pytest.raises(RequestFailed) as closed:
+                await fresh.post(BODY, HEADERS, 5)
+            await fresh.close()
+        await connections.close()
+    assert stale.value.stale and str(stale.value) == transport.SERVER_CLOSED
+    assert not closed.value.stale and str(closed.value) == transport.SERVER_CLOSED
+
+
+async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+
+    cut = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf", then_close=True)
+    garbage = answering(b"SMTP ready\r\n\r\n", then_close=True)
+    causes = []
+    for handler in (reset, cut, garbage):
+        async with raw_server(handler) as (url, _):
+            connections = Connections(url, None, 2, "iris/test")
+            with pytest.raises(RequestFailed) as failed:
+                await connections.post(BODY, HEADERS, 5)
+            await connections.close()
+            causes.append((str(failed.value), failed.value.stale))
+    assert causes[0] == ("connection reset", False)
+    assert causes[1] == (transport.CUT_SHORT, False)
+    assert causes[2][0].startswith("the answer is not valid HTTP/1.1") and not causes[2][1]
+
+
+async def test_a_timed_out_request_never_lends_its_connection_to_the_next() -> None:
+    """The first request gets no answer in time; its late answer must not be taken for the
+    second request's: that one goes out on a new connection."""
+    answered = asyncio.Event()
+
+    async def late_then_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if not answered.is_set():
+            answered.set()
+            await asyncio.sleep(0.5)
+            writer.write(b"HTTP/1.1 409 Late\r\nContent-Length: 0\r\n\r\n")
+            await reader.read()
+            return
+        writer.write(OK)
+        await reader.read()
+
+    async with raw_server(late_then_ok) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        with pytest.raises(TimeoutError):
+            await connections.post(BODY, HEADERS, 0.2)
+        second = await connections.post(BODY, HEADERS, 5)
+        await connections.close()
+    assert second.status == 200 and len(accepted) == 2
+
+
+async def test_at_most_limit_connections_and_failures_to_connect_are_named(
+        tls: TLSMaterial) -> None:
+    open_now, most = 0, 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.05)
+                writer.write(OK)
+        finally:
+            open_now -= 1
+
+    async with raw_server(slow) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        answers = await asyncio.gather(*(connections.post(BODY, HEADERS, 5) for _ in range(6)))
+        await connections.close()
+    assert [a.status for a in answers] == [200] * 6
+    assert most == 2 and len(accepted) == 2
+
+    port = free_port()
+    refused = Connections(f"http://127.0.0.1:{port}/aam", None, 2, "iris/test")
+    with pytest.raises(RequestFailed, match=f"cannot connect to 127.0.0.1:{port}: connection "
+                                            "refused"):
+        await refused.post(BODY, HEADERS, 5)
+
+    server = LocalServer()  # a certificate from a CA this client does not trust
+    app = web.Application()
+    base = await server.start(app, ssl_context=tls.server_context())
+    untrusting = Connections(f"{base}/aam", ssl.create_default_context(), 2, "iris/test")
+    try:
+        with pytest.raises(RequestFailed, match=f"TLS certificate of 127.0.0.1:{server.port} "
+                                                "refused: .*local issuer"):
+            await untrusting.post(BODY, HEADERS, 5)
+    finally:
+        await server.stop()
+
+
+async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    async with raw_server(answering(OK)) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        with pytest.raises(RequestFailed, match="request header 'Authorization' holds a line"):
+            await connections.post(BODY, {"Authorization": "Bearer x\r\nX-Evil: 1"}, 5)
+        await connections.close()
+    assert accepted == []
+
+
+async def test_connections_are_not_kept_past_the_dns_cache_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection opened more than ``DNS_CACHE_SECONDS`` ago is not taken again, so that a
+    partner's DNS change is followed under steady traffic (0 here: every request opens one)."""
+    monkeypatch.setattr(transport, "DNS_CACHE_SECONDS", 0.0)
+    async with raw_server(answering(OK, OK)) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        for _ in range(3):
+            assert (await connections.post(BODY, HEADERS, 5)).status == 200
+        await connections.close()
+    assert len(accepted) == 3
+
+
+def test_gzip_and_deflate_refusals_are_decoded_and_odd_ones_kept_as_they_came() -> None:
+    text = b'{"error": "invalid_request"}'
+    assert transport._decoded(gzip.compress(text), "gzip") == text
+    assert transport._decoded(zlib.compress(text), "deflate") == text
+    assert transport._decoded(b"not gzip", "gzip") == b"not gzip"
+    assert transport._decoded(b"x" * 5000, "br") == b"x" * 4096
+
+
+@asynccontextmanager
+async def aiohttp_partner(handler: Callable[[web.Request], Awaitable[web.Response]],
+                          **runner: float) -> AsyncIterator[tuple[str, list[object]]]:
+    """A real aiohttp partner (``runner``: e.g. its ``keepalive_timeout``); yields its URL and
+    the transports of the requests it served."""
+    transports: list[object] = []
+
+    async def counted(request: web.Request) -> web.Response:
+        transports.append(request.transport)
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_post("/aam", counted)
+    app_runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    port = app_runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/aam", transports
+    finally:
+        await app_runner.cleanup()
+
+
+async def post_all(connections: Connections, count: int, gap: float,
+                   body: bytes = BODY) -> tuple[int, int]:
+    """``count`` POSTs ``gap`` s apart: (answered, failed as stale); any other failure
+    raises."""
+    answered = stale = 0
+    for _ in range(count):
+        try:
+            await connections.post(body, HEADERS, 5)
+            answered += 1
+        except RequestFailed as exc:
+            if not exc.stale:
+                raise
+            stale += 1
+        await asyncio.sleep(gap)
+    return answered, stale
+
+
+async def test_a_partner_keep_alive_timeout_never_fails_a_request_for_good() -> None:
+    """aiohttp#2682, #9138, #13283: a client reusing a connection just as the server's
+    keep-alive timer closes it gets a connection error. Here every such loss is ``stale`` (sent
+    again for free by the sender), never a failure of the request; a connection the server
+    closed while idle is not taken again at all."""
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    async with aiohttp_partner(ok, keepalive_timeout=0.05) as (url, transports):
+        connections = Connections(url, None, 2, "iris/test")
+        near = await post_all(connections, 40, 0.05)  # at the timer: races happen
+        idle = await post_all(connections, 5, 0.3)  # past it: the close is seen first
+        await connections.close()
+    assert near[0] + near[1] == 40 and near[0] >= 1
+    assert idle == (5, 0) and len(set(map(id, transports[-5:]))) == 5
+
+
+async def test_a_partner_that_answers_without_reading_the_body() -> None:
+    """aiohttp#3597, http4s#4348: a server that answers before reading a large body, then
+    drops the connection: the next request on it is ``stale`` at worst, never a failure, and
+    never reads the unread body's place as its answer."""
+    async def hasty(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="no")
+
+    big = b"[" + b"0," * 200_000 + b"0]"
+    async with aiohttp_partner(hasty) as (url, transports):
+        connections = Connections(url, None, 2, "iris/test")
+        first = await connections.post(big, HEADERS, 5)
+        answered, stale = await post_all(connections, 10, 0.0, big)
+        await connections.close()
+    assert first.status == 401 and first.body == b"no"
+    assert answered + stale == 10 and len(transports) == 1 + answered
