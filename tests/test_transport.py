@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from iris.http import transport
+from iris.http.errors import CUT_SHORT, SERVER_CLOSED
 from iris.http.transport import Connections, RequestFailed
 from iris_demo.localredis import free_port
 from iris_demo.servers import LocalServer
@@ -170,8 +171,8 @@ async def test_a_closed_kept_alive_connection_is_stale_and_a_fresh_one_is_not() 
                 await fresh.post(BODY, HEADERS, 5)
             await fresh.close()
         await connections.close()
-    assert stale.value.stale and str(stale.value) == transport.SERVER_CLOSED
-    assert not closed.value.stale and str(closed.value) == transport.SERVER_CLOSED
+    assert stale.value.stale and str(stale.value) == SERVER_CLOSED
+    assert not closed.value.stale and str(closed.value) == SERVER_CLOSED
 
 
 async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
@@ -192,7 +193,7 @@ async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
             await connections.close()
             causes.append((str(failed.value), failed.value.stale))
     assert causes[0] == ("connection reset", False)
-    assert causes[1] == (transport.CUT_SHORT, False)
+    assert causes[1] == (CUT_SHORT, False)
     assert causes[2][0].startswith("the answer is not valid HTTP/1.1") and not causes[2][1]
 
 
@@ -294,9 +295,9 @@ def test_gzip_and_deflate_refusals_are_decoded_and_odd_ones_kept_as_they_came() 
 
 @asynccontextmanager
 async def aiohttp_partner(handler: Callable[[web.Request], Awaitable[web.Response]],
-                          **runner: float) -> AsyncIterator[tuple[str, list[object]]]:
-    """A real aiohttp partner (``runner``: e.g. its ``keepalive_timeout``); yields its URL and
-    the transports of the requests it served."""
+                          keepalive_timeout: float = 75.0,
+                          ) -> AsyncIterator[tuple[str, list[object]]]:
+    """A real aiohttp partner; yields its URL and the transports of the requests it served."""
     transports: list[object] = []
 
     async def counted(request: web.Request) -> web.Response:
@@ -305,7 +306,8 @@ async def aiohttp_partner(handler: Callable[[web.Request], Awaitable[web.Respons
 
     app = web.Application()
     app.router.add_post("/aam", counted)
-    app_runner = web.AppRunner(app, access_log=None, handle_signals=False, **runner)
+    app_runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               keepalive_timeout=keepalive_timeout)
     await app_runner.setup()
     site = web.TCPSite(app_runner, "127.0.0.1", 0)
     await site.start()
