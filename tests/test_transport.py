@@ -194,7 +194,8 @@ async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
             causes.append((str(failed.value), failed.value.stale))
     assert causes[0] == ("connection reset", False)
     assert causes[1] == (CUT_SHORT, False)
-    assert causes[2][0].startswith("the answer is not valid HTTP/1.1") and not causes[2][1]
+    assert causes[2][0].startswith("the answer of 127.0.0.1:") and not causes[2][1]
+    assert "is not valid HTTP/1.1 (" in causes[2][0]
 
 
 async def test_a_timed_out_request_never_lends_its_connection_to_the_next() -> None:
@@ -283,6 +284,18 @@ async def test_connections_are_not_kept_past_the_dns_cache_time(
             assert (await connections.post(BODY, HEADERS, 5)).status == 200
         await connections.close()
     assert len(accepted) == 3
+
+
+async def test_a_request_sent_again_after_a_stale_connection_takes_a_new_one() -> None:
+    """``fresh``: the pool's other kept-alive connections may be as stale as the one just lost
+    (a partner that closed them all at once)."""
+    async with raw_server(answering(OK, OK, OK)) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        assert (await connections.post(BODY, HEADERS, 5)).status == 200
+        assert (await connections.post(BODY, HEADERS, 5, fresh=True)).status == 200
+        assert (await connections.post(BODY, HEADERS, 5)).status == 200  # kept alive again
+        await connections.close()
+    assert len(accepted) == 2
 
 
 def test_gzip_and_deflate_refusals_are_decoded_and_odd_ones_kept_as_they_came() -> None:

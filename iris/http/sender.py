@@ -35,7 +35,13 @@ from iris.core.retry import Action, Outcome, classify, failure, paused
 from iris.errors import TokenError
 from iris.http.egress import proxy_for
 from iris.http.errors import describe, is_stale_connection
-from iris.http.transport import DNS_CACHE_SECONDS, Answer, Connections, RequestFailed
+from iris.http.transport import (
+    DNS_CACHE_SECONDS,
+    Answer,
+    Connections,
+    RequestFailed,
+    host_port,
+)
 
 USER_AGENT = f"iris/{__version__}"
 STALE = "connection_reused"  # the iris_requests_total code of a request lost to a closed
@@ -178,6 +184,7 @@ class Sender:
         self._signer = Signer(dest.signing) if dest.signing is not None else None
         self._session = session
         self._proxy = proxy_for(dest.url, dest.proxy)
+        self._where = "{}:{}".format(*host_port(dest.url))  # for the timeout's error
         self._rate = rate
         self._requests = metrics.requests
         self._by_code: dict[str, Any] = {}
@@ -216,30 +223,35 @@ class Sender:
     async def _post(self, body: bytes, headers: dict[str, str]) -> Outcome:
         """One request; a kept-alive connection the partner had closed costs nothing but a
         count (``connection_reused``): the request goes out again on a new one."""
+        stale = False
         for _ in range(self.dest.limits.max_in_flight + 2):  # each stale one is dropped
-            outcome, stale = await self._post_once(body, headers)
+            outcome, stale = await self._post_once(body, headers, again=stale)
             if not stale:
                 return outcome
             self._count(STALE)
         return outcome
 
-    async def _post_once(self, body: bytes, headers: dict[str, str]) -> tuple[Outcome, bool]:
+    async def _post_once(self, body: bytes, headers: dict[str, str], *,
+                         again: bool) -> tuple[Outcome, bool]:
+        """``again``: the request was lost to a stale connection, and goes out on a new one."""
         started = time.perf_counter()
         self._inflight.inc()
         try:
             if (connections := self._session.batches) is not None:
-                return await self._post_direct(connections, body, headers)
+                return await self._post_direct(connections, body, headers, again)
             return await self._post_aiohttp(body, headers)
         except TimeoutError:
-            return failure("timeout", f"no answer within {self.dest.timeout:g} s"), False
+            return failure("timeout", f"no answer from {self._where} within "
+                                      f"{self.dest.timeout:g} s"), False
         finally:
             self._inflight.dec()
             self._duration.observe(time.perf_counter() - started)
 
     async def _post_direct(self, connections: Connections, body: bytes,
-                           headers: dict[str, str]) -> tuple[Outcome, bool]:
+                           headers: dict[str, str], fresh: bool) -> tuple[Outcome, bool]:
         try:
-            answer: Answer = await connections.post(body, headers, self.dest.timeout)
+            answer: Answer = await connections.post(body, headers, self.dest.timeout,
+                                                    fresh=fresh)
         except RequestFailed as exc:
             return failure("connection_error", str(exc)), exc.stale
         lower = answer.headers

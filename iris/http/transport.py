@@ -46,6 +46,12 @@ _RAW_MAX_BYTES = 65536  # of a compressed refusal's body
 _NO_BODY = (204, 304)
 
 
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port a URL's requests go to (its scheme's port when it names none)."""
+    parsed = URL(url)
+    return parsed.raw_host or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
 class RequestFailed(Exception):
     """The request got no whole answer. ``str()`` says why in an operator's words; ``stale``:
     it went out on a kept-alive connection the partner had already closed (nothing of an answer
@@ -69,8 +75,9 @@ class Answer:
 class _Connection(asyncio.Protocol):
     """One connection and the answer it waits for (httptools calls the ``on_*`` methods)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, where: str) -> None:
         self._loop = loop
+        self._where = where  # host:port, for the errors
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._answer: asyncio.Future[Answer] | None = None
@@ -99,7 +106,8 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(RequestFailed(f"the answer is not valid HTTP/1.1 ({exc})"))
+            self._fail(RequestFailed(f"the answer of {self._where} is not valid HTTP/1.1 "
+                                     f"({exc})"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -214,8 +222,7 @@ class Connections:
     def __init__(self, url: str, context: ssl.SSLContext | None, limit: int,
                  user_agent: str) -> None:
         parsed = URL(url)
-        self._host = parsed.raw_host or ""
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._host, self._port = host_port(url)
         self._tls = context if parsed.scheme == "https" else None
         self._server_name = self._host.rstrip(".") if self._tls is not None else None
         self._head = (f"POST {parsed.raw_path_qs} HTTP/1.1\r\n"
@@ -225,10 +232,12 @@ class Connections:
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
 
-    async def post(self, body: bytes, headers: Mapping[str, str], timeout: float) -> Answer:
+    async def post(self, body: bytes, headers: Mapping[str, str], timeout: float, *,
+                   fresh: bool = False) -> Answer:
         """POST ``body`` with ``headers``; the answer within ``timeout`` seconds (waiting for a
-        free connection and opening one included). Raises ``RequestFailed`` (a header that
-        holds a line break included) and ``TimeoutError``."""
+        free connection and opening one included); ``fresh``: on a new connection (a request
+        sent again after a stale one). Raises ``RequestFailed`` (a header that holds a line
+        break included) and ``TimeoutError``."""
         request = self._request(body, headers)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -238,8 +247,8 @@ class Connections:
         else:
             await self._slots.acquire()  # at once
         try:
-            connection, reused = await self._connection(min(deadline,
-                                                            loop.time() + CONNECT_SECONDS))
+            connect_by = min(deadline, loop.time() + CONNECT_SECONDS)
+            connection, reused = await self._connection(connect_by, fresh)
             try:
                 answer = await connection.exchange(request, reused=reused, deadline=deadline)
             except BaseException:
@@ -269,11 +278,11 @@ class Connections:
         return b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, lines.encode(), len(body),
                                                       body)
 
-    async def _connection(self, connect_by: float) -> tuple[_Connection, bool]:
-        """A kept-alive connection (True) or a new one (False), opened by ``connect_by`` (loop
-        time)."""
+    async def _connection(self, connect_by: float, fresh: bool) -> tuple[_Connection, bool]:
+        """A kept-alive connection (True) or, with ``fresh`` or none left, a new one (False),
+        opened by ``connect_by`` (loop time)."""
         now = asyncio.get_running_loop().time()
-        while self._idle:
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if connection.reusable(now):
                 return connection, True
@@ -294,7 +303,7 @@ class Connections:
             extra = {"ssl": self._tls, "server_hostname": self._server_name}
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(loop), self._host, self._port,
+                lambda: _Connection(loop, f"{self._host}:{self._port}"), self._host, self._port,
                 **extra)
         except ssl.SSLCertVerificationError as exc:
             raise RequestFailed(certificate_refused(self._host, self._port, exc)) from None
