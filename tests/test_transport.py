@@ -332,27 +332,31 @@ async def aiohttp_partner(handler: Callable[[web.Request], Awaitable[web.Respons
 
 
 async def post_all(connections: Connections, count: int, gap: float,
-                   body: bytes = BODY) -> tuple[int, int]:
-    """``count`` POSTs ``gap`` s apart: (answered, failed as stale); any other failure
-    raises."""
-    answered = stale = 0
+                   body: bytes = BODY) -> tuple[int, int, int]:
+    """``count`` POSTs ``gap`` s apart: (answered, failed as stale, failed as reset); any other
+    failure raises."""
+    answered = stale = reset = 0
     for _ in range(count):
         try:
             await connections.post(body, HEADERS, 5)
             answered += 1
         except RequestFailed as exc:
-            if not exc.stale:
+            if exc.stale:
+                stale += 1
+            elif str(exc) == "connection reset":
+                reset += 1
+            else:
                 raise
-            stale += 1
         await asyncio.sleep(gap)
-    return answered, stale
+    return answered, stale, reset
 
 
 async def test_a_partner_keep_alive_timeout_never_fails_a_request_for_good() -> None:
     """aiohttp#2682, #9138, #13283: a client reusing a connection just as the server's
-    keep-alive timer closes it gets a connection error. Here every such loss is ``stale`` (sent
-    again for free by the sender), never a failure of the request; a connection the server
-    closed while idle is not taken again at all."""
+    keep-alive timer closes it gets a connection error. Here such a loss is ``stale`` (the
+    connection ended: sent again for free by the sender) or, where the server's close met the
+    request unread, a reset (retried like any connection error, as with aiohttp's client):
+    nothing else, and a connection the server closed while idle is not taken again at all."""
     async def ok(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(text="ok")
@@ -360,16 +364,17 @@ async def test_a_partner_keep_alive_timeout_never_fails_a_request_for_good() -> 
     async with aiohttp_partner(ok, keepalive_timeout=0.05) as (url, transports):
         connections = Connections(url, None, 2, "iris/test")
         near = await post_all(connections, 40, 0.05)  # at the timer: races happen
+        await asyncio.sleep(0.3)
         idle = await post_all(connections, 5, 0.3)  # past it: the close is seen first
         await connections.close()
-    assert near[0] + near[1] == 40 and near[0] >= 1
-    assert idle == (5, 0) and len(set(map(id, transports[-5:]))) == 5
+    assert sum(near) == 40 and near[0] >= 1
+    assert idle == (5, 0, 0) and len(set(map(id, transports[-5:]))) == 5
 
 
 async def test_a_partner_that_answers_without_reading_the_body() -> None:
     """aiohttp#3597, http4s#4348: a server that answers before reading a large body, then
-    drops the connection: the next request on it is ``stale`` at worst, never a failure, and
-    never reads the unread body's place as its answer."""
+    drops the connection: the next request on it fails as stale or reset at worst (never
+    anything else), and never reads the unread body's place as its answer."""
     async def hasty(request: web.Request) -> web.Response:
         return web.Response(status=401, text="no")
 
@@ -377,7 +382,31 @@ async def test_a_partner_that_answers_without_reading_the_body() -> None:
     async with aiohttp_partner(hasty) as (url, transports):
         connections = Connections(url, None, 2, "iris/test")
         first = await connections.post(big, HEADERS, 5)
-        answered, stale = await post_all(connections, 10, 0.0, big)
+        answered, stale, reset = await post_all(connections, 10, 0.0, big)
         await connections.close()
     assert first.status == 401 and first.body == b"no"
-    assert answered + stale == 10 and len(transports) == 1 + answered
+    assert answered + stale + reset == 10 and len(transports) == 1 + answered
+
+
+@pytest.mark.parametrize("test", [
+    test_requests_share_one_kept_alive_connection_and_carry_the_exact_bytes,
+    test_an_answer_that_ends_at_close_and_an_interim_answer,
+    test_a_closed_kept_alive_connection_is_stale_and_a_fresh_one_is_not,
+    test_reset_cut_short_and_garbage_answers_name_their_cause,
+    test_a_timed_out_request_never_lends_its_connection_to_the_next,
+    test_a_header_with_a_line_break_is_refused_before_anything_is_sent,
+    test_a_request_sent_again_after_a_stale_connection_takes_a_new_one,
+    test_a_partner_keep_alive_timeout_never_fails_a_request_for_good,
+    test_a_partner_that_answers_without_reading_the_body,
+], ids=lambda test: test.__name__.removeprefix("test_")[:40])
+def test_on_uvloop_too(test: Callable[[], Awaitable[None]]) -> None:
+    """The worker runs on uvloop where it is installed, and uvloop's transports differ from
+    asyncio's (no ``happy_eyeballs_delay``; not ``asyncio.Transport`` subclasses)."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test())
+
+
+def test_tls_on_uvloop_too(tls: TLSMaterial) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test_a_refusal_body_is_kept_decompressed_and_chunked_answers_end_right(tls))
+    uvloop.run(test_at_most_limit_connections_and_failures_to_connect_are_named(tls))
