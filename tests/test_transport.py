@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.server
 import socket
 import ssl
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -410,3 +412,45 @@ def test_tls_on_uvloop_too(tls: TLSMaterial) -> None:
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(test_a_refusal_body_is_kept_decompressed_and_chunked_answers_end_right(tls))
     uvloop.run(test_at_most_limit_connections_and_failures_to_connect_are_named(tls))
+
+
+async def test_a_partner_on_pythons_http_server() -> None:
+    """A real peer of another make: the standard library's ``http.server`` (what many partner
+    mocks and small services run), HTTP/1.0 by default: it closes after each answer and sends
+    a refusal's body without a length. Every answer is read whole, no connection is reused."""
+    received: list[bytes] = []
+    ports: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            ports.append(self.client_address[1])
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            if len(received) % 2:
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+            else:
+                self.send_response(503)
+                self.send_header("Retry-After", "2")
+                self.end_headers()
+                self.wfile.write(b'{"error": "busy"}')  # no length: ends at the close
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        connections = Connections(f"http://127.0.0.1:{server.server_port}/aam", None, 2,
+                                  "iris/test")
+        answers = [await connections.post(BODY, HEADERS, 5) for _ in range(4)]
+        await connections.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(a.status, a.body) for a in answers] == [
+        (200, b""), (503, b'{"error": "busy"}'), (200, b""), (503, b'{"error": "busy"}')]
+    assert answers[1].headers["retry-after"] == "2" and received == [BODY] * 4
+    assert len(set(ports)) == 4  # a connection each
