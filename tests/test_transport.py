@@ -21,10 +21,12 @@ from aiohttp import web
 
 from iris.http import transport
 from iris.http.errors import CUT_SHORT, SERVER_CLOSED
+from iris.http.sender import PartnerSession
 from iris.http.transport import Connections, RequestFailed
 from iris_demo.localredis import free_port
 from iris_demo.servers import LocalServer
 from iris_demo.tls import TLSMaterial
+from tests.conftest import make_config
 
 BODY = b'{"Users":[]}'
 HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "k-1"}
@@ -184,7 +186,7 @@ async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST
 
-    cut = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf", then_close=True)
+    cut = answering(b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\nhalf", then_close=True)
     garbage = answering(b"SMTP ready\r\n\r\n", then_close=True)
     causes = []
     for handler in (reset, cut, garbage):
@@ -198,6 +200,63 @@ async def test_reset_cut_short_and_garbage_answers_name_their_cause() -> None:
     assert causes[1] == (CUT_SHORT, False)
     assert causes[2][0].startswith("the answer of 127.0.0.1:") and not causes[2][1]
     assert "is not valid HTTP/1.1 (" in causes[2][0]
+
+
+async def test_a_2xx_is_the_outcome_once_its_headers_came() -> None:
+    """As with aiohttp's client: a 2xx whose body is slow or cut short is a delivery (a retry
+    would deliver the batch twice); its connection is not kept."""
+    slow_body = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+    async with raw_server(slow_body) as (url, accepted):
+        connections = Connections(url, None, 2, "iris/test")
+        answers = [await connections.post(BODY, HEADERS, 5) for _ in range(2)]
+        await connections.close()
+    assert [a.status for a in answers] == [200, 200] and len(accepted) == 2
+
+
+async def test_trailers_and_repeated_fields_do_not_override_the_answers_headers() -> None:
+    """A chunked answer's trailer never overrides a header (RFC 9110 §6.5.1), and of a repeated
+    field the first counts, as aiohttp's ``headers.get`` gave."""
+    chunked = (b"HTTP/1.1 429 Slow\r\nRetry-After: 5\r\nWWW-Authenticate: Bearer a\r\n"
+               b"WWW-Authenticate: Bearer b\r\nTransfer-Encoding: Chunked\r\n\r\n"
+               b"2\r\nno\r\n0\r\nRetry-After: 3600\r\n\r\n")
+    async with raw_server(answering(chunked)) as (url, _):
+        connections = Connections(url, None, 2, "iris/test")
+        answer = await connections.post(BODY, HEADERS, 5)
+        await connections.close()
+    assert (answer.status, answer.body) == (429, b"no")
+    assert answer.headers["retry-after"] == "5"
+    assert answer.headers["www-authenticate"] == "Bearer a"
+
+
+async def test_a_408_from_an_idle_timer_on_a_kept_alive_connection_is_stale() -> None:
+    """What a partner's idle timer writes before it closes a kept-alive connection (408,
+    Connection: close) is read as the next request's answer when the two cross: stale."""
+    timed_out = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    async with raw_server(answering(OK, timed_out, then_close=True)) as (url, _):
+        connections = Connections(url, None, 2, "iris/test")
+        assert (await connections.post(BODY, HEADERS, 5)).status == 200
+        with pytest.raises(RequestFailed) as stale:
+            await connections.post(BODY, HEADERS, 5)
+        await connections.close()
+    assert stale.value.stale
+
+
+async def test_idle_connections_are_closed_after_the_keep_alive_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "KEEPALIVE_SECONDS", 0.1)
+    closed = asyncio.Event()
+
+    async def until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await reader.read()  # b"" once the client closes
+        closed.set()
+
+    async with raw_server(until_closed) as (url, _):
+        connections = Connections(url, None, 2, "iris/test")
+        assert (await connections.post(BODY, HEADERS, 5)).status == 200
+        await asyncio.wait_for(closed.wait(), 5)  # no request came: iris closed it itself
+        await connections.close()
 
 
 async def test_a_timed_out_request_never_lends_its_connection_to_the_next() -> None:
@@ -306,6 +365,9 @@ def test_gzip_and_deflate_refusals_are_decoded_and_odd_ones_kept_as_they_came() 
     assert transport._decoded(zlib.compress(text), "deflate") == text
     assert transport._decoded(b"not gzip", "gzip") == b"not gzip"
     assert transport._decoded(b"x" * 5000, "br") == b"x" * 4096
+    assert transport._decoded(gzip.compress(text), " GZIP") == text
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert transport._decoded(raw.compress(text) + raw.flush(), "deflate") == text
 
 
 @asynccontextmanager
@@ -397,6 +459,9 @@ async def test_a_partner_that_answers_without_reading_the_body() -> None:
     test_reset_cut_short_and_garbage_answers_name_their_cause,
     test_a_timed_out_request_never_lends_its_connection_to_the_next,
     test_a_header_with_a_line_break_is_refused_before_anything_is_sent,
+    test_a_2xx_is_the_outcome_once_its_headers_came,
+    test_trailers_and_repeated_fields_do_not_override_the_answers_headers,
+    test_a_408_from_an_idle_timer_on_a_kept_alive_connection_is_stale,
     test_a_request_sent_again_after_a_stale_connection_takes_a_new_one,
     test_a_partner_keep_alive_timeout_never_fails_a_request_for_good,
     test_a_partner_that_answers_without_reading_the_body,
@@ -454,3 +519,21 @@ async def test_a_partner_on_pythons_http_server() -> None:
         (200, b""), (503, b'{"error": "busy"}'), (200, b""), (503, b'{"error": "busy"}')]
     assert answers[1].headers["retry-after"] == "2" and received == [BODY] * 4
     assert len(set(ports)) == 4  # a connection each
+
+
+async def test_a_partner_url_with_credentials_keeps_aiohttps_basic_authentication() -> None:
+    """``https://user:password@host/`` was sent as Basic credentials by aiohttp's client; such a
+    destination keeps that path (and so does one behind a proxy), the others take this one."""
+    def session(url: str, **dest: object) -> PartnerSession:
+        config = make_config("redis://127.0.0.1:1", "events", [{
+            "id": "1", "url": url, "user_dpid": "1", "client_id": "2", **dest}])
+        return PartnerSession(config.destinations[0])
+
+    sessions = [session("https://partner.example/aam"),
+                session("https://u:p@partner.example/aam"),
+                session("https://partner.example/aam", proxy="http://proxy.example:3128")]
+    try:
+        assert [s.batches is not None for s in sessions] == [True, False, False]
+    finally:
+        for s in sessions:
+            await s.close()

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Protocol
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from prometheus_client import Counter, Gauge, Histogram
@@ -124,7 +124,8 @@ class PartnerSession:
         self._born = clock()
         self._retiring: dict[aiohttp.ClientSession, asyncio.Task[None]] = {}
         self.batches: Connections | None = None
-        if proxy_for(dest.url, dest.proxy) is None:
+        if proxy_for(dest.url, dest.proxy) is None and "@" not in urlsplit(dest.url).netloc:
+            # a URL with user:password@ keeps aiohttp, which sends them as Basic credentials
             self.batches = Connections(dest.url, self._tls, dest.limits.max_in_flight + 2,
                                        USER_AGENT)
 

@@ -88,6 +88,8 @@ class _Connection(asyncio.Protocol):
         self._keep_body = False
         self._until_close = False  # the body ends when the partner closes (no length given)
         self._started = False  # a byte of the answer came
+        self._in_headers = False  # header fields now are the answer's (not a chunked trailer)
+        self._early = False  # a 2xx given as soon as its headers came: its body still comes
         self._keep_alive = False  # the last answer lets the connection carry another request
         self.lost = False
         self.opened = loop.time()
@@ -109,6 +111,13 @@ class _Connection(asyncio.Protocol):
             self._fail(RequestFailed(f"the answer of {self._where} is not valid HTTP/1.1 "
                                      f"({exc})"))
             self.close()
+            return
+        if 200 <= self._status < 300 and not self._answer.done():
+            # a 2xx is the outcome once its headers came (as with aiohttp's client): a slow or
+            # cut-short body must not turn a delivered batch into a retry; the connection then
+            # ends with this answer
+            self._early = True
+            self._complete()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed connection is of no further use
@@ -133,16 +142,21 @@ class _Connection(asyncio.Protocol):
             self.close()
         self._headers = {}
         self._body.clear()
+        self._in_headers = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if self._in_headers:  # a chunked answer's trailer fields never count (RFC 9110 §6.5.1)
+            # the first of a repeated field, as aiohttp's ``headers.get`` gave
+            self._headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         status = self._status = self._parser.get_status_code()
         self._keep_body = not 200 <= status < 300
+        framing = self._headers.get("transfer-encoding", "").lower()
         self._until_close = (status >= 200 and status not in _NO_BODY
                              and "content-length" not in self._headers
-                             and "chunked" not in self._headers.get("transfer-encoding", ""))
+                             and "chunked" not in framing)
 
     def on_body(self, body: bytes) -> None:
         if self._keep_body and len(self._body) < _RAW_MAX_BYTES:
@@ -153,6 +167,11 @@ class _Connection(asyncio.Protocol):
             return
         self._until_close = False
         self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it after this
+        if self._reused and self._status == 408 and not self._keep_alive:
+            # what a partner's idle timer writes before it closes a kept-alive connection,
+            # read as this request's answer: the stale case (Go's net/http does the same)
+            self._fail(RequestFailed(SERVER_CLOSED, stale=True))
+            return
         self._complete()
 
     # the request
@@ -165,11 +184,12 @@ class _Connection(asyncio.Protocol):
         if self.transport.is_closing():
             raise RequestFailed(SERVER_CLOSED, stale=reused)
         self._reused, self._started, self._status, self._keep_alive = reused, False, 0, False
+        self._early = self._until_close = False
         answer: asyncio.Future[Answer] = self._loop.create_future()
         self._answer = answer
         timer = self._loop.call_at(deadline, self._expire, answer)
-        self.transport.write(request)
         try:
+            self.transport.write(request)
             return await answer
         finally:
             timer.cancel()
@@ -184,7 +204,7 @@ class _Connection(asyncio.Protocol):
     def reusable(self, now: float) -> bool:
         """Whether the connection may carry another request now."""
         return (not self.lost and self.transport is not None and not self.transport.is_closing()
-                and self._keep_alive
+                and self._keep_alive and not self._early
                 and not self.transport.get_write_buffer_size()  # answered before all was sent
                 and now - self.idle_since < KEEPALIVE_SECONDS
                 and now - self.opened < DNS_CACHE_SECONDS)
@@ -207,13 +227,17 @@ class _Connection(asyncio.Protocol):
 def _decoded(body: bytes, encoding: str) -> bytes:
     """A refusal's body, gzip or deflate undone (we ask for gzip); as it came if it does not
     decompress."""
+    encoding = encoding.strip().lower()
     if not body or encoding not in ("gzip", "x-gzip", "deflate"):
         return body[:ANSWER_MAX_BYTES]
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    try:
-        return zlib.decompressobj(wbits).decompress(body, ANSWER_MAX_BYTES)
-    except zlib.error:
-        return body[:ANSWER_MAX_BYTES]
+    # gzip; deflate with its zlib wrapper (RFC 9110 §8.4.1.2), or raw as some servers send it
+    for wbits in ((16 + zlib.MAX_WBITS,) if encoding != "deflate"
+                  else (zlib.MAX_WBITS, -zlib.MAX_WBITS)):
+        try:
+            return zlib.decompressobj(wbits).decompress(body, ANSWER_MAX_BYTES)
+        except zlib.error:
+            continue
+    return body[:ANSWER_MAX_BYTES]
 
 
 class Connections:
@@ -231,6 +255,7 @@ class Connections:
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None  # closes connections left idle
 
     async def post(self, body: bytes, headers: Mapping[str, str], timeout: float, *,
                    fresh: bool = False) -> Answer:
@@ -256,14 +281,33 @@ class Connections:
                 raise
             if connection.reusable(loop.time()):
                 self._idle.append(connection)
+                self._sweep_later(loop)
             else:
                 self._forget(connection)
             return answer
         finally:
             self._slots.release()
 
+    def _sweep_later(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweep is None:
+            self._sweep = loop.call_later(KEEPALIVE_SECONDS, self._close_idle, loop)
+
+    def _close_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the idle connections that may not be taken again (as aiohttp's connector
+        does): a pool that traffic left holds no sockets for long."""
+        self._sweep = None
+        now = loop.time()
+        for connection in [c for c in self._idle if not c.reusable(now)]:
+            self._idle.remove(connection)
+            self._forget(connection)
+        if self._idle:
+            self._sweep_later(loop)
+
     async def close(self) -> None:
         """Close every connection."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in self._open:
             connection.close()
         self._idle.clear()
@@ -275,7 +319,11 @@ class Connections:
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
                 raise RequestFailed(f"request header {name[:40]!r} holds a line break")
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        return b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, lines.encode(), len(body),
+        try:
+            head = lines.encode()
+        except UnicodeEncodeError:
+            raise RequestFailed("a request header is not valid UTF-8") from None
+        return b"%s%sContent-Length: %d\r\n\r\n%s" % (self._head, head, len(body),
                                                       body)
 
     async def _connection(self, connect_by: float, fresh: bool) -> tuple[_Connection, bool]:
