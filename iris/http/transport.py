@@ -3,8 +3,8 @@ it, httptools (llhttp, the parser of Node.js) reads the answer (RFC 9112).
 
 Why not aiohttp's ``ClientSession``, which iris uses for everything else (token requests,
 proxies): it spends ~190 µs of CPU per POST, this ~60 µs (measured, ``docs/performance.md``),
-and at 10-user batches the POST is the largest part of iris's work. The sender uses this only
-where no proxy applies.
+and at 10-user batches the POST is the largest part of iris's work. The sender uses this where
+no proxy applies and the URL carries no credentials.
 
 Per destination, a pool of at most ``limit`` connections. A connection carries one request at
 a time; it goes back to the pool only after a whole answer that lets it stay open, and is not
@@ -41,7 +41,7 @@ from iris.http.errors import (
 KEEPALIVE_SECONDS = 15.0  # as aiohttp's connector
 DNS_CACHE_SECONDS = 30.0
 CONNECT_SECONDS = 10.0  # at most; less when the destination's timeout is shorter
-ANSWER_MAX_BYTES = 4096  # of a refusal's body, kept for its error text (DESIGN 4.3)
+ANSWER_MAX_BYTES = 4096  # of a refusal's body, kept for its error text (seed 004's bodies)
 _RAW_MAX_BYTES = 65536  # of a compressed refusal's body
 _NO_BODY = (204, 304)
 
@@ -55,7 +55,8 @@ def host_port(url: str) -> tuple[str, int]:
 class RequestFailed(Exception):
     """The request got no whole answer. ``str()`` says why in an operator's words; ``stale``:
     it went out on a kept-alive connection the partner had already closed (nothing of an answer
-    came), so sending it again on a new connection costs no attempt."""
+    came, or only the 408 of the partner's idle timer), so sending it again on a new connection
+    costs no attempt."""
 
     def __init__(self, description: str, *, stale: bool = False) -> None:
         super().__init__(description)
