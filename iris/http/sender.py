@@ -1,17 +1,15 @@
 """Send one batch to one partner and report an ``Outcome``; never raises for partner trouble.
 
 Per destination, its own TLS trust and connections: batches go out over ``transport``'s
-kept-alive connections, or through aiohttp's session where a proxy applies (as do token
-requests); the session is replaced every ``DNS_CACHE_SECONDS`` so that a partner's DNS change
-is followed under steady traffic (``transport``'s connections are not reused past it either);
-explicit timeouts; the destination's request rate, shared by every replica; proxies from the
-environment
-(``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``; see ``egress``) or the destination's own
-``proxy``. Redirects are
-never followed. A request that fails only because the partner had closed the kept-alive
-connection it went out on is sent again at once on a new one, without spending an attempt.
+kept-alive connections, or through aiohttp's session where a proxy applies or the URL carries
+credentials (as do token requests); the session is replaced every ``DNS_CACHE_SECONDS`` so
+that a partner's DNS change is followed under steady traffic (``transport``'s connections are
+not reused past it either). Explicit timeouts; the destination's request rate, shared by every
+replica; proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``; see
+``egress``) or the destination's own ``proxy``. Redirects are never followed. A request that
+fails only because the partner had closed the kept-alive connection it went out on is sent
+again at once on a new one, without spending an attempt.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -112,8 +110,9 @@ class RateLimit(Protocol):
 
 class PartnerSession:
     """The destination's connections: ``batches`` (``transport``) for its batches where no proxy
-    applies, and aiohttp's ``current`` session, a new one every ``DNS_CACHE_SECONDS``, so that no
-    connection outlives the DNS answer it was opened for. The old one is closed once the
+    applies and the URL carries no credentials, and aiohttp's ``current`` session, a new one
+    every ``DNS_CACHE_SECONDS``, so that no connection outlives the DNS answer it was opened
+    for. The old one is closed once the
     requests that use it are over (at most ``timeout`` later)."""
 
     def __init__(self, dest: Destination, clock: Any = time.monotonic) -> None:
@@ -260,7 +259,8 @@ class Sender:
                            answer.body), False
 
     async def _post_aiohttp(self, body: bytes, headers: dict[str, str]) -> tuple[Outcome, bool]:
-        """Through the destination's proxy."""
+        """Through aiohttp's client: a destination behind a proxy, or whose URL carries
+        credentials (sent as Basic authentication)."""
         _reused.set(False)  # until the connector hands out a kept-alive connection
         try:
             async with self._session.current.post(
