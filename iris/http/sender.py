@@ -10,6 +10,7 @@ replica; proxies from the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PRO
 fails only because the partner had closed the kept-alive connection it went out on is sent
 again at once on a new one, without spending an attempt.
 """
+
 from __future__ import annotations
 
 import asyncio
