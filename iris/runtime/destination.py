@@ -9,7 +9,9 @@ of them. Without partitions there is one publisher per destination and this is i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from iris.config.model import Destination
 from iris.core.circuit import CircuitBreaker, Feed
@@ -30,7 +32,7 @@ class DestinationState:
         self.fed = asyncio.Event()  # the breaker was fed: a turn may have come
         self.in_flight = 0  # deliveries under way, every partition's publisher together
         self.settling = 0  # deliveries with an outcome whose slot was freed before their settle
-        self.blocked = 0  # deliveries with an outcome that keep their slot until their settle
+        self._blocked = 0  # deliveries with an outcome that keep their slot until their settle
         self._wakes: list[asyncio.Event] = []  # each publisher's: a slot freed
         self.retry_report = LogDigest(
             log, logging.INFO, f"{dest.id}: %d request(s) to retry (%s); further retries are "
@@ -75,6 +77,17 @@ class DestinationState:
     def settled(self) -> None:
         """A delivery whose slot was freed by ``settles`` ended."""
         self.settling -= 1
+
+    @contextlib.contextmanager
+    def keeping_slot(self) -> Iterator[bool]:
+        """A delivery that ``settles`` refused keeps its slot while its settle is written;
+        yields True when such deliveries hold half the destination's slots (that settle must
+        not wait for others to gather)."""
+        self._blocked += 1
+        try:
+            yield 2 * self._blocked >= self.dest.limits.max_in_flight
+        finally:
+            self._blocked -= 1
 
     def ended(self) -> None:
         """A delivery ended: wake every partition's publisher, each time another first (the

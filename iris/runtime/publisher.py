@@ -259,13 +259,10 @@ class Publisher:
             self._settling.add(entry_id)
             await self._settle(entry_id, dead)
             return
-        self._shared.blocked += 1  # this slot waits for the settle
-        try:
-            if 2 * self._shared.blocked >= self.dest.limits.max_in_flight:
+        with self._shared.keeping_slot() as crowded:  # this slot waits for the settle
+            if crowded:
                 self._settler.hurry()  # half the slots wait: no gathering
             await self._settle(entry_id, dead)
-        finally:
-            self._shared.blocked -= 1
 
     async def _deliver(self, batch: OutboundBatch, dead: list[DeadLetter], entry: Entry,
                        ) -> bool:
