@@ -9,6 +9,7 @@ a run was clean.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -41,6 +42,15 @@ FOREIGN_LOAD_WARN_PCT = 25.0  # % of one core used by others during a phase: say
 
 class PhaseFailed(RuntimeError):
     pass
+
+
+def compile_sources() -> None:
+    """Byte-compile iris and the benchmark's pipelines, as pip does when it installs a package
+    (the container image): a deployed worker loads its modules' ``.pyc`` files. From a source
+    checkout with ``PYTHONDONTWRITEBYTECODE`` set, every worker would otherwise compile its
+    ~70 modules again at each start, ~60 ms of CPU that no deployment pays."""
+    for package in ("iris", "benchmarks"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -101,6 +111,7 @@ class Bench:
     # -- set-up ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        compile_sources()
         n = self.args.destinations
         self.dest_ids = [str(901 + i) for i in range(n)]
         self.segments = {d: [str((i + 1) * 1000 + k) for k in range(SEGMENTS_PER_DESTINATION)]
