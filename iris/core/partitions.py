@@ -3,8 +3,8 @@
 With ``stream.partitions: P`` greater than 1 (or on Redis Cluster), the inbound stream is P
 streams, ``<stream.key>:{0}`` … ``<stream.key>:{P-1}``. The braces are a Redis Cluster hash
 tag: a partition's inbound stream, its outbound streams (``<inbound>:out:<destination>``), its
-dead-letter stream and its ``written`` hash all hash to one slot, so each MULTI and script of
-iris touches one slot. With P = 1 and no cluster the inbound stream is ``stream.key`` itself, as
+dead-letter stream and its ``written`` hash all hash to one slot, so each script of iris
+touches one slot. With P = 1 and no cluster the inbound stream is ``stream.key`` itself, as
 before partitions existed.
 
 An event's partition is ``crc32(uuid) mod P``: CRC-32 (IEEE 802.3, as zlib, Java's

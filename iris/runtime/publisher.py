@@ -3,7 +3,7 @@
 Each batch is read from Redis and POSTed; ``policy.DeliveryPolicy`` decides, from what
 ``retry.classify`` made of each answer, whether to retry, refresh, split or dead-letter it, and
 this module carries the steps out. A batch is then settled: XACK + XDEL after a 2xx, or
-dead-lettered and acknowledged in one MULTI. A batch that is neither stays pending in Redis.
+dead-lettered and acknowledged in one atomic write. A batch that is neither stays pending in Redis.
 
 Per destination (all partitions together), at most ``max_in_flight`` batches are being
 delivered; a batch with an outcome frees its slot at once, and is held until its settle is

@@ -1,12 +1,12 @@
-"""Acknowledge finished outbound batches together: one MULTI for all that finished meanwhile.
+"""Acknowledge finished outbound batches together: one write for all that finished meanwhile.
 
 A delivered batch must be acknowledged (XACK) and deleted (XDEL) from its outbound stream, and a
 rejected one also written to the dead-letter stream, atomically. Done one batch at a time this
 was four Redis commands per batch: at AAM's 10-user batches, most of iris's Redis work. The
-settler queues what finished and writes it in one transaction per flush, across every
-destination: each flush waits ``GATHER_SECONDS`` for the batches finishing at the same time
-(and while one is in flight, the next ones gather: group commit), so that under load a
-worker's settler (one per partition) writes about fifty times a second whatever its request
+settler queues what finished and writes it in one atomic write per flush (``store.atomic``),
+across every destination: each flush waits ``GATHER_SECONDS`` for the batches finishing at the
+same time (and while one is in flight, the next ones gather: group commit), so that under load
+a worker's settler (one per partition) writes about fifty times a second whatever its request
 rate. When settles hold half a destination's delivery slots (see
 ``DestinationState.settles``), the flush is written at once, with every settle queued beside
 it. Only the acknowledgement waits: the partner has the batch already, and a crash meanwhile

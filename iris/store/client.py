@@ -27,7 +27,7 @@ def connect(config: RedisSettings) -> RedisClient:
     """A client whose socket timeout outlasts the blocking read, over a bounded pool that waits.
 
     redis-py's own retry is off on purpose: it re-sends a command whose reply was lost, and a
-    re-sent MULTI writes its batches twice. Every caller retries explicitly instead, with
+    re-sent commit writes its batches twice. Every caller retries explicitly instead, with
     backoff, and re-reads its pending list, which is exact. The pool never raises for being
     full (redis-py's default pool does, at 100 connections): a task waits for a connection.
     Each partition beyond the first adds two connections, for its two blocking reads.

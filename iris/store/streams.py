@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from iris.config.model import RedisSettings
 from iris.core.records import DeadLetter, OutboundBatch, Trimmed
 from iris.errors import GroupMissing, RedisUnavailable
 from iris.store import scripts as stream_scripts
+from iris.store.atomic import Atomic, Commands
 from iris.store.client import RedisClient, connect
 from iris.store.errors import redis_errors
 from iris.store.keys import Keys, id_key
@@ -76,6 +77,7 @@ class Streams:
         self._hand_back = self.redis.register_script(stream_scripts.HAND_BACK)
         self._rate = self.redis.register_script(stream_scripts.TAKE_RATE)
         self._drop_empty = self.redis.register_script(stream_scripts.DROP_EMPTY_STREAM)
+        self._atomic = Atomic(redis)
 
     @property
     def partition(self) -> str:
@@ -161,20 +163,20 @@ class Streams:
                  row["times_delivered"]) for row, entries in zip(rows, found, strict=True)]
 
     async def commit(self, commit: Commit) -> None:
-        """Dead letters, batches and inbound acks in one MULTI: all happen or none does."""
-        with redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for entry in commit.dead_letters:
-                    pipe.xadd(self.dead_letters, entry.encode())
-                for key, batch in commit.batches:
-                    pipe.xadd(key, batch.encode())
-                if commit.written:
-                    pipe.hset(self.written_key, mapping=commit.written)
-                if commit.unwritten:
-                    pipe.hdel(self.written_key, *commit.unwritten)
-                if commit.acks:
-                    pipe.xack(self.inbound, self.group, *commit.acks)
-                await pipe.execute()
+        """Dead letters, batches and inbound acks as one atomic command (``store.atomic``): all
+        happen or none does, and the acknowledgement comes last."""
+        commands = Commands()
+        for entry in commit.dead_letters:
+            commands.add("XADD", self.dead_letters, "*", *_flat(entry.encode()))
+        for key, batch in commit.batches:
+            commands.add("XADD", key, "*", *_flat(batch.encode()))
+        if commit.written:
+            commands.add_each("HSET", self.written_key, (), _flat(commit.written))
+        if commit.unwritten:
+            commands.add_each("HDEL", self.written_key, (), commit.unwritten)
+        if commit.acks:
+            commands.add_each("XACK", self.inbound, (self.group,), commit.acks)
+        await self._atomic.run(commands)
 
     async def written(self, ids: list[str]) -> dict[str, set[str]]:
         """Which destinations already have each of ``ids`` written (only entries routed to
@@ -186,19 +188,18 @@ class Streams:
         return {i: set(v.split(",")) for i, v in zip(ids, found, strict=True) if v}
 
     async def settle_many(self, settles: list[Settle]) -> None:
-        """Finish outbound batches, of one stream or several: their dead letters, one XACK and
-        one XDEL per stream, in one MULTI."""
+        """Finish outbound batches, of one stream or several, as one atomic command: their dead
+        letters first, then one XACK and one XDEL per stream."""
+        commands = Commands()
         ids: dict[str, list[str]] = {}
-        with redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key, entry_id, dead_letters in settles:
-                    ids.setdefault(key, []).append(entry_id)
-                    for entry in dead_letters:
-                        pipe.xadd(self.dead_letters, entry.encode())
-                for key, entry_ids in ids.items():
-                    pipe.xack(key, self.group, *entry_ids)
-                    pipe.xdel(key, *entry_ids)
-                await pipe.execute()
+        for key, entry_id, dead_letters in settles:
+            ids.setdefault(key, []).append(entry_id)
+            for entry in dead_letters:
+                commands.add("XADD", self.dead_letters, "*", *_flat(entry.encode()))
+        for key, entry_ids in ids.items():
+            commands.add_each("XACK", key, (self.group,), entry_ids)
+            commands.add_each("XDEL", key, (), entry_ids)
+        await self._atomic.run(commands)
 
     async def claim(
         self, key: str, min_idle_ms: int, start: str, count: int
@@ -254,12 +255,11 @@ class Streams:
 
     async def replay(self, items: list[tuple[str, dict[str, str]]]) -> None:
         """Re-inject events and delete their dead-letter entries, atomically."""
-        with redis_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for dlq_id, fields in items:
-                    pipe.xadd(self.inbound, fields)
-                    pipe.xdel(self.dead_letters, dlq_id)
-                await pipe.execute()
+        commands = Commands()
+        for dlq_id, fields in items:
+            commands.add("XADD", self.inbound, "*", *_flat(fields))
+            commands.add("XDEL", self.dead_letters, dlq_id)
+        await self._atomic.run(commands)
 
     async def add(self, fields: dict[str, str]) -> str:
         """Produce one inbound event (``iris send``)."""
@@ -338,3 +338,8 @@ def partitions(redis: RedisClient, config: RedisSettings) -> list[Streams]:
 def _pending(entry_id: str, fields: dict[str, str] | None) -> Pending:
     """Redis returns an entry deleted from the stream, but still pending, with no fields."""
     return (entry_id, fields) if fields else Trimmed(entry_id)
+
+
+def _flat(fields: Mapping[str, str | bytes]) -> list[str | bytes]:
+    """A mapping as the field and value words of XADD or HSET."""
+    return [word for pair in fields.items() for word in pair]

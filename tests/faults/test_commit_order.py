@@ -1,0 +1,62 @@
+"""The consumer's commit acknowledges inbound entries only after every batch they complete is
+written (``store.atomic``): a write that Redis refuses for one key does not leave the
+acknowledgement queued beside it to happen anyway, as a ``MULTI`` would (its EXEC runs every
+command that can run), which acknowledged events whose batch was never written: lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from iris_demo.localredis import RedisProcess
+from tests.conftest import metric, running, wait_for
+from tests.faults.harness import (
+    as_config,
+    check_promises,
+    delivered,
+    missing,
+    produce,
+    raw_config,
+    settled,
+)
+from tests.helpers import GROUP
+
+
+async def inbound_pending(direct: aioredis.Redis, stream_key: str) -> int:
+    return int((await direct.xpending(stream_key, GROUP))["pending"])
+
+
+async def test_an_outbound_key_of_another_type_acknowledges_nothing(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """Someone replaces the destination's outbound stream with a string: the commit's XADD is
+    refused (WRONGTYPE). The events stay pending inbound, every commit fails the same way
+    (counted as a Redis error), and once the key is gone all of them are delivered."""
+    partner = await partners("423")
+    outbound = f"{stream_key}:out:{partner.dest_id}"
+    config = as_config(raw_config(own_redis.url, stream_key, partner, block_ms=200,
+                                  dest={"batch": {"max_users": 5, "max_wait": 0.05}}))
+    async with running(config) as worker:
+        warm = await produce(direct, stream_key, "warm", 5)
+        await wait_for(lambda: warm <= delivered(partner), 20, "warm-up delivered")
+        await settled(direct, stream_key, partner.dest_id)
+
+        await direct.delete(outbound)
+        await direct.set(outbound, "not a stream")
+        refused = metric(worker, "iris_redis_errors_total", reply="other")
+        held = await produce(direct, stream_key, "held", 10)
+        await wait_for(lambda: metric(worker, "iris_redis_errors_total", reply="other")
+                       >= refused + 3, 20, "three refused commits")
+        assert await inbound_pending(direct, stream_key) == len(held)
+        assert not held & delivered(partner)
+
+        await direct.delete(outbound)
+        await wait_for(lambda: held <= delivered(partner), 30, "every held event delivered",
+                       lambda: missing(partner, held))
+        await settled(direct, stream_key, partner.dest_id)
+
+    assert await direct.xlen(f"{stream_key}:dlq") == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: warm | held})
