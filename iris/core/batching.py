@@ -40,11 +40,12 @@ class _User:
 
     __slots__ = ("events", "partner_id", "regions", "segments")
 
-    def __init__(self, partner_id: str) -> None:
+    def __init__(self, event: Event, partner_id: str) -> None:
+        """The user of ``event``, with ``event`` folded in."""
         self.partner_id = partner_id
-        self.segments: dict[str, tuple[str, float]] = {}  # id → (status, time)
-        self.regions: tuple[str, ...] | None = None
-        self.events: list[tuple[str, dict[str, str]]] = []
+        self.segments: dict[str, tuple[str, float]] = {event.segment: (event.status, event.time)}
+        self.regions: tuple[str, ...] | None = event.regions or None
+        self.events: list[tuple[str, dict[str, str]]] = [(event.id, event.fields)]
 
     def growth(self, event: Event, partner_id: str) -> int:
         """Bytes this user's JSON grows by if ``event`` is folded in (0 if it is older)."""
@@ -139,8 +140,9 @@ class BatchBuilder:
             # Close the current batch, and start the next with this event.
             return self.close() + self.add(event, partner_id)
         if user is None:
-            user = users[event.uuid] = _User(partner_id)
-        user.fold(event, partner_id)
+            users[event.uuid] = _User(event, partner_id)
+        else:
+            user.fold(event, partner_id)
         if self.deadline is None:
             self.deadline = self._clock() + self.dest.batch.max_wait
         self._sources.add(event.id)

@@ -1,13 +1,13 @@
 """Consume → route → batch: read the inbound stream, fold events into per-destination batches,
 and write every closed batch to its destination's outbound stream.
 
-The inbound entries a batch completes are acknowledged in the same MULTI that writes it, so an
-entry is either pending inbound or part of a written batch, never both and never neither. Each
-destination batches on its own terms: an entry routed to several destinations is acknowledged
-when its last batch is written. Until then, every MULTI that writes one of its batches also
-records, in ``<stream.key>:written``, which destinations have it: after a crash, the entry is
-read again and folded only into the batches of the destinations that do not, so no partner sees
-it twice under different idempotency keys.
+The inbound entries a batch completes are acknowledged in the same atomic write
+(``store.atomic``) that writes it, after it, so an entry is either pending inbound or part of a
+written batch, never both and never neither. Each destination batches on its own terms: an
+entry routed to several destinations is acknowledged when its last batch is written. Until
+then, every write of one of its batches also records, in ``<stream.key>:written``, which
+destinations have it: after a crash, the entry is read again and folded only into the batches
+of the destinations that do not, so no partner sees it twice under different idempotency keys.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Set as AbstractSet
 
 import orjson
 
@@ -36,6 +37,8 @@ from iris.store.recovery import History, Recovered, Recovery
 from iris.store.streams import Commit, Entry, Streams
 
 log = logging.getLogger(__name__)
+
+NOTHING_WRITTEN: frozenset[str] = frozenset()  # an entry no destination has written yet
 
 
 class Consumer:
@@ -154,9 +157,10 @@ class Consumer:
 
     def _take(self, entries: list[Entry], commit: Commit,
               written: dict[str, set[str]] | None = None) -> None:
+        written = written or {}
         for entry_id, fields in entries:
             try:
-                self._take_one(entry_id, fields, commit, (written or {}).get(entry_id, set()))
+                self._take_one(entry_id, fields, commit, written.get(entry_id, NOTHING_WRITTEN))
                 continue
             except EventError as exc:
                 error = str(exc)
@@ -168,7 +172,7 @@ class Consumer:
             commit.acks.append(entry_id)
 
     def _take_one(self, entry_id: str, fields: dict[str, str], commit: Commit,
-                  written: set[str]) -> None:
+                  written: AbstractSet[str]) -> None:
         """Route one event and fold it into the open batch of each destination that does not
         have it written already (``written``: recorded before a crash)."""
         event = parse_event(entry_id, fields)
@@ -210,8 +214,11 @@ class Consumer:
                     DeadLetter(fields, INVALID_EVENT, source_id, batch.destination_id,
                                error=f"processing failed: {type(exc).__name__}")
                     for source_id, fields in batch.events)
-            for entry_id in batch.source_ids:
-                self._finished(entry_id, batch.destination_id, commit)
+            if self._remaining:
+                for entry_id in batch.source_ids:
+                    self._finished(entry_id, batch.destination_id, commit)
+            else:  # no entry is fanned out: each is finished with this batch
+                commit.acks.extend(batch.source_ids)
 
     def _finished(self, entry_id: str, destination: str, commit: Commit) -> None:
         """``entry_id`` is in a batch written for ``destination``."""
