@@ -60,3 +60,26 @@ async def test_an_outbound_key_of_another_type_acknowledges_nothing(
     assert await direct.xlen(f"{stream_key}:dlq") == 0
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
                          {partner.dest_id: warm | held})
+
+
+async def test_a_round_of_12000_entries_is_one_commit(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """``stream.read_count: 12000``: one round's commit acknowledges 12,000 inbound entries. Lua's
+    ``unpack`` stops at about 8,000 values ("too many results to unpack": taskforcesh/bullmq#422,
+    HDT3213/delayqueue#3, redis/rueidis#595), so the XACK is written in chunks; every event is
+    delivered and acknowledged, and Redis refused nothing."""
+    partner = await partners("423")
+    config = as_config(raw_config(own_redis.url, stream_key, partner, read_count=12000,
+                                  dest={"batch": {"max_users": 1000, "max_wait": 0.05}}))
+    sent = await produce(direct, stream_key, "round", 12000)
+    async with running(config) as worker:
+        await wait_for(lambda: sent <= delivered(partner), 60, "every event delivered",
+                       lambda: missing(partner, sent))
+        await settled(direct, stream_key, partner.dest_id)
+        refused = sum(metric(worker, "iris_redis_errors_total", reply=reply)
+                      for reply in ("other", "NOPERM", "OOM"))
+
+    assert refused == 0
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: sent})
