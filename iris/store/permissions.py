@@ -56,6 +56,7 @@ async def check_permissions(streams: Streams) -> None:
     touch = streams.redis.register_script(stream_scripts.TOUCH_OWNED)
     checks: dict[str, Callable[[], Awaitable[object]]] = {
         "evalsha": lambda: touch(keys=[key], args=[PROBE_GROUP, me]),
+        "multi": lambda: _multi_ack(streams),  # an atomic write too long for a script
     }
     for name, check in checks.items():
         try:
@@ -69,20 +70,26 @@ async def check_permissions(streams: Streams) -> None:
     if denied:
         raise RedisUnavailable(
             f"the redis user lacks a permission: NOPERM for {', '.join(denied)} (iris needs "
-            "+@stream +@scripting +@string +@hash +@keyspace +@connection "
+            "+@stream +@scripting +@transaction +@string +@hash +@keyspace +@connection "
             "+time on the keys under its stream's name)", "NOPERM")
 
 
 async def _check_dead_letter_key(streams: Streams) -> None:
     """The dead-letter stream's key must be a stream, or absent. An XADD to a key of another
-    type fails only when the settle that holds it runs, and every settle with a dead letter
-    would then wait: named at start instead."""
+    type refuses every write that holds a dead letter (a commit, a settle), which would then
+    wait: named at start instead."""
     with redis_errors():
         kind = await streams.redis.type(streams.dead_letters)
     if kind not in ("stream", "none"):
         raise RedisUnavailable(
             f"redis key {streams.dead_letters} holds a {kind}, not a stream: iris writes its "
             "dead letters there (rename or delete that key)", "WRONGTYPE")
+
+
+async def _multi_ack(streams: Streams) -> None:
+    async with streams.redis.pipeline(transaction=True) as pipe:
+        pipe.xack(streams.inbound, streams.group, "0-0")  # acknowledges nothing
+        await pipe.execute()
 
 
 def _is_noperm(reply: Exception) -> bool:

@@ -15,7 +15,9 @@ from tests.conftest import metric, running, wait_for
 from tests.faults.harness import (
     as_config,
     check_promises,
+    config_data,
     delivered,
+    dest_config,
     missing,
     produce,
     raw_config,
@@ -83,3 +85,63 @@ async def test_a_round_of_12000_entries_is_one_commit(
     assert refused == 0
     await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
                          {partner.dest_id: sent})
+
+
+async def test_a_refused_write_writes_nothing_for_the_other_destination(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """Events for two destinations, the outbound stream of the second replaced by a string:
+    each commit is refused whole, before any write, so the first partner does not get its
+    batches again at every retry (nor does a dead letter pile up), and after the fix each
+    batch reaches each partner once."""
+    first, second = await partners("423"), await partners("777")
+    data = config_data(own_redis.url, stream_key,
+                       [dest_config(p, batch={"max_users": 5, "max_wait": 0.05})
+                        for p in (first, second)], block_ms=200)
+    data["shutdown_timeout"] = 3
+    async with running(as_config(data)) as worker:
+        await direct.set(f"{stream_key}:out:{second.dest_id}", "not a stream")
+        refused = metric(worker, "iris_redis_errors_total", reply="other")
+        held = await produce(direct, stream_key, "held", 10)
+        await wait_for(lambda: metric(worker, "iris_redis_errors_total", reply="other")
+                       >= refused + 3, 20, "three refused commits")
+        assert await direct.xlen(f"{stream_key}:out:{first.dest_id}") == 0
+        assert not first.server.received
+
+        await direct.delete(f"{stream_key}:out:{second.dest_id}")
+        for partner in (first, second):
+            await wait_for(lambda p=partner: held <= delivered(p), 30, "every event delivered",
+                           lambda p=partner: missing(p, held))
+            await settled(direct, stream_key, partner.dest_id)
+
+    keys = [b.idempotency_key for b in first.server.received]
+    assert len(keys) == len(set(keys)) == 2, keys
+    await check_promises(direct, stream_key, GROUP,
+                         {p.dest_id: p.server for p in (first, second)},
+                         {first.dest_id: held, second.dest_id: held})
+
+
+async def test_an_event_of_4000_fields_is_dead_lettered_whole(
+    own_redis: RedisProcess, direct: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """An invalid event with 4,000 fields: its dead letter is one XADD of 8,000 words and more,
+    which a Lua script cannot pass on (``unpack`` stops near 8,000 values), so that write is a
+    MULTI. The dead letter keeps every field, and the events behind it are delivered."""
+    partner = await partners("423")
+    config = as_config(raw_config(own_redis.url, stream_key, partner,
+                                  dest={"batch": {"max_users": 5, "max_wait": 0.05}}))
+    wide = {f"f{i:04d}": "v" for i in range(4000)}  # and no uuid: invalid
+    await direct.xadd(stream_key, wide)
+    sent = await produce(direct, stream_key, "after", 10)
+    async with running(config) as worker:
+        await wait_for(lambda: sent <= delivered(partner), 30, "the events behind it",
+                       lambda: missing(partner, sent))
+        await settled(direct, stream_key, partner.dest_id)
+        refused = metric(worker, "iris_redis_errors_total", reply="other")
+
+    assert refused == 0
+    [(_, dead)] = await direct.xrange(f"{stream_key}:dlq")
+    assert dead["dlq_reason"] == "invalid_event"
+    assert {k: v for k, v in dead.items() if not k.startswith("dlq_")} == wide
+    await check_promises(direct, stream_key, GROUP, {partner.dest_id: partner.server},
+                         {partner.dest_id: sent}, dead_reasons={"": "invalid_event"})
