@@ -40,6 +40,14 @@ TABLE = [  # (what redis-py raises, reply label, start of the reason /readyz sho
     (rx.ResponseError("UNBLOCKED force unblock from blocking operation, instance state "
                       "changed (master -> replica?)"), "READONLY",
      "redis is a read-only replica: READONLY UNBLOCKED force unblock"),
+    # the stream deleted under a blocked XREADGROUP (Redis 7.0), or its group (7.2 and later):
+    # a vanished group, recreated, not a replica
+    (rx.ResponseError("UNBLOCKED the stream key no longer exists"), "NOGROUP",
+     "consumer group missing: UNBLOCKED the stream key no longer exists"),
+    (rx.ResponseError("UNBLOCKED the consumer group this client was blocked on no longer "
+                      "exists"), "NOGROUP", "consumer group missing: UNBLOCKED the consumer"),
+    (rx.ResponseError("UNBLOCKED client unblocked via CLIENT UNBLOCK"), "other",
+     "redis refused a command: UNBLOCKED client unblocked"),
     (rx.ReadOnlyError("You can't write against a read only replica. script: 9f1c, on "
                       "@user_script:3."), "READONLY",
      "redis is a read-only replica: READONLY You can't write against a read only replica."),

@@ -51,7 +51,10 @@ REDIS_WIDE = frozenset({"OOM", "MISCONF", "NOREPLICAS", "READONLY", "LOADING", "
                         "CLUSTERDOWN", "MASTERDOWN", "connection", "timeout"})
 TEXT_CHARS = 160
 SCRIPT_DENIED = "user executing the script can't run this command"
-ALIASES = {"UNBLOCKED": "READONLY"}  # a blocking read cut short: the server became a replica
+# A blocking read cut short (UNBLOCKED) says why in its text: the server became a replica, or
+# the stream (Redis 7.0) or its consumer group (7.2 and later) was deleted meanwhile, which is
+# a vanished group; CLIENT UNBLOCK by an operator is neither, and stays UNBLOCKED.
+UNBLOCKED = (("instance state changed", "READONLY"), ("no longer exists", "NOGROUP"))
 # what asyncio's and uvloop's transports, and redis-py 8.1 (its writer gone), raise for a write
 # on a connection that the cluster client closed meanwhile (during a failover or a reshard)
 CLOSED_UNDER = ("the handler is closed", "Transport is closed",
@@ -69,7 +72,9 @@ def reply_code(exc: rx.ResponseError) -> str:
     if SCRIPT_DENIED in text:
         return "NOPERM"
     first = text.split(" ", 1)[0]
-    return ALIASES.get(first, first) if first.isupper() and first.isalpha() else "ERR"
+    if first == "UNBLOCKED":
+        return next((code for cause, code in UNBLOCKED if cause in text), first)
+    return first if first.isupper() and first.isalpha() else "ERR"
 
 
 def reply_text(exc: BaseException) -> str:
