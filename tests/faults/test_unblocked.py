@@ -1,7 +1,8 @@
 """A stream deleted while iris is blocked reading it: Redis cuts the read short with
 ``UNBLOCKED the stream key no longer exists``. That is a vanished consumer group (recreated at
 once), not a failover: it was counted and logged as "redis is a read-only replica" (READONLY),
-which sent an operator looking for a replica that did not exist."""
+which sent an operator looking for a replica that did not exist (the wake-up on DEL:
+redis/redis#6887 and #10306)."""
 
 from __future__ import annotations
 
