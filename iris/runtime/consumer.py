@@ -70,31 +70,62 @@ class Consumer:
         start counts that re-read as a delivery; a re-read after a Redis fault does not.
         Reads and writes report apart: when Redis refuses writes (OOM), reads still work, and
         only a write that succeeds ends the fault.
+
+        A round's commit is written while the next round reads and batches (Redis writes while
+        the worker works: at 1,000-user batches the worker waited ~2 ms per commit, 15 % of
+        its time). Commits stay in order: the next one starts only once this one is written;
+        if it fails, what the next round did is forgotten with the rest, and read again.
         """
         self._forget()
         history = History()
         where = self._streams.where
         reads = self._health.retry(f"consume{where}")
         writes = self._health.retry(f"consume{where}: write")
-        while not self.stopping.is_set():
-            try:
-                commit = await self._round(history)
-            except RedisUnavailable as exc:
-                await self._start_over(history, reads, exc)
-                continue
-            reads.ok()
-            # before the write: what we hold stays ours even while Redis refuses writes
-            await self._recovery.heartbeat(self._held)
-            if commit and not self._abandoned:
+        writing: asyncio.Task[Commit] | None = None  # the last round's commit, under way
+        try:
+            while not self.stopping.is_set():
                 try:
-                    await self._streams.commit(commit)
+                    commit = await self._round(history)
                 except RedisUnavailable as exc:
-                    await self._start_over(history, writes, exc)
+                    await self._written_or_not(writing)  # whatever it did: we read again
+                    writing = None
+                    await self._start_over(history, reads, exc)
                     continue
-                self._written(commit)
-            if commit or not self._held():  # a write worked, or there is nothing to write
-                writes.ok()
-        await self._flush_all()
+                reads.ok()
+                failed = await self._written_or_not(writing)
+                writing = None
+                if failed is not None:
+                    await self._start_over(history, writes, failed)
+                    continue
+                # before the write: what we hold stays ours even while Redis refuses writes
+                await self._recovery.heartbeat(self._held)
+                if commit and not self._abandoned:
+                    writing = asyncio.create_task(self._commit(commit, writes),
+                                                  name=f"commit{where}")
+                elif not self._held():  # nothing to write
+                    writes.ok()
+            if await self._written_or_not(writing) is None:
+                await self._flush_all()
+        finally:  # cancelled (a stop's deadline) or a bug: no commit runs on unwatched
+            if writing is not None:
+                writing.cancel()
+
+    async def _commit(self, commit: Commit, writes: RedisRetry) -> Commit:
+        await self._streams.commit(commit)
+        self._written(commit)
+        writes.ok()
+        return commit
+
+    @staticmethod
+    async def _written_or_not(writing: asyncio.Task[Commit] | None) -> RedisUnavailable | None:
+        """Wait for the commit under way; the Redis fault that stopped it, if one did."""
+        if writing is None:
+            return None
+        try:
+            await writing
+        except RedisUnavailable as exc:
+            return exc
+        return None
 
     async def _start_over(self, history: History, retry: RedisRetry,
                           exc: RedisUnavailable) -> None:
