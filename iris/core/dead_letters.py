@@ -40,5 +40,13 @@ def report_written(entries: list[DeadLetter], counter: Any) -> None:
                 f"dead-lettered %d event(s){where} as {reason}: %s",
                 f"dead-lettered %d event(s){where} as {reason} in the last %.0f s; last: %s",
                 extra={"destination": destination} if destination else None)
-        first = group[0]
-        digest.add(len(group), first.scrubbed_error() or str(first.status or ""))
+        digest.add(len(group), _errors(group))
+
+
+def _errors(group: list[DeadLetter]) -> str:
+    """What went wrong, for the log: the first error, and how many others differ (one line
+    must not make four events missing a uuid of an event missing a dpuuid)."""
+    errors = dict.fromkeys(d.scrubbed_error() or str(d.status or "") for d in group)
+    first = next(iter(errors))
+    others = len(errors) - 1
+    return f"{first} (and {others} other error(s): see the dead-letter stream)" if others else first
