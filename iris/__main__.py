@@ -1,5 +1,5 @@
 """``python -m iris``."""
 
-from iris.cli.main import main
+from iris.cli import main
 
 main()

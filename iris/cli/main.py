@@ -8,6 +8,7 @@ is in ``parser``, ``send`` in ``send``, the other commands in ``commands``.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -44,6 +45,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # run turns the collector on once started (tune_gc)
+        gc.enable()
     setup_logging(args.log_level, args.log_format)
     try:
         code = COMMANDS[args.command](args)

@@ -57,9 +57,11 @@ def tune_gc() -> None:
     open batch; measured, it took half the consumer's time. Objects alive at start-up are
     frozen out of collection (without a collection first: it cost ~30–50 ms of CPU to free a
     handful of objects), and collections run a hundred times less often. iris makes few
-    reference cycles, so memory stays bounded."""
+    reference cycles, so memory stays bounded. The collector is turned on here: the ``iris``
+    command kept it off through the start-up's imports (``iris.cli``)."""
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+    gc.enable()
 
 
 @dataclass
