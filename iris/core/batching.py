@@ -31,7 +31,8 @@ def _regions_size(regions: tuple[str, ...] | None) -> int:
 
 
 def _new_user_size(uuid: str, partner_id: str, event: Event) -> int:
-    size = _USER + _SEGMENT + _blen(uuid + partner_id + event.segment)
+    text = uuid + partner_id + event.segment
+    size = _USER + _SEGMENT + (len(text) if text.isascii() else len(text.encode()))
     return size + _regions_size(event.regions) if event.regions else size
 
 
@@ -175,7 +176,7 @@ class BatchBuilder:
                 users=len(users),
                 segments=sum(len(u.segments) for _, u in users),
                 events=events,
-                source_ids=list(dict.fromkeys(entry_id for entry_id, _ in events)),
+                source_ids=list(dict.fromkeys([entry_id for entry_id, _ in events])),
             )
         ]
 

@@ -25,6 +25,9 @@ class RouteTable:
             if not dest.routes_all():
                 for segment in dict.fromkeys(dest.segments):
                     self._by_segment[segment].append(dest)
+        # segments that route to exactly one destination, when none takes every segment
+        self._only = {} if self._all else {
+            segment: dests[0] for segment, dests in self._by_segment.items() if len(dests) == 1}
 
     def route(self, event: Event) -> tuple[list[tuple[Destination, str]], list[str]]:
         """``([(destination, DataPartner_UUID)], [skip reasons])`` for one event.
@@ -32,6 +35,9 @@ class RouteTable:
         An explicit ``destination`` field sends only there; otherwise every destination whose
         ``segments`` match. A destination whose partner id the event lacks is skipped.
         """
+        if event.destination is None and (only := self._only.get(event.segment)) is not None:
+            partner_id = event.partner_id(only.user_dpid)  # the usual case, in short
+            return ([(only, partner_id)], []) if partner_id is not None else ([], [NO_PARTNER_ID])
         if event.destination is not None:
             dest = self._by_id.get(event.destination)
             if dest is None:
