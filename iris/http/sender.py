@@ -190,7 +190,8 @@ class Sender:
         self._requests = metrics.requests
         self._by_code: dict[str, Any] = {}
         self._duration = metrics.request_duration.labels(dest.id)
-        self._inflight = metrics.inflight.labels(dest.id)
+        self._in_flight = 0  # read when Prometheus scrapes: nothing to count per request
+        metrics.inflight.labels(dest.id).set_function(lambda: self._in_flight)
 
     async def send(self, body: bytes, idempotency_key: str) -> Outcome:
         headers = {
@@ -236,7 +237,7 @@ class Sender:
                          again: bool) -> tuple[Outcome, bool]:
         """``again``: the request was lost to a stale connection, and goes out on a new one."""
         started = time.perf_counter()
-        self._inflight.inc()
+        self._in_flight += 1
         try:
             if (connections := self._session.batches) is not None:
                 return await self._post_direct(connections, body, headers, again)
@@ -245,7 +246,7 @@ class Sender:
             return failure("timeout", f"no answer from {self._where} within "
                                       f"{self.dest.timeout:g} s"), False
         finally:
-            self._inflight.dec()
+            self._in_flight -= 1
             self._duration.observe(time.perf_counter() - started)
 
     async def _post_direct(self, connections: Connections, body: bytes,
