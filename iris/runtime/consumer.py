@@ -74,7 +74,10 @@ class Consumer:
         A round's commit is written while the next round reads and batches (Redis writes while
         the worker works: at 1,000-user batches the worker waited ~2 ms per commit, 15 % of
         its time). Commits stay in order: the next one starts only once this one is written;
-        if it fails, what the next round did is forgotten with the rest, and read again.
+        if it fails, what the next round did is forgotten with the rest, and read again. Only
+        rounds of new entries overlap so: a round of history must not find pending what the
+        commit under way acknowledges (an entry claimed from a dead consumer, say), or it would
+        fold it into a second batch, under another idempotency key.
         """
         self._forget()
         history = History()
@@ -87,7 +90,8 @@ class Consumer:
                 try:
                     commit = await self._round(history)
                 except RedisUnavailable as exc:
-                    await self._written_or_not(writing)  # whatever it did: we read again
+                    if failed := await self._written_or_not(writing):  # we read again anyway
+                        writes.noted(failed)
                     writing = None
                     await self._start_over(history, reads, exc)
                     continue
@@ -102,9 +106,16 @@ class Consumer:
                 if commit and not self._abandoned:
                     writing = asyncio.create_task(self._commit(commit, writes),
                                                   name=f"commit{where}")
+                    if not history.done and (failed := await self._written_or_not(writing)):
+                        writing = None
+                        await self._start_over(history, writes, failed)
+                        continue
                 elif not self._held():  # nothing to write
                     writes.ok()
-            if await self._written_or_not(writing) is None:
+            if failed := await self._written_or_not(writing):
+                log.warning("could not write the last round's batches at shutdown (%s); they "
+                            "stay pending", failed)
+            else:
                 await self._flush_all()
         finally:  # cancelled (a stop's deadline) or a bug: no commit runs on unwatched
             if writing is not None:
