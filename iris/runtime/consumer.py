@@ -119,7 +119,8 @@ class Consumer:
                 await self._flush_all()
         finally:  # cancelled (a stop's deadline) or a bug: no commit runs on unwatched
             if writing is not None:
-                writing.cancel()
+                writing.cancel()  # its fault, if it had one, is this loop's no more
+                writing.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def _commit(self, commit: Commit, writes: RedisRetry) -> Commit:
         await self._streams.commit(commit)
