@@ -31,8 +31,7 @@ def _regions_size(regions: tuple[str, ...] | None) -> int:
 
 
 def _new_user_size(uuid: str, partner_id: str, event: Event) -> int:
-    text = uuid + partner_id + event.segment
-    size = _USER + _SEGMENT + (len(text) if text.isascii() else len(text.encode()))
+    size = _USER + _SEGMENT + _blen(uuid + partner_id + event.segment)
     return size + _regions_size(event.regions) if event.regions else size
 
 
