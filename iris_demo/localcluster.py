@@ -283,13 +283,19 @@ class LocalCluster:
             call(port, "CLUSTER", "SETSLOT", str(slot), "NODE", self.node_id(to))
 
     def _note_replicas(self, port: int, timeout: float = 10) -> list[int]:
-        """The replicas of the master on ``port``, as the nodes see them now (asked again for
-        up to ``timeout`` seconds while a loaded machine keeps a node from answering)."""
+        """The replicas of the master on ``port``: those its node table names, and those
+        replicating from it (INFO replication), since on a loaded machine the table learns a
+        new replica by gossip after its replication link is up (asked again for up to
+        ``timeout`` seconds while a node does not answer)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 me = self.node_id(port)
-                replicas = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
+                linked = [int(m.group(1)) for key, value in info(port, "replication").items()
+                          if re.fullmatch(r"slave\d+", key)
+                          and (m := re.search(r"port=(\d+)", value))]
+                named = [_port_of(f) for f in cluster_nodes(port) if f[3] == me]
+                replicas = list(dict.fromkeys(named + linked))
                 break
             except (OSError, RuntimeError):
                 if time.monotonic() > deadline:
