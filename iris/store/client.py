@@ -12,8 +12,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import DataError, NoScriptError
+from redis.exceptions import NoScriptError
 from redis.utils import HIREDIS_AVAILABLE
 
 from iris.config.model import RedisSettings
@@ -51,21 +50,25 @@ def connect(config: RedisSettings) -> RedisClient:
     return aioredis.Redis.from_pool(pool)
 
 
-_HIREDIS = HiredisRespSerializer()
-
 
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
     """``connection_class`` (plain, TLS or Unix socket) packing commands with hiredis's C
     encoder, as redis-py's synchronous client does (its asyncio client packs in Python: at
     AAM's 10-user batches, a tenth of a worker's CPU went to packing XADDs). The bytes on the
-    wire are the same. Text hiredis cannot encode (invalid UTF-8 kept as surrogates, e.g. in
-    a dead letter) is packed by redis-py's own encoder, with the pool's error handler."""
+    wire are the same. redis-py's own encoder packs the rest: a command name of two words
+    (``XGROUP CREATE``), a type hiredis refuses, and text hiredis cannot encode (invalid UTF-8
+    kept as surrogates, e.g. in a dead letter), with the pool's error handler."""
+    import hiredis  # only called where redis-py found it (HIREDIS_AVAILABLE)
+
+    pack = hiredis.pack_command
 
     def pack_command(self: Any, *args: Any) -> list[bytes]:
-        try:
-            return _HIREDIS.pack(*args)  # type: ignore[no-any-return]
-        except (UnicodeEncodeError, DataError):
-            return connection_class.pack_command(self, *args)  # type: ignore[no-any-return]
+        if isinstance(args[0], str) and " " not in args[0]:
+            try:
+                return [pack(args)]
+            except (UnicodeEncodeError, TypeError):
+                pass
+        return connection_class.pack_command(self, *args)  # type: ignore[no-any-return]
 
     return type(f"Hiredis{connection_class.__name__}", (connection_class,),
                 {"pack_command": pack_command})
