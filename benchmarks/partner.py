@@ -38,13 +38,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # also as a script: python benchmarks/partner.py
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.partner_app import PartnerApp  # noqa: E402
+from benchmarks.partner_http import PartnerProtocol  # noqa: E402
 from benchmarks.process import die_with_parent  # noqa: E402
 
 WARMUP_SECONDS = 2.0
@@ -69,12 +69,10 @@ def serve_child(port: int, key: bytes, clients: dict[str, dict[str, str]],
 async def _serve(port: int, key: bytes, clients: dict[str, dict[str, str]],
                  conn: Connection) -> None:
     partner = PartnerApp(key, clients)
-    runner = web.AppRunner(partner.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_port=True)
-    await site.start()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: PartnerProtocol(partner.handle), "127.0.0.1",
+                                      port, backlog=1024, reuse_port=True)
+    stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     def command() -> None:
@@ -94,7 +92,7 @@ async def _serve(port: int, key: bytes, clients: dict[str, dict[str, str]],
     loop.add_reader(conn.fileno(), command)
     conn.send("ready")
     await stop.wait()
-    await runner.cleanup()
+    server.close()
 
 
 # --------------------------------------------------------------------------- the parent

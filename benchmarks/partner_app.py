@@ -1,4 +1,5 @@
-"""One process of the benchmark's partner: a cheap keep-alive HTTP endpoint that counts.
+"""One process of the benchmark's partner: a cheap keep-alive HTTP endpoint that counts, served
+by ``benchmarks/partner_http.py``.
 
 Served by every partner process on the same port (``SO_REUSEPORT``: the kernel spreads the
 connections over them), per destination ``<id>``:
@@ -28,11 +29,12 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
-from aiohttp import web
 
 from benchmarks.iris_api import basic_credentials
+from benchmarks.partner_http import Reply, Request
 
 TOKEN_TTL = 3600
+OK = Reply(200)
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -96,25 +98,25 @@ class Tokens:
             expiry = self._valid[token] = float(when)
         return time.time() < expiry
 
-    async def handle(self, request: web.Request) -> web.Response:
-        dest = request.match_info["dest"]
+    def handle(self, request: Request, dest: str) -> Reply:
         client = self.clients.get(dest)
         if client is None:
-            raise web.HTTPNotFound()
-        media = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            return Reply(404, b"no such destination")
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media != FORM_TYPE:
             return _oauth_error(400, "invalid_request", f"Content-Type must be {FORM_TYPE}")
-        creds = _basic(request.headers.get("Authorization"))
+        creds = _basic(request.headers.get("authorization"))
         if creds is None or not (hmac.compare_digest(creds[0], client["client_id"])
                                  & hmac.compare_digest(creds[1], client["client_secret"])):
             return _oauth_error(401, "invalid_client", "client authentication failed")
-        form = dict(parse_qsl((await request.read()).decode("utf-8", "replace")))
+        form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
         if form.get("grant_type") != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", "only client_credentials")
         self.ok_requests[dest] += 1
         body = {"token_type": "Bearer", "access_token": self.issue(dest),
                 "expires_in": TOKEN_TTL}
-        return web.json_response(body, headers={"Cache-Control": "no-store"})
+        return Reply(200, orjson.dumps(body), {"Content-Type": "application/json",
+                                               "Cache-Control": "no-store"})
 
 
 def _basic(header: str | None) -> tuple[str, str] | None:
@@ -123,10 +125,12 @@ def _basic(header: str | None) -> tuple[str, str] | None:
     return None if creds is None else (unquote_plus(creds[0]), unquote_plus(creds[1]))
 
 
-def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    headers = {"WWW-Authenticate": 'Basic realm="token"'} if status == 401 else {}
-    return web.Response(status=status, headers=headers, content_type="application/json",
-                        text=json.dumps({"error": error, "error_description": description}))
+def _oauth_error(status: int, error: str, description: str) -> Reply:
+    headers = {"Content-Type": "application/json"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="token"'
+    return Reply(status, json.dumps({"error": error, "error_description": description}).encode(),
+                 headers)
 
 
 class PartnerApp:
@@ -137,13 +141,18 @@ class PartnerApp:
         self.destinations = list(clients)
         self.counters = Counters(self.destinations, latency=False)
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.add_routes([
-            web.post("/oauth2/{dest}/token", self.tokens.handle),
-            web.post("/segments/{dest}", self.segments),
-        ])
-        return app
+    def handle(self, request: Request) -> Reply:
+        """``POST /segments/<id>`` and ``POST /oauth2/<id>/token``."""
+        parts = request.path.split("/")
+        if len(parts) == 3 and parts[1] == "segments":
+            route = self.segments
+        elif len(parts) == 4 and parts[1] == "oauth2" and parts[3] == "token":
+            route = self.tokens.handle
+        else:
+            return Reply(404, b"not found")
+        if request.method != "POST":
+            return Reply(405, b"POST only", {"Allow": "POST"})
+        return route(request, parts[2])
 
     def reset(self, latency: bool) -> None:
         self.counters = Counters(self.destinations, latency=latency)
@@ -153,17 +162,15 @@ class PartnerApp:
         out["token_requests"] = dict(self.tokens.ok_requests)
         return out
 
-    async def segments(self, request: web.Request) -> web.Response:
+    def segments(self, request: Request, dest: str) -> Reply:
         c = self.counters
-        body = await request.read()
         now = time.time()
-        dest = request.match_info["dest"]
-        auth = request.headers.get("Authorization", "")
+        auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or not self.tokens.is_valid(dest, auth[7:]):
             c.unauthorized += 1
-            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+            return Reply(401, b"", {"WWW-Authenticate": "Bearer"})
         try:
-            payload = orjson.loads(body)
+            payload = orjson.loads(request.body)
             users = payload["Users"]
             if payload["AAM_Destination_Id"] != dest or payload["User_count"] != str(len(users)):
                 raise ValueError("envelope does not match")
@@ -181,7 +188,7 @@ class PartnerApp:
                         c.xadd_times.append(sent)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             c.bad += 1
-            return web.Response(status=400, text="bad payload")
+            return Reply(400, b"bad payload")
         c.requests += 1
         c.users += len(users)
         c.changes += changes
@@ -192,4 +199,4 @@ class PartnerApp:
         if c.first is None:
             c.first = now
         c.last = now
-        return web.Response(status=200)
+        return OK
