@@ -86,11 +86,13 @@ def _check_destination(where: str, dest: Destination) -> None:
 
 
 def _check_ca_file(path: str, ca_file: Path) -> None:
-    """Load it exactly as the HTTPS sessions will, so a wrong file stops check-config."""
+    """Load it as the HTTPS sessions will, so a wrong file stops check-config: into a bare
+    client context, without the system CA store the sessions add (35-55 ms of CPU to load,
+    once per destination; the sessions share one per CA file, ``http.sender.tls_context``)."""
     if not ca_file.is_file():
         raise ConfigError(path, f"no such file: {ca_file}")
     try:
-        ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(ca_file))
     except ssl.SSLError as exc:
         raise ConfigError(path, f"{ca_file} holds no PEM CA certificate "
                                 f"({exc.reason or exc.strerror})") from None
