@@ -12,13 +12,17 @@ connection is closed.
 from __future__ import annotations
 
 import asyncio
+import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http import HTTPStatus
 
 import httptools
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+SERVER = f"Python/{platform.python_version()} bench-partner"
 
 
 @dataclass
@@ -39,9 +43,27 @@ class Reply:
 Handler = Callable[[Request], Reply]
 
 
+class _Date:
+    """The ``Date`` header's value, formatted once a second."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second, cls.text = second, formatdate(second, usegmt=True)
+        return cls.text
+
+
 def _encoded(reply: Reply, keep_alive: bool) -> bytes:
+    """The answer, with the headers aiohttp's web server sent for it before (``Date``,
+    ``Server``, a ``Content-Type``): the clients under test parse what a partner sends."""
     head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
-            f"Content-Length: {len(reply.body)}"]
+            f"Content-Length: {len(reply.body)}", f"Date: {_Date.now()}", f"Server: {SERVER}"]
+    if "Content-Type" not in reply.headers:
+        head.append("Content-Type: application/octet-stream")
     head += [f"{name}: {value}" for name, value in reply.headers.items()]
     if not keep_alive:
         head.append("Connection: close")
