@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="masters of the --scale-out cluster (default 3, at least 3)")
     p.add_argument("--aam-events", type=int, default=None,
                    help="events for the max_users 10 runs, iris and FastStream (default: "
-                        "min(events, 50000))")
+                        "min(events, 100000))")
     p.add_argument("--naive-seconds", type=float, default=10,
                    help="time window of the naive baseline (default 10)")
     p.add_argument("--naive-events", type=int, default=None,
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--naive-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.aam_events is None:
-        args.aam_events = min(args.events, 50_000)
+        args.aam_events = min(args.events, 100_000)
     if args.naive_events is None:
         args.naive_events = min(args.events, 60_000)
     for name in ("events", "destinations", "workers", "aam_events", "naive_events",
