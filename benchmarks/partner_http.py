@@ -12,6 +12,7 @@ connection is closed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 import httptools
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVER = f"Python/{platform.python_version()} bench-partner"
@@ -86,7 +89,7 @@ class PartnerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # no upgrades here
             self._answer(Reply(400, b"bad request"), keep_alive=False)
 
     # httptools callbacks
@@ -118,7 +121,13 @@ class PartnerProtocol(asyncio.Protocol):
             return
         request.path = request.path.partition("?")[0]
         request.body = bytes(self._body)
-        self._answer(self._handle(request), keep_alive=self._parser.should_keep_alive())
+        keep_alive = self._parser.should_keep_alive()
+        try:
+            reply = self._handle(request)
+        except Exception:  # a bug of the bench: said, and answered as one
+            log.exception("the partner failed on %s %s", request.method, request.path)
+            reply, keep_alive = Reply(500, b"partner error"), False
+        self._answer(reply, keep_alive=keep_alive)
 
     def _answer(self, reply: Reply, *, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():

@@ -14,6 +14,8 @@ from benchmarks.partner_http import PartnerProtocol, Reply, Request
 
 
 def _echo(request: Request) -> Reply:
+    if request.path == "/bug":
+        raise RuntimeError("a bug in a handler")
     return Reply(201, f"{request.method} {request.path} {len(request.body)}".encode(),
                  {"X-Auth": request.headers.get("authorization", "-")})
 
@@ -81,4 +83,35 @@ async def test_garbage_gets_a_400_and_the_connection_closes(port: int) -> None:
     data = await asyncio.wait_for(reader.read(), 10)
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Connection: close" in data
+    writer.close()
+
+
+async def test_an_upgrade_request_is_answered_and_the_connection_closed(port: int) -> None:
+    """httptools raises HttpParserUpgrade after the request (not an HttpParserError): the
+    request is answered, no upgrade follows, the connection closes (not a protocol crash)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    assert await asyncio.wait_for(_answers(reader, 1), 10) == [
+        ("HTTP/1.1 201 Created", b"GET /u 0")]
+    rest = await asyncio.wait_for(reader.read(), 10)  # then closed by the server
+    assert rest.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Connection: close" in rest
+    writer.close()
+
+
+async def test_a_chunked_body_is_read_whole(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert await asyncio.wait_for(_answers(reader, 1), 10) == [
+        ("HTTP/1.1 201 Created", b"POST /c 11")]
+    writer.close()
+
+
+async def test_a_handler_bug_is_a_500_and_logged(port: int,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post("/bug", b""))
+    assert await asyncio.wait_for(_answers(reader, 1), 10) == [
+        ("HTTP/1.1 500 Internal Server Error", b"partner error")]
+    assert "the partner failed on POST /bug" in caplog.text
     writer.close()

@@ -37,6 +37,19 @@ def test_text_hiredis_cannot_encode_is_packed_with_the_error_handler() -> None:
     assert packed.endswith(b"$8\r\nbad\xffbyte\r\n")
 
 
+def test_iris_commands_take_hiredis_s_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is taken: a one-word command goes to hiredis.pack_command once, whole."""
+    import hiredis
+
+    calls: list[tuple[object, ...]] = []
+    real = hiredis.pack_command
+    monkeypatch.setattr(hiredis, "pack_command", lambda args: calls.append(args) or real(args))
+    connection = hiredis_packing(Connection)()
+    connection.pack_command(*COMMANDS[0])
+    connection.pack_command(*COMMANDS[2])  # two words: redis-py's encoder
+    assert calls == [COMMANDS[0]]
+
+
 def test_none_is_refused_as_redis_py_refuses_it() -> None:
     with pytest.raises(DataError):
         hiredis_packing(Connection)().pack_command("SET", "k", None)

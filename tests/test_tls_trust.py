@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from iris.config.model import Destination
-from iris.http.sender import tls_context
+from iris.http.sender import make_session, tls_context
 from iris_demo.servers import LocalServer
 from iris_demo.tls import TLSMaterial, make_tls
 
@@ -56,6 +56,12 @@ async def test_each_destination_keeps_the_trust_it_names(tls: TLSMaterial,
         for context in (theirs, system_only):
             with pytest.raises(ssl.SSLCertVerificationError):
                 await handshake(server.port, context)
+        dest = destination("904", server.url + "/d", tls.ca_file)
+        async with (make_session(dest, tls_context(dest)) as session,  # aiohttp's, shared
+                    session.post(server.url + "/d") as answer):
+            assert answer.status == 404
+        for context in (ours, theirs, system_only):  # nothing loosened a shared context
+            assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     finally:
         await server.stop()
 

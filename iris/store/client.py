@@ -50,7 +50,6 @@ def connect(config: RedisSettings) -> RedisClient:
     return aioredis.Redis.from_pool(pool)
 
 
-
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
     """``connection_class`` (plain, TLS or Unix socket) packing commands with hiredis's C
     encoder, as redis-py's synchronous client does (its asyncio client packs in Python: at
