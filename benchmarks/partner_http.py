@@ -4,9 +4,10 @@ aiohttp and uvicorn use), one answer per request, in order.
 On a 2-core machine the partner shares the cores with the pipeline it measures: served by
 aiohttp's web framework it used ~140 us of CPU per request, a third of a core at the ~2,500
 requests/s of 10-user batches, taken from the worker under test. Here a request costs what
-parsing it and the handler cost. Only what the benchmark's clients send is served: requests
-with a Content-Length body (or none); a request that does not parse gets a 400 and the
-connection is closed.
+parsing it and the handler cost. Requests may be pipelined, their bodies sized or chunked; a
+request that does not parse, or asks for an upgrade, gets a 400 and the connection is closed;
+a bug in a handler is logged and answered with a 500. ``Expect: 100-continue`` is not
+answered (the benchmark's clients do not send it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SERVER = f"Python/{platform.python_version()} bench-partner"
 
 @dataclass
 class Request:
+    """One request as the handler sees it (the path without its query)."""
+
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)  # names in lower case
@@ -38,6 +41,8 @@ class Request:
 
 @dataclass
 class Reply:
+    """A handler's answer; ``Content-Length``, ``Date`` and ``Server`` are added."""
+
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
