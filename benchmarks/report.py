@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import statistics
 from typing import Any
 
 from benchmarks.bench import Bench
@@ -38,29 +39,55 @@ def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
     return round(a / b, digits) if a and b else None
 
 
-def comparison(phases: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """iris against the FastStream pipeline, per batch size both ran at."""
+RATIOS = {"ratio_events_per_s": "events_per_s",
+          "ratio_events_per_s_after_ready": "events_per_s_after_ready",
+          "ratio_events_per_worker_cpu_s": "events_per_worker_cpu_s"}
+ROUND_KEYS = ("seconds", "events_per_s", "events_per_s_after_ready", "worker_cpu_s",
+              "events_per_worker_cpu_s", "redis_cpu_s")
+
+
+def median_round(results: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """A phase run in several rounds, as its median round by events/s (the lower of the two
+    middle ones for an even count), with every round's figures under ``rounds``."""
+    done = [r for r in results if r is not None]
+    if not done:
+        return None
+    if len(results) == 1:
+        return done[0]
+    middle = statistics.median_low(r["events_per_s"] for r in done)
+    chosen = next(r for r in done if r["events_per_s"] == middle)
+    return {**chosen, "rounds": [None if r is None else {k: r.get(k) for k in ROUND_KEYS}
+                                 for r in results]}
+
+
+def comparison(runs: dict[str, list[dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """iris against the FastStream pipeline, per batch size both ran at. Each side is its
+    median round; each ratio is the median of the ratios of the rounds in which both ran
+    (each iris run beside its FastStream twin, on the machine as it was then), and
+    ``rounds`` lists those ratios."""
     rows = []
     for max_users, (iris_name, peer_name) in PEERS.items():
-        iris_, peer = _side(phases.get(iris_name)), _side(phases.get(peer_name))
+        iris_runs, peer_runs = runs.get(iris_name, []), runs.get(peer_name, [])
+        iris_ = _side(median_round(iris_runs))
+        peer = _side(median_round(peer_runs))
         if iris_ is None and peer is None:
             continue
-        both = iris_ is not None and peer is not None
-        rows.append({
-            "max_users": max_users, "iris": iris_, "faststream": peer,
-            "ratio_events_per_s": _ratio(iris_["events_per_s"], peer["events_per_s"])
-            if both else None,
-            "ratio_events_per_s_after_ready": _ratio(iris_["events_per_s_after_ready"],
-                                                     peer["events_per_s_after_ready"])
-            if both else None,
-            "ratio_events_per_worker_cpu_s": _ratio(iris_["events_per_worker_cpu_s"],
-                                                    peer["events_per_worker_cpu_s"])
-            if both else None,
-        })
+        pairs = [(a, b) for a, b in zip(iris_runs, peer_runs, strict=False)
+                 if a is not None and b is not None]
+        row: dict[str, Any] = {"max_users": max_users, "iris": iris_, "faststream": peer}
+        for name, key in RATIOS.items():
+            ratios = [r for a, b in pairs if (r := _ratio(a.get(key), b.get(key))) is not None]
+            row[name] = round(statistics.median(ratios), 2) if ratios else None
+            row[f"{name}_rounds"] = ratios
+        rows.append(row)
     return rows
 
 
-def summarize(bench: Bench, phases: dict[str, dict[str, Any]], wall: float) -> dict[str, Any]:
+def summarize(bench: Bench, runs: dict[str, list[dict[str, Any] | None]], wall: float,
+              ) -> dict[str, Any]:
+    """The summary of a run; ``runs`` holds each phase's result per round (None: failed)."""
+    phases = {name: phase for name, results in runs.items()
+              if (phase := median_round(results)) is not None}
     iris_ = phases.get("iris", {})
     naive = phases.get("naive", {})
     lat = phases.get("latency", {}).get("latency", {})
@@ -90,7 +117,8 @@ def summarize(bench: Bench, phases: dict[str, dict[str, Any]], wall: float) -> d
         "aam10_requests_per_s": aam.get("requests_per_s"),
         "faststream_events_per_s": phases.get("faststream", {}).get("events_per_s"),
         "faststream10_events_per_s": phases.get("faststream10", {}).get("events_per_s"),
-        "comparison": comparison(phases),
+        "comparison": comparison(runs),
+        "rounds": bench.args.rounds,
         "latency_rate_offered": phases.get("latency", {}).get("rate_offered"),
         "latency_rate_achieved": phases.get("latency", {}).get("rate_achieved"),
         "latency_max_wait": phases.get("latency", {}).get("max_wait"),
@@ -133,16 +161,19 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{summary['destinations']} destinations, {summary['partner_procs']} partner "
         f"processes, {summary['bench_seconds']:.0f} s in all")
     if phases:
-        _print_phases(phases)
+        _print_phases(phases, summary["rounds"])
     print_comparison(summary["comparison"])
     if "scale_out" in summary:
         print_scale_out(summary["scale_out"])
     print_lines(summary)
 
 
-def _print_phases(phases: dict[str, dict[str, Any]]) -> None:
+def _print_phases(phases: dict[str, dict[str, Any]], rounds: int) -> None:
     say("redis-server, the partner and the worker(s) share these cores. CPU: % of one core, "
         "average/peak (per 0.5 s) over the phase;")
+    if rounds > 1:
+        say(f"the iris and FastStream runs at max_users 1000 and 10 ran in {rounds} rounds; "
+            "each row is the phase's median round by events/s.")
     say("'bench' is this script (the producer in the latency run), 'others' is CPU used by "
         "processes not ours (plus unattributed kernel time), 'all' is the whole machine.")
     head = (f"{'phase':<27}{'events':>9}{'secs':>7}{'events/s':>10}{'req/s':>8}{'users/req':>10}"
@@ -176,6 +207,8 @@ def print_comparison(rows: list[dict[str, Any]]) -> None:
         "pipeline's readiness; CPU s: the worker process(es)")
     say("and redis-server from spawning the pipeline to the last receipt; cmds/event: Redis's "
         "INFO commandstats from start to exit, per event)")
+    say("iris/peer and the ratios below: the median of the rounds' ratios, each iris run against "
+        "the FastStream run beside it; the other columns: each phase's median round")
     head = (f"{'max_users':>9}  {'pipeline':<11}{'events':>9}{'events/s':>10}{'from ready':>12}"
             f"{'iris/peer':>11}{'worker CPU s':>14}{'events/CPU-s':>14}{'redis CPU s':>13}"
             f"{'cmds/event':>12}")
@@ -207,6 +240,12 @@ def print_comparison(rows: list[dict[str, Any]]) -> None:
                 f"({_num(row['ratio_events_per_s_after_ready'], '.2f')}x from readiness), "
                 f"{_num(row['ratio_events_per_worker_cpu_s'], '.2f')}x events per worker "
                 "CPU-second")
+            if len(row["ratio_events_per_s_rounds"]) > 1:
+                say("  the rounds' ratios: " + "; ".join(
+                    f"{label} " + ", ".join(f"{r:.2f}" for r in row[f"{name}_rounds"])
+                    for name, label in (("ratio_events_per_s", "events/s"),
+                                        ("ratio_events_per_s_after_ready", "from readiness"),
+                                        ("ratio_events_per_worker_cpu_s", "per CPU-second"))))
 
 
 def print_lines(summary: dict[str, Any]) -> None:

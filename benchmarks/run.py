@@ -21,7 +21,9 @@ Phases (each on a flushed Redis, so none sees another's entries):
 3. **aam10** and 4. **faststream10**: both again with AAM's default ``max_users: 10``.
    For each of these four: events/s (from spawning and from readiness), requests/s,
    users/request, the worker's CPU seconds and peak RSS, redis-server's CPU seconds, and Redis
-   commands per event (``INFO commandstats`` before and after).
+   commands per event (``INFO commandstats`` before and after). These four run ``--rounds``
+   times (default 3), one after the other in each round, so that each iris run has its
+   FastStream twin next to it; each ratio is the median of the rounds' ratios.
 5. **naive**: one process: XREADGROUP one entry, one POST (same standard payload, one user,
    cached token, keep-alive), XACK; for a fixed time window. ``ratio`` = iris / naive.
 6. **latency**: a steady offered load (``--rate`` events/s for ``--latency-seconds``) with
@@ -103,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partner-procs", type=int, default=max(2, os.cpu_count() or 1),
                    help="processes of the HTTP partner, on one port (default: the CPU count, "
                         "at least 2)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of the four iris/FastStream runs, interleaved; each ratio is "
+                        "the median of the rounds' ratios (default 3; 1 with --profile)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["iris", "aam10", "faststream", "naive", "latency"],
                    help="leave a phase out (repeatable; faststream: both FastStream runs)")
@@ -122,8 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.aam_events = min(args.events, 100_000)
     if args.naive_events is None:
         args.naive_events = min(args.events, 60_000)
+    if args.profile is not None:
+        args.rounds = 1  # one profile, of one run
     for name in ("events", "destinations", "workers", "aam_events", "naive_events",
-                 "partner_procs"):
+                 "partner_procs", "rounds"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.cluster_masters < 3:
@@ -132,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
-    """The phases of this run, in order: each iris run next to its FastStream twin."""
+    """The phases of this run, in order: each iris run next to its FastStream twin, the four
+    of them ``--rounds`` times (a phase's name comes once per round)."""
     def throughput(name: str, pipeline: str, events: int, max_users: int, workers: int = 1,
                    ) -> tuple[str, Callable[[], Any]]:
         return name, lambda: phase_throughput(bench, name, pipeline=pipeline, events=events,
@@ -143,6 +151,8 @@ def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[],
         throughput("faststream", "faststream", args.events, 1000),
         throughput("aam10", "iris", args.aam_events, 10),
         throughput("faststream10", "faststream", args.aam_events, 10),
+    ] * args.rounds
+    steps += [
         ("naive", lambda: phase_naive(bench)),
         ("latency", lambda: phase_latency(bench)),
     ]
@@ -165,15 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     set_quiet(args.json)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
-    phases: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any] | None]] = {}  # phase → its result in each round
     scale_out: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="iris-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
             bench.start()
             for name, run in plan(bench, args):
+                runs.setdefault(name, []).append(None)  # a failed round stays None
                 try:
-                    phases[name] = run()
+                    runs[name][-1] = run()
                 except PhaseFailed as exc:
                     bench.failed = True
                     bench.warn(f"{name} failed: {exc}")
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         finally:
             bench.close()
-    summary = summarize(bench, phases, time.monotonic() - started)
+    summary = summarize(bench, runs, time.monotonic() - started)
     if scale_out is not None:
         summary["scale_out"] = scale_out
         summary["pids"] += scale_out["pids"]

@@ -1,10 +1,12 @@
 """The benchmark harness works end to end on a small run. No timing is asserted: only that every
-phase ran (iris and the FastStream pipeline at both batch sizes, the naive loop, the latency
-run), the figures and the comparison are there, and everything it started is gone."""
+phase ran (iris and the FastStream pipeline at both batch sizes, in two rounds, the naive loop,
+the latency run), the figures and the comparison are there, and everything it started is
+gone."""
 
 from __future__ import annotations
 
 import json
+import statistics
 
 from tests.helpers import process_alive, run_bench
 
@@ -26,13 +28,14 @@ def test_bench_smoke(tmp_path):
     code, stdout, stderr = run_bench(
         "--events", "2000", "--aam-events", "1000", "--json", "--destinations", "2",
         "--latency-seconds", "2", "--rate", "500", "--naive-seconds", "1", "--partner-procs",
-        "2", "--output", str(output), timeout=100)
+        "2", "--rounds", "2", "--output", str(output), timeout=150)
     assert code == 0, stderr[-3000:]
     results = json.loads(output.read_text())
     for key in KEYS:
         assert key in results, key
     assert results["events"] == 2000
     assert results["complete"] is True
+    assert results["rounds"] == 2
     for key in ("iris_events_per_s", "naive_events_per_s", "ratio", "p50_ms", "p99_ms",
                 "max_rss_mb", "aam10_events_per_s", "faststream_events_per_s",
                 "faststream10_events_per_s"):
@@ -58,6 +61,10 @@ def test_bench_smoke(tmp_path):
         assert _positive(commands["per_event"]) and commands["top"], name
         assert sum(commands["by_command"].values()) == commands["total"], name
         assert "xreadgroup" in commands["by_command"], name
+        # each of the two rounds is there; the phase shown is the slower one (median_low)
+        rounds = p["rounds"]
+        assert len(rounds) == 2 and all(_positive(r["events_per_s"]) for r in rounds), name
+        assert p["events_per_s"] == min(r["events_per_s"] for r in rounds), name
     assert phases["faststream10"]["users_per_request"] <= 10
     assert phases["aam10"]["users_per_request"] <= 10
 
@@ -71,6 +78,13 @@ def test_bench_smoke(tmp_path):
                 assert _positive(row[side][key]), (row["max_users"], side, key)
         assert _positive(row["ratio_events_per_s"])
         assert _positive(row["ratio_events_per_worker_cpu_s"])
+        # the ratio is the median of the two rounds' ratios, each iris run against its twin
+        iris_name, peer_name = ("iris", "faststream") if row["max_users"] == 1000 else (
+            "aam10", "faststream10")
+        ratios = [round(a["events_per_s"] / b["events_per_s"], 2) for a, b in
+                  zip(phases[iris_name]["rounds"], phases[peer_name]["rounds"], strict=True)]
+        assert row["ratio_events_per_s_rounds"] == ratios
+        assert row["ratio_events_per_s"] == round(statistics.median(ratios), 2)
 
     assert json.loads(stdout) == results  # --json: stdout is the JSON alone
     assert "iris end-to-end" in stderr  # and the tables went to stderr
@@ -80,6 +94,7 @@ def test_bench_smoke(tmp_path):
         assert column in header, column
     assert "top Redis commands" in stderr
     assert "iris/FastStream at max_users 10:" in stderr
-    # redis, the partner and its 2 processes, 3 iris workers, 2 FastStream pipelines, naive
-    assert len(results["pids"]) >= 10
+    assert "the rounds' ratios: events/s" in stderr
+    # redis, the partner and its 2 processes, 5 iris workers, 4 FastStream pipelines, naive
+    assert len(results["pids"]) >= 14
     assert [pid for pid in results["pids"] if process_alive(pid)] == []  # nothing is left behind
