@@ -159,7 +159,8 @@ class Bench:
         self.control_url = f"http://127.0.0.1:{int(words[3])}"
         self.partner_pids = [int(pid) for pid in words[5].split(",")]
         progress(f"partner at {self.partner_url}: {len(self.partner_pids)} processes on one "
-                 f"port (pids {self.partner.pid}, {words[5]})")
+                 f"port (pids {', '.join(map(str, self.partner_pids))}; started by "
+                 f"{self.partner.pid})")
 
     def close(self) -> None:
         self.children.stop_all()

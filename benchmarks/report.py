@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import statistics
 from typing import Any
 
 from benchmarks.bench import Bench
@@ -35,50 +34,86 @@ def _side(phase: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    return round(a / b, digits) if a and b else None
-
-
-RATIOS = {"ratio_events_per_s": "events_per_s",
-          "ratio_events_per_s_after_ready": "events_per_s_after_ready",
-          "ratio_events_per_worker_cpu_s": "events_per_worker_cpu_s"}
+# each ratio of the comparison (iris's figure divided by FastStream's), its figure and its label
+RATIOS = {"ratio_events_per_s": ("events_per_s", "events/s"),
+          "ratio_events_per_s_after_ready": ("events_per_s_after_ready", "from readiness"),
+          "ratio_events_per_worker_cpu_s": ("events_per_worker_cpu_s", "per CPU-second")}
+# the figures of each round kept beside the round shown
 ROUND_KEYS = ("seconds", "events_per_s", "events_per_s_after_ready", "worker_cpu_s",
-              "events_per_worker_cpu_s", "redis_cpu_s")
+              "events_per_worker_cpu_s", "redis_cpu_s", "max_rss_mb")
+COMPARED = {name for pair in PEERS.values() for name in pair}  # the phases run in rounds
 
 
-def median_round(results: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """A phase run in several rounds, as its median round by events/s (the lower of the two
-    middle ones for an even count), with every round's figures under ``rounds``."""
-    done = [r for r in results if r is not None]
-    if not done:
-        return None
-    if len(results) == 1:
-        return done[0]
-    middle = statistics.median_low(r["events_per_s"] for r in done)
-    chosen = next(r for r in done if r["events_per_s"] == middle)
-    return {**chosen, "rounds": [None if r is None else {k: r.get(k) for k in ROUND_KEYS}
-                                 for r in results]}
+def _median_index(values: list[float | None]) -> int | None:
+    """The position of the median of the values present (the lower middle one of an even
+    count, so that it is always a value that was measured); None if none is."""
+    present = sorted((value, index) for index, value in enumerate(values) if value is not None)
+    return present[(len(present) - 1) // 2][1] if present else None
 
 
-def comparison(runs: dict[str, list[dict[str, Any] | None]]) -> list[dict[str, Any]]:
-    """iris against the FastStream pipeline, per batch size both ran at. Each side is its
-    median round; each ratio is the median of the ratios of the rounds in which both ran
-    (each iris run beside its FastStream twin, on the machine as it was then), and
-    ``rounds`` lists those ratios."""
+def paired(runs: dict[str, list[dict[str, Any] | None]], iris_name: str, peer_name: str,
+           key: str) -> list[float | None]:
+    """Per round, iris's ``key`` divided by FastStream's in the same round; None for a round
+    where either did not run or lacks the figure. Empty if either phase never ran."""
+    iris_runs, peer_runs = runs.get(iris_name, []), runs.get(peer_name, [])
+    if not iris_runs or not peer_runs:
+        return []
+    return [a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+            for a, b in zip(iris_runs, peer_runs, strict=True)]
+
+
+def chosen_rounds(runs: dict[str, list[dict[str, Any] | None]]) -> dict[str, int]:
+    """The round shown for each phase that ran: for an iris run and its FastStream twin, the
+    round whose events/s ratio is the median, so that the rows shown are a pair measured side
+    by side and their ratio is the one reported; for a phase without its twin, its median
+    round by events/s."""
+    chosen = {}
+    for iris_name, peer_name in PEERS.values():
+        index = _median_index(paired(runs, iris_name, peer_name, "events_per_s"))
+        if index is not None:
+            chosen[iris_name] = chosen[peer_name] = index
+    for name, results in runs.items():
+        if name in chosen:
+            continue
+        if len(results) == 1:  # a phase run once (naive and latency count no events/s)
+            if results[0] is not None:
+                chosen[name] = 0
+        elif (index := _median_index([None if r is None else r["events_per_s"]
+                                      for r in results])) is not None:
+            chosen[name] = index
+    return chosen
+
+
+def shown(name: str, results: list[dict[str, Any] | None], index: int) -> dict[str, Any]:
+    """A phase as its round ``index``; the phases run in rounds also carry ``round`` (from 1)
+    and every round's figures under ``rounds`` (None: that round's run failed)."""
+    result = results[index]
+    assert result is not None
+    if name not in COMPARED:
+        return result
+    return {**result, "round": index + 1,
+            "rounds": [None if r is None else {k: r.get(k) for k in ROUND_KEYS}
+                       for r in results]}
+
+
+def comparison(runs: dict[str, list[dict[str, Any] | None]], chosen: dict[str, int],
+               ) -> list[dict[str, Any]]:
+    """iris against the FastStream pipeline, per batch size either ran at. Each ratio is the
+    median of the rounds' ratios, each iris run against its FastStream twin (``<ratio>_rounds``
+    lists them by round); both sides are the round of the median events/s ratio."""
     rows = []
     for max_users, (iris_name, peer_name) in PEERS.items():
-        iris_runs, peer_runs = runs.get(iris_name, []), runs.get(peer_name, [])
-        iris_ = _side(median_round(iris_runs))
-        peer = _side(median_round(peer_runs))
-        if iris_ is None and peer is None:
+        sides = {name: _side(runs[name][chosen[name]]) if name in chosen else None
+                 for name in (iris_name, peer_name)}
+        if not any(sides.values()):
             continue
-        pairs = [(a, b) for a, b in zip(iris_runs, peer_runs, strict=False)
-                 if a is not None and b is not None]
-        row: dict[str, Any] = {"max_users": max_users, "iris": iris_, "faststream": peer}
-        for name, key in RATIOS.items():
-            ratios = [r for a, b in pairs if (r := _ratio(a.get(key), b.get(key))) is not None]
-            row[name] = round(statistics.median(ratios), 2) if ratios else None
-            row[f"{name}_rounds"] = ratios
+        row: dict[str, Any] = {"max_users": max_users, "iris": sides[iris_name],
+                               "faststream": sides[peer_name]}
+        for name, (key, _) in RATIOS.items():
+            ratios = paired(runs, iris_name, peer_name, key)
+            index = _median_index(ratios)
+            row[name] = None if index is None else round(ratios[index] or 0, 2)
+            row[f"{name}_rounds"] = [None if r is None else round(r, 2) for r in ratios]
         rows.append(row)
     return rows
 
@@ -86,9 +121,11 @@ def comparison(runs: dict[str, list[dict[str, Any] | None]]) -> list[dict[str, A
 def summarize(bench: Bench, runs: dict[str, list[dict[str, Any] | None]], wall: float,
               ) -> dict[str, Any]:
     """The summary of a run; ``runs`` holds each phase's result per round (None: failed)."""
-    phases = {name: phase for name, results in runs.items()
-              if (phase := median_round(results)) is not None}
+    chosen = chosen_rounds(runs)
+    phases = {name: shown(name, results, chosen[name]) for name, results in runs.items()
+              if name in chosen}
     iris_ = phases.get("iris", {})
+    rss = [r["max_rss_mb"] for r in runs.get("iris", []) if r and r.get("max_rss_mb")]
     naive = phases.get("naive", {})
     lat = phases.get("latency", {}).get("latency", {})
     steady = phases.get("latency", {}).get("latency_after_warmup") or {}
@@ -106,7 +143,7 @@ def summarize(bench: Bench, runs: dict[str, list[dict[str, Any] | None]], wall: 
         "p99_ms": lat.get("p99_ms"),
         "max_ms": lat.get("max_ms"),
         "p99_ms_after_warmup": steady.get("p99_ms"),
-        "max_rss_mb": iris_.get("max_rss_mb"),
+        "max_rss_mb": max(rss, default=None),  # of every round
         "events": iris_.get("events"),
         "requests_per_s": iris_.get("requests_per_s"),
         "users_per_request": iris_.get("users_per_request"),
@@ -117,7 +154,7 @@ def summarize(bench: Bench, runs: dict[str, list[dict[str, Any] | None]], wall: 
         "aam10_requests_per_s": aam.get("requests_per_s"),
         "faststream_events_per_s": phases.get("faststream", {}).get("events_per_s"),
         "faststream10_events_per_s": phases.get("faststream10", {}).get("events_per_s"),
-        "comparison": comparison(runs),
+        "comparison": comparison(runs, chosen),
         "rounds": bench.args.rounds,
         "latency_rate_offered": phases.get("latency", {}).get("rate_offered"),
         "latency_rate_achieved": phases.get("latency", {}).get("rate_achieved"),
@@ -161,19 +198,23 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{summary['destinations']} destinations, {summary['partner_procs']} partner "
         f"processes, {summary['bench_seconds']:.0f} s in all")
     if phases:
-        _print_phases(phases, summary["rounds"])
+        _print_phases(phases)
     print_comparison(summary["comparison"])
     if "scale_out" in summary:
         print_scale_out(summary["scale_out"])
     print_lines(summary)
 
 
-def _print_phases(phases: dict[str, dict[str, Any]], rounds: int) -> None:
+def _print_phases(phases: dict[str, dict[str, Any]]) -> None:
     say("redis-server, the partner and the worker(s) share these cores. CPU: % of one core, "
         "average/peak (per 0.5 s) over the phase;")
-    if rounds > 1:
-        say(f"the iris and FastStream runs at max_users 1000 and 10 ran in {rounds} rounds; "
-            "each row is the phase's median round by events/s.")
+    in_rounds = {name: p for name, p in phases.items() if len(p.get("rounds", ())) > 1}
+    if in_rounds:
+        count = max(len(p["rounds"]) for p in in_rounds.values())
+        say(f"the iris and FastStream runs ran in {count} rounds (FastStream first in even "
+            "rounds); each pair of rows is the round of the median iris/FastStream events/s "
+            "ratio (a phase without its twin: its median round by events/s): "
+            + ", ".join(f"{name} round {p['round']}" for name, p in in_rounds.items()) + ".")
     say("'bench' is this script (the producer in the latency run), 'others' is CPU used by "
         "processes not ours (plus unattributed kernel time), 'all' is the whole machine.")
     head = (f"{'phase':<27}{'events':>9}{'secs':>7}{'events/s':>10}{'req/s':>8}{'users/req':>10}"
@@ -207,8 +248,10 @@ def print_comparison(rows: list[dict[str, Any]]) -> None:
         "pipeline's readiness; CPU s: the worker process(es)")
     say("and redis-server from spawning the pipeline to the last receipt; cmds/event: Redis's "
         "INFO commandstats from start to exit, per event)")
-    say("iris/peer and the ratios below: the median of the rounds' ratios, each iris run against "
-        "the FastStream run beside it; the other columns: each phase's median round")
+    if any(len(row["ratio_events_per_s_rounds"]) > 1 for row in rows):
+        say("iris/peer and the ratios below: the median of the rounds' ratios (the lower middle "
+            "one of an even count), each iris run against its FastStream twin; the rows: the "
+            "round of the median events/s ratio")
     head = (f"{'max_users':>9}  {'pipeline':<11}{'events':>9}{'events/s':>10}{'from ready':>12}"
             f"{'iris/peer':>11}{'worker CPU s':>14}{'events/CPU-s':>14}{'redis CPU s':>13}"
             f"{'cmds/event':>12}")
@@ -241,11 +284,9 @@ def print_comparison(rows: list[dict[str, Any]]) -> None:
                 f"{_num(row['ratio_events_per_worker_cpu_s'], '.2f')}x events per worker "
                 "CPU-second")
             if len(row["ratio_events_per_s_rounds"]) > 1:
-                say("  the rounds' ratios: " + "; ".join(
-                    f"{label} " + ", ".join(f"{r:.2f}" for r in row[f"{name}_rounds"])
-                    for name, label in (("ratio_events_per_s", "events/s"),
-                                        ("ratio_events_per_s_after_ready", "from readiness"),
-                                        ("ratio_events_per_worker_cpu_s", "per CPU-second"))))
+                say("  the rounds' ratios, round by round: " + "; ".join(
+                    f"{label} " + ", ".join(_num(r, ".2f") for r in row[f"{name}_rounds"])
+                    for name, (_, label) in RATIOS.items()))
 
 
 def print_lines(summary: dict[str, Any]) -> None:
@@ -270,7 +311,7 @@ def print_lines(summary: dict[str, Any]) -> None:
             + (f" (p99 {summary['p99_ms_after_warmup']} ms without the first 2 s)"
                if summary["p99_ms_after_warmup"] is not None else ""))
     if summary["max_rss_mb"] is not None:
-        say(f"worker peak RSS (VmHWM) in the {summary['events']:,}-event run: "
+        say(f"worker peak RSS (VmHWM) in the {summary['events']:,}-event runs: "
             f"{summary['max_rss_mb']:.0f} MB")
     if len(summary["workers"]) > 1:
         say("scale-out: " + ", ".join(f"K={k}: {v:,.0f} events/s"

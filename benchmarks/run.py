@@ -22,8 +22,9 @@ Phases (each on a flushed Redis, so none sees another's entries):
    For each of these four: events/s (from spawning and from readiness), requests/s,
    users/request, the worker's CPU seconds and peak RSS, redis-server's CPU seconds, and Redis
    commands per event (``INFO commandstats`` before and after). These four run ``--rounds``
-   times (default 3), one after the other in each round, so that each iris run has its
-   FastStream twin next to it; each ratio is the median of the rounds' ratios.
+   times (default 3), each iris run beside its FastStream twin (iris first in odd rounds,
+   FastStream first in even ones); each iris/FastStream ratio is the median of the rounds'
+   ratios (``benchmarks/report.py``).
 5. **naive**: one process: XREADGROUP one entry, one POST (same standard payload, one user,
    cached token, keep-alive), XACK; for a fixed time window. ``ratio`` = iris / naive.
 6. **latency**: a steady offered load (``--rate`` events/s for ``--latency-seconds``) with
@@ -49,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere: benchmarks/ and iris/ are at ROOT
@@ -105,9 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partner-procs", type=int, default=max(2, os.cpu_count() or 1),
                    help="processes of the HTTP partner, on one port (default: the CPU count, "
                         "at least 2)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of the four iris/FastStream runs, interleaved; each ratio is "
-                        "the median of the rounds' ratios (default 3; 1 with --profile)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of the four iris/FastStream runs, each iris run beside its "
+                        "FastStream twin; each ratio is the median of the rounds' ratios (the "
+                        "lower middle one for an even count), and the rows shown are the round "
+                        "of the median events/s ratio (default 3; 1 with --profile)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["iris", "aam10", "faststream", "naive", "latency"],
                    help="leave a phase out (repeatable; faststream: both FastStream runs)")
@@ -127,8 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.aam_events = min(args.events, 100_000)
     if args.naive_events is None:
         args.naive_events = min(args.events, 60_000)
-    if args.profile is not None:
-        args.rounds = 1  # one profile, of one run
+    if args.rounds is None:
+        args.rounds = 1 if args.profile is not None else 3
+    elif args.profile is not None and args.rounds > 1:
+        p.error("--profile profiles one run: leave --rounds out (or give 1)")
     for name in ("events", "destinations", "workers", "aam_events", "naive_events",
                  "partner_procs", "rounds"):
         if getattr(args, name) <= 0:
@@ -138,29 +143,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def plan(bench: Bench, args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
-    """The phases of this run, in order: each iris run next to its FastStream twin, the four
-    of them ``--rounds`` times (a phase's name comes once per round)."""
-    def throughput(name: str, pipeline: str, events: int, max_users: int, workers: int = 1,
-                   ) -> tuple[str, Callable[[], Any]]:
-        return name, lambda: phase_throughput(bench, name, pipeline=pipeline, events=events,
-                                              workers=workers, max_users=max_users)
+class Step(NamedTuple):
+    name: str  # the phase (the key of its results)
+    round: int  # 1, 2, ... for the rounds of the iris/FastStream runs; 0 for a phase run once
+    run: Callable[[], Any]
 
-    steps = [
-        throughput("iris", "iris", args.events, 1000),
-        throughput("faststream", "faststream", args.events, 1000),
-        throughput("aam10", "iris", args.aam_events, 10),
-        throughput("faststream10", "faststream", args.aam_events, 10),
-    ] * args.rounds
+
+def plan(bench: Bench, args: argparse.Namespace) -> list[Step]:
+    """The phases of this run, in order: the four iris/FastStream runs ``--rounds`` times, each
+    iris run beside its FastStream twin (iris first in odd rounds, FastStream first in even
+    ones, so that neither always runs first), then the phases run once."""
+    def throughput(name: str, pipeline: str, events: int, max_users: int, workers: int = 1,
+                   number: int = 0) -> Step:
+        return Step(name, number, lambda: phase_throughput(
+            bench, name, pipeline=pipeline, events=events, workers=workers,
+            max_users=max_users))
+
+    pairs = ((1000, args.events, (("iris", "iris"), ("faststream", "faststream"))),
+             (10, args.aam_events, (("aam10", "iris"), ("faststream10", "faststream"))))
+    steps = []
+    for number in range(1, args.rounds + 1):
+        for max_users, events, pair in pairs:
+            steps += [throughput(name, pipeline, events, max_users, number=number)
+                      for name, pipeline in (pair if number % 2 else pair[::-1])]
     steps += [
-        ("naive", lambda: phase_naive(bench)),
-        ("latency", lambda: phase_latency(bench)),
+        Step("naive", 0, lambda: phase_naive(bench)),
+        Step("latency", 0, lambda: phase_latency(bench)),
     ]
     if args.workers > 1:
         steps.append(throughput(f"scale{args.workers}", "iris", args.events, 1000,
                                 workers=args.workers))
     skipped = set(args.skip) | ({"faststream10"} if "faststream" in args.skip else set())
-    return [(name, run) for name, run in steps if name not in skipped]
+    return [step for step in steps if step.name not in skipped]
 
 
 def _terminate(signum: int, _frame: Any) -> None:
@@ -181,13 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, Path(tmp))
         try:
             bench.start()
-            for name, run in plan(bench, args):
-                runs.setdefault(name, []).append(None)  # a failed round stays None
+            announced = 0
+            for step in plan(bench, args):
+                if args.rounds > 1 and step.round > announced:
+                    announced = step.round
+                    progress(f"round {step.round} of {args.rounds}")
+                results = runs.setdefault(step.name, [])
+                results.append(None)  # a failed run stays None: the rounds stay aligned
                 try:
-                    runs[name][-1] = run()
+                    results[-1] = step.run()
                 except PhaseFailed as exc:
                     bench.failed = True
-                    bench.warn(f"{name} failed: {exc}")
+                    bench.warn(f"{step.name} failed: {exc}")
             if args.scale_out:
                 scale_out = run_scale_out(bench, args)
         except KeyboardInterrupt:
