@@ -211,9 +211,11 @@ def _print_phases(phases: dict[str, dict[str, Any]]) -> None:
     in_rounds = {name: p for name, p in phases.items() if len(p.get("rounds", ())) > 1}
     if in_rounds:
         count = max(len(p["rounds"]) for p in in_rounds.values())
-        say(f"the iris and FastStream runs ran in {count} rounds (FastStream first in even "
-            "rounds); each pair of rows is the round of the median iris/FastStream events/s "
-            "ratio (a phase without its twin: its median round by events/s): "
+        which = ("each pair of rows is the round of the median iris/FastStream events/s ratio "
+                 "(a phase without its twin: its median round by events/s)"
+                 if any(name.startswith("faststream") for name in in_rounds)
+                 else "each row is the phase's median round by events/s")
+        say(f"these runs ran in {count} rounds; {which}: "
             + ", ".join(f"{name} round {p['round']}" for name, p in in_rounds.items()) + ".")
     say("'bench' is this script (the producer in the latency run), 'others' is CPU used by "
         "processes not ours (plus unattributed kernel time), 'all' is the whole machine.")

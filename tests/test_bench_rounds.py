@@ -59,11 +59,16 @@ def test_an_even_count_takes_the_lower_middle_ratio_a_round_that_was_measured() 
     assert chosen["iris"] == chosen["faststream"] == 1
 
 
-def test_the_ratio_is_rounded_once() -> None:
-    runs: Runs = {"iris": [_run(137.33), _run(126.09)],
-                  "faststream": [_run(100.0), _run(100.0)]}
+def test_readiness_and_cpu_ratios_are_medians_of_their_own_rounds() -> None:
+    first = {**_run(150.0, cpu_s=1.0), "events_per_s_after_ready": 400.0}
+    runs: Runs = {"iris": [first, _run(300.0, cpu_s=4.0), _run(130.0, cpu_s=2.0)],
+                  "faststream": [_run(100.0), _run(120.0), _run(50.0)]}
     (row,) = comparison(runs, chosen_rounds(runs))
-    assert row["ratio_events_per_s"] == 1.26  # the lower middle of 1.2609 and 1.3733
+    assert row["ratio_events_per_s"] == 2.5  # round 2, the rows shown
+    # readiness: 3.64, 2.5, 2.6 by round -> 2.6 (round 3's); CPU: 1.0, 0.25, 0.5 -> 0.5
+    assert row["ratio_events_per_s_after_ready_rounds"] == [3.64, 2.5, 2.6]
+    assert row["ratio_events_per_s_after_ready"] == 2.6
+    assert row["ratio_events_per_worker_cpu_s"] == 0.5
 
 
 def test_a_round_where_one_side_failed_is_left_out_and_stays_in_its_place() -> None:
@@ -78,6 +83,7 @@ def test_a_round_where_one_side_failed_is_left_out_and_stays_in_its_place() -> N
 
 
 def test_a_phase_without_its_twin_shows_its_median_round() -> None:
+    assert chosen_rounds({"iris": [_run(300.0), _run(100.0)]}) == {"iris": 1}  # lower middle
     runs: Runs = {"iris": [_run(300.0), _run(100.0), _run(200.0)], "faststream": [None] * 3}
     chosen = chosen_rounds(runs)
     assert chosen == {"iris": 2}
@@ -91,7 +97,7 @@ def test_the_summary_shows_the_chosen_round_with_every_round_and_the_peak_memory
         tmp_path: Path) -> None:
     bench = Bench(parse_args([]), tmp_path)
     runs: Runs = {
-        "iris": [_run(200.0, rss=90.0), _run(330.0, rss=70.0), None],
+        "iris": [_run(200.0, rss=70.0), _run(330.0, rss=90.0), None],
         "faststream": [_run(100.0), _run(150.0), _run(100.0)],
         "naive": [_run(10.0)],
     }
@@ -101,7 +107,7 @@ def test_the_summary_shows_the_chosen_round_with_every_round_and_the_peak_memory
     assert [r and r["events_per_s"] for r in iris["rounds"]] == [200.0, 330.0, None]
     assert summary["phases"]["faststream"]["round"] == 1
     assert summary["iris_events_per_s"] == 200.0 and summary["faststream_events_per_s"] == 100.0
-    assert summary["max_rss_mb"] == 90.0  # round 1's, not the round shown's alone
+    assert summary["max_rss_mb"] == 90.0  # round 2's: the highest, not the round shown's
     assert "rounds" not in summary["phases"]["naive"]  # run once
     assert summary["rounds"] == 3
 
