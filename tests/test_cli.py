@@ -234,6 +234,41 @@ def test_check_config_catches_what_run_would_crash_on(tmp_path, case, line):
         assert SECRET not in result.stderr
 
 
+def test_every_problem_of_a_config_gets_its_line(tmp_path):
+    """The checks past the schema (files, URLs, rules across keys) report every problem, not
+    the first: an operator fixing a config of many destinations learns them all in one run."""
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    dest = {"user_dpid": "1", "client_id": "2", "auth": {"type": "none"}}
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump({
+        "stream": {"claim_idle_ms": 20000},
+        "destinations": [
+            {**dest, "id": "a", "url": "https://a.example/x", "ca_file": str(tmp_path / "ca.pem")},
+            {**dest, "id": "b", "url": "https://b.example/x", "ca_file": str(tmp_path / "none.pem"),
+             "timeout": 45},
+            {**dest, "id": "a", "url": "http://c.example/x",
+             "retry": {"base_delay": 5, "max_delay": 1}},
+        ],
+    }))
+    expected = [
+        f"destinations[0].ca_file: {tmp_path}/ca.pem holds no PEM CA certificate "
+        "(NO_CERTIFICATE_OR_CRL_FOUND)",
+        f"destinations[1].ca_file: no such file: {tmp_path}/none.pem",
+        "destinations[2].id: duplicate destination id 'a'",
+        "destinations[2].url: http:// is refused: use https://, or set allow_http: true for "
+        "local testing",
+        "destinations[2].retry.max_delay: must be >= retry.base_delay",
+        "stream.claim_idle_ms: must exceed the longest request (destinations[1].timeout = 45 s), "
+        "or entries still in flight would be taken over by another consumer",
+    ]
+    for command in (["check-config"], ["run"]):
+        result = iris(*command, "-c", str(path))
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [f"iris: config error: {line}"
+                                               for line in expected], command
+        assert result.stdout == ""
+
+
 def test_duplicate_keys_and_a_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "iris.yaml"
     path.write_text("destinations:\n  - {id: a, url: 'https://a.example/x', user_dpid: '1',"

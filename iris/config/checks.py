@@ -3,18 +3,22 @@
 They exist apart from the models because no single field can judge them (a duplicate destination
 id, a claim timeout against the longest request, signing headers against the idempotency header)
 or because they touch the filesystem (CA bundles, TLS files in the Redis URL), which a field
-validator should not. Each failure names the key to change.
+validator should not. Each failure names the key to change, and every problem is reported,
+not only the first.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from iris.config.auth import OAuth2Base
 from iris.config.redaction import mask_url
+from iris.config.validation import ConfigErrors
 from iris.errors import ConfigError
 
 if TYPE_CHECKING:  # model.py calls these checks; only the models' types are needed here
@@ -24,42 +28,77 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 REDIS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 
 
+class _Problems:
+    """Every problem the checks find, not only the first: each failed check adds its line, and
+    ``raise_any`` raises them together (one ``ConfigError``, or ``ConfigErrors``)."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigErrors as exc:
+            self.found += exc.errors
+        except ConfigError as exc:
+            self.found.append(exc)
+
+    def raise_any(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise ConfigErrors(self.found)
+
+
 def check_semantics(config: Config) -> None:
     """Rules that span several keys, and files that ``run`` would otherwise only open when it is
-    too late; each failure names the key to change."""
+    too late; each failure names the key to change. Raises ``ConfigError``, or ``ConfigErrors``
+    with one line per problem when there are several."""
+    problems = _Problems()
     seen: set[str] = set()
     for i, dest in enumerate(config.destinations):
         where = f"destinations[{i}]"
         if dest.id in seen:
-            raise ConfigError(f"{where}.id", f"duplicate destination id {dest.id!r}")
+            problems.found.append(ConfigError(f"{where}.id",
+                                              f"duplicate destination id {dest.id!r}"))
         seen.add(dest.id)
-        _check_destination(where, dest)
-        if config.stream.claim_idle_ms <= dest.timeout * 1000:
-            raise ConfigError(
+        _check_destination(problems, where, dest)
+    if config.destinations:
+        i, longest = max(enumerate(config.destinations), key=lambda item: item[1].timeout)
+        if config.stream.claim_idle_ms <= longest.timeout * 1000:
+            problems.found.append(ConfigError(
                 "stream.claim_idle_ms",
-                f"must exceed the longest request ({where}.timeout = {dest.timeout:g} s), or "
-                "entries still in flight would be taken over by another consumer",
-            )
+                f"must exceed the longest request (destinations[{i}].timeout = "
+                f"{longest.timeout:g} s), or entries still in flight would be taken over by "
+                "another consumer",
+            ))
     if config.stream.claim_idle_ms <= 3 * config.stream.block_ms:
-        raise ConfigError(
+        problems.found.append(ConfigError(
             "stream.claim_idle_ms", "must exceed 3 × stream.block_ms, so that the heartbeat "
             "which keeps held entries (open batches, retries) claimed always comes in time",
-        )
-    check_redis(config)
+        ))
+    with problems.check():
+        check_redis(config)
+    problems.raise_any()
 
 
 def check_redis(settings: RedisSettings) -> None:
-    """What every command that connects to Redis needs, ``status`` as much as ``run``."""
+    """What every command that connects to Redis needs, ``status`` as much as ``run``. Raises
+    ``ConfigError``, or ``ConfigErrors`` when there are several problems."""
+    problems = _Problems()
     for url in settings.redis.urls:
-        _check_redis_url(url)
+        with problems.check():
+            _check_redis_url(url)
     timeout = settings.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
-        raise ConfigError(
+        problems.found.append(ConfigError(
             "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
-        )
+        ))
+    problems.raise_any()
 
 
-def _check_destination(where: str, dest: Destination) -> None:
+def _check_destination(problems: _Problems, where: str, dest: Destination) -> None:
     urls = [("url", dest.url)]
     if isinstance(dest.auth, OAuth2Base):
         urls += [(f"auth.{key}", url) for key, url in dest.auth.urls()]
@@ -67,22 +106,25 @@ def _check_destination(where: str, dest: Destination) -> None:
         if template is not None and template.url and template.url.startswith("http:"):
             urls.append(("auth.token_request.url", template.url))
     for key, url in urls:
-        _check_url(f"{where}.{key}", url, dest.allow_http)
+        with problems.check():
+            _check_url(f"{where}.{key}", url, dest.allow_http)
     signing = dest.signing
     if signing is not None and dest.idempotency_header.lower() in (
         signing.header.lower(), (signing.key_id_header or "").lower()
     ):
-        raise ConfigError(f"{where}.signing", "its headers must differ from "
-                          f"idempotency_header ({dest.idempotency_header})")
+        problems.found.append(ConfigError(f"{where}.signing", "its headers must differ from "
+                                          f"idempotency_header ({dest.idempotency_header})"))
     if dest.ca_file is not None:
-        _check_ca_file(f"{where}.ca_file", dest.ca_file)
+        with problems.check():
+            _check_ca_file(f"{where}.ca_file", dest.ca_file)
     if dest.proxy is not None:
         proxy = urlsplit(dest.proxy)
         if proxy.scheme not in ("http", "https") or not proxy.hostname:
-            raise ConfigError(f"{where}.proxy", "must be an http:// or https:// URL "
-                                                "(http://[user:password@]host:port)")
+            problems.found.append(ConfigError(f"{where}.proxy", "must be an http:// or https:// "
+                                              "URL (http://[user:password@]host:port)"))
     if dest.retry.max_delay < dest.retry.base_delay:
-        raise ConfigError(f"{where}.retry.max_delay", "must be >= retry.base_delay")
+        problems.found.append(ConfigError(f"{where}.retry.max_delay",
+                                          "must be >= retry.base_delay"))
 
 
 def _check_ca_file(path: str, ca_file: Path) -> None:
