@@ -269,6 +269,28 @@ def test_every_problem_of_a_config_gets_its_line(tmp_path):
         assert result.stdout == ""
 
 
+def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path):
+    """Found when the checks began to run past a first problem: a proxy URL with a bracket left
+    open crashed the check behind it (urlsplit's ValueError), with a traceback and exit 1."""
+    path = tmp_path / "iris.yaml"
+    path.write_text(yaml.safe_dump({
+        "redis": {"url": f"redis://:{SECRET}@[::1:6379/0"},
+        "destinations": [{"id": "a", "url": "http://a.example/x", "user_dpid": "1",
+                          "client_id": "2", "auth": {"type": "none"},
+                          "proxy": f"http://u:{SECRET}@[bad:3128"}],
+    }))
+    for command in (["check-config"], ["run"]):
+        result = iris(*command, "-c", str(path))
+        assert (result.returncode, result.stdout) == (2, ""), (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            "iris: config error: destinations[0].url: http:// is refused: use https://, or set "
+            "allow_http: true for local testing",
+            "iris: config error: destinations[0].proxy: is not a valid URL (Invalid IPv6 URL)",
+            "iris: config error: redis.url: is not a valid URL (Invalid IPv6 URL)",
+        ], command
+        assert SECRET not in result.stderr
+
+
 def test_duplicate_keys_and_a_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "iris.yaml"
     path.write_text("destinations:\n  - {id: a, url: 'https://a.example/x', user_dpid: '1',"

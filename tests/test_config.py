@@ -581,11 +581,36 @@ destinations:
                             "(got 'http://redis:6379/0')"),
     ("rediss://:pw@redis:6380/0?ssl_ca_certs=/nonexistent/ca.pem",
      "redis.url: ssl_ca_certs: no such file: /nonexistent/ca.pem"),
-    ("rediss://redis:6380/0?ssl_certfile=/nonexistent/c.pem&ssl_keyfile=/nonexistent/k.pem",
-     "redis.url: ssl_certfile: no such file: /nonexistent/c.pem"),
 ])
 def test_redis_url_problems_are_caught_before_run(url: str, line: str) -> None:
     assert error_lines(config(redis={"url": url})) == [line]
+
+
+def test_every_missing_tls_file_of_the_redis_url_is_named_once() -> None:
+    url = "rediss://redis:6380/0?ssl_certfile=/nonexistent/c.pem&ssl_keyfile=/nonexistent/k.pem"
+    assert error_lines(config(redis={"url": url})) == [
+        "redis.url: ssl_certfile: no such file: /nonexistent/c.pem",
+        "redis.url: ssl_keyfile: no such file: /nonexistent/k.pem"]
+    seeds = ",".join(f"rediss://10.0.0.{n}:7000?ssl_ca_certs=/nonexistent/ca.pem"
+                     for n in (1, 2))  # a cluster's seeds, one CA: its line comes once
+    assert error_lines(config(redis={"url": seeds, "cluster": True})) == [
+        "redis.url: ssl_ca_certs: no such file: /nonexistent/ca.pem"]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis//:LEAKPW1@h:6379/0", "redis//:****@h:6379/0"),  # no ":" after the scheme
+    ("http://:LEAK/PW4@h:6379/0", "http://:****@h:6379/0"),  # a "/" in the password
+    ("user:LEAKPW5@h:6379", "user:****@h:6379"),  # no scheme
+    ("redis:/:LEAKPW2@h:6379/0", "redis:/:****@h:6379/0"),  # no host: refused, not run
+])
+def test_a_malformed_redis_url_is_refused_without_its_password(url: str, shown: str) -> None:
+    assert error_lines(config(redis={"url": url})) == [
+        f"redis.url: must start with redis://, rediss://, unix:// (got {shown!r})"]
+
+
+def test_a_url_python_cannot_split_is_a_problem_of_its_key() -> None:
+    lines = error_lines(config(redis={"url": "redis://:REDISPW@[::1:6379/0"}))
+    assert lines == ["redis.url: is not a valid URL (Invalid IPv6 URL)"]
 
 
 def test_redis_url_with_tls_files_that_exist(tmp_path: Path) -> None:
@@ -719,7 +744,9 @@ def test_a_ca_file_that_is_not_pem(tmp_path: Path) -> None:
         f"destinations[0].ca_file: {ca} holds no PEM CA certificate "
         "(NO_CERTIFICATE_OR_CRL_FOUND)"]
     assert error_lines(config(dest(ca_file=str(tmp_path)))) == [
-        f"destinations[0].ca_file: no such file: {tmp_path}"]
+        f"destinations[0].ca_file: {tmp_path} is a directory: name the PEM file of the CAs"]
+    assert error_lines(config(dest(ca_file=str(tmp_path / "none.pem")))) == [
+        f"destinations[0].ca_file: no such file: {tmp_path / 'none.pem'}"]
 
 
 def test_a_pem_ca_file_loads(tls: Any) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from iris.config.auth import OAuth2Base
 from iris.config.redaction import mask_url
@@ -45,10 +45,11 @@ class _Problems:
             self.found.append(exc)
 
     def raise_any(self) -> None:
-        if len(self.found) == 1:
-            raise self.found[0]
-        if self.found:
-            raise ConfigErrors(self.found)
+        found = list({str(problem): problem for problem in self.found}.values())  # once each
+        if len(found) == 1:
+            raise found[0]
+        if found:
+            raise ConfigErrors(found)
 
 
 def check_semantics(config: Config) -> None:
@@ -88,8 +89,7 @@ def check_redis(settings: RedisSettings) -> None:
     ``ConfigError``, or ``ConfigErrors`` when there are several problems."""
     problems = _Problems()
     for url in settings.redis.urls:
-        with problems.check():
-            _check_redis_url(url)
+        _check_redis_url(problems, url)
     timeout = settings.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
         problems.found.append(ConfigError(
@@ -118,10 +118,11 @@ def _check_destination(problems: _Problems, where: str, dest: Destination) -> No
         with problems.check():
             _check_ca_file(f"{where}.ca_file", dest.ca_file)
     if dest.proxy is not None:
-        proxy = urlsplit(dest.proxy)
-        if proxy.scheme not in ("http", "https") or not proxy.hostname:
-            problems.found.append(ConfigError(f"{where}.proxy", "must be an http:// or https:// "
-                                              "URL (http://[user:password@]host:port)"))
+        with problems.check():
+            proxy = _split(f"{where}.proxy", dest.proxy)
+            if proxy.scheme not in ("http", "https") or not proxy.hostname:
+                raise ConfigError(f"{where}.proxy", "must be an http:// or https:// URL "
+                                                    "(http://[user:password@]host:port)")
     if dest.retry.max_delay < dest.retry.base_delay:
         problems.found.append(ConfigError(f"{where}.retry.max_delay",
                                           "must be >= retry.base_delay"))
@@ -131,6 +132,8 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
     """Load it as the HTTPS sessions will, so a wrong file stops check-config: into a bare
     client context, without the system CA store the sessions add (35-55 ms of CPU to load,
     once per destination; the sessions share one per CA file, ``http.sender.tls_context``)."""
+    if ca_file.is_dir():
+        raise ConfigError(path, f"{ca_file} is a directory: name the PEM file of the CAs")
     if not ca_file.is_file():
         raise ConfigError(path, f"no such file: {ca_file}")
     try:
@@ -142,19 +145,32 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
         raise ConfigError(path, f"cannot load {ca_file}: {exc}") from None
 
 
-def _check_redis_url(url: str) -> None:
-    """A scheme redis-py knows, and every file the URL names (TLS material) present."""
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
-        schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-        raise ConfigError("redis.url", f"must start with {schemes} (got {mask_url(url)[:60]!r})")
-    for name, value in parse_qsl(parts.query):
-        if name in REDIS_FILES and not Path(value).exists():
-            raise ConfigError("redis.url", f"{name}: no such file: {value}")
+def _split(path: str, url: str) -> SplitResult:
+    """``url`` in parts; a URL Python cannot split (a bracket left open, say) is a problem of
+    ``path``, named without the URL, which may hold a password."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(path, f"is not a valid URL ({exc})") from None
+
+
+def _check_redis_url(problems: _Problems, url: str) -> None:
+    """A scheme redis-py knows with a host (a path for ``unix://``), and every file the URL
+    names (TLS material) present."""
+    with problems.check():
+        parts = _split("redis.url", url)
+        if parts.scheme not in REDIS_SCHEMES or not (
+                parts.path if parts.scheme == "unix" else parts.hostname):
+            schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+            raise ConfigError("redis.url",
+                              f"must start with {schemes} (got {mask_url(url)[:60]!r})")
+        for name, value in parse_qsl(parts.query):
+            if name in REDIS_FILES and not Path(value).exists():
+                problems.found.append(ConfigError("redis.url", f"{name}: no such file: {value}"))
 
 
 def _check_url(path: str, url: str, allow_http: bool) -> None:
-    parts = urlsplit(url)
+    parts = _split(path, url)
     if parts.scheme == "http" and not allow_http:
         raise ConfigError(
             path, "http:// is refused: use https://, or set allow_http: true for local testing"
