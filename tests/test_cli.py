@@ -285,8 +285,10 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
         assert result.stderr.splitlines() == [
             "iris: config error: destinations[0].url: http:// is refused: use https://, or set "
             "allow_http: true for local testing",
-            "iris: config error: destinations[0].proxy: is not a valid URL (Invalid IPv6 URL)",
-            "iris: config error: redis.url: is not a valid URL (Invalid IPv6 URL)",
+            "iris: config error: destinations[0].proxy: is not a valid URL (check its brackets, "
+            "its port and its characters)",
+            "iris: config error: redis.url: is not a valid URL (check its brackets, its port and "
+            "its characters)",
         ], command
         assert SECRET not in result.stderr
 

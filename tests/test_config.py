@@ -20,7 +20,7 @@ from iris.config.model import (
     parse_config,
     parse_redis_view,
 )
-from iris.config.redaction import fingerprint, redacted, url_passwords
+from iris.config.redaction import fingerprint, mask_url, redacted, url_passwords
 from iris.config.validation import ConfigErrors
 from iris.errors import ConfigError
 
@@ -598,19 +598,52 @@ def test_every_missing_tls_file_of_the_redis_url_is_named_once() -> None:
 
 
 @pytest.mark.parametrize(("url", "shown"), [
-    ("redis//:LEAKPW1@h:6379/0", "redis//:****@h:6379/0"),  # no ":" after the scheme
-    ("http://:LEAK/PW4@h:6379/0", "http://:****@h:6379/0"),  # a "/" in the password
-    ("user:LEAKPW5@h:6379", "user:****@h:6379"),  # no scheme
-    ("redis:/:LEAKPW2@h:6379/0", "redis:/:****@h:6379/0"),  # no host: refused, not run
+    ("redis://redis.internal:6379?password=Pa@LEAK1", "redis://redis.internal:6379?password=****"),
+    ("redis://:p@LEAK2@h/0", "redis://:****@h/0"),  # an "@" in the password: the last one counts
+    ("rediss://:LEAK3@h:6380/0?ssl_ca_certs=/srv/a@b/ca.pem",  # and none after the host
+     "rediss://:****@h:6380/0?ssl_ca_certs=/srv/a@b/ca.pem"),
+    ("redis://h:6379/0?client_name=w:1@dc", "redis://h:6379/0?client_name=w:1@dc"),
+    ("redis://user@h:6379/0", "redis://user@h:6379/0"),
 ])
-def test_a_malformed_redis_url_is_refused_without_its_password(url: str, shown: str) -> None:
-    assert error_lines(config(redis={"url": url})) == [
-        f"redis.url: must start with redis://, rediss://, unix:// (got {shown!r})"]
+def test_mask_url_reads_the_user_information_as_url_parsers_do(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "redis//:LEAKPW1@h:6379/0",  # no ":" after the scheme
+    "http://:LEAK/PW4@h:6379/0",  # a "/" in the password
+    "user:LEAKPW5@h:6379",  # no scheme
+    "default:/LEAKPW6@redis.internal:6379/0",  # a password read as a scheme and path
+    "h:6379/0?password=LEAKPW7",
+])
+def test_a_malformed_redis_url_is_refused_without_its_password(url: str) -> None:
+    assert error_lines(config(redis={"url": url})) in (
+        ["redis.url: must start with redis://, rediss://, unix:// (got a URL with credentials, "
+         "not shown)"],
+        ["redis.url: is not a valid URL (check its brackets, its port and its characters)"])
+
+
+@pytest.mark.parametrize("url", ["redis:/:LEAKPW2@h:6379/0", "redis://h:6379/x?password=LEAK8",
+                                 "redis://h:6379?db=LEAK9"])
+def test_a_redis_url_whose_database_is_no_number_is_refused(url: str) -> None:
+    lines = error_lines(config(redis={"url": url}))
+    assert len(lines) == 1 and lines[0].startswith("redis.url: its database (/<n> or ?db=<n>) "
+                                                   "must be a number (got ")
+    assert "LEAK" not in lines[0] or url.endswith("db=LEAK9")  # no password there to hide
+
+
+@pytest.mark.parametrize("url", ["redis:///0", "redis://:pw@/0", "redis://localhost",
+                                 "rediss://[::1]:6380", "unix:///tmp/r.sock?db=1",
+                                 "REDIS://127.0.0.1:6379/0"])
+def test_urls_redis_py_takes_are_taken(url: str) -> None:
+    assert parse_config(config(redis={"url": url}), env={}).redis.url == url
 
 
 def test_a_url_python_cannot_split_is_a_problem_of_its_key() -> None:
-    lines = error_lines(config(redis={"url": "redis://:REDISPW@[::1:6379/0"}))
-    assert lines == ["redis.url: is not a valid URL (Invalid IPv6 URL)"]
+    for url in ("redis://:REDISPW@[::1:6379/0", "redis://u:REDISPW\uff03x@h/0",
+                "redis://127.0.0.1:99999/0", "redis://127.0.0.1:abc/0"):
+        assert error_lines(config(redis={"url": url})) == [
+            "redis.url: is not a valid URL (check its brackets, its port and its characters)"]
 
 
 def test_redis_url_with_tls_files_that_exist(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from iris.config.auth import OAuth2Base
-from iris.config.redaction import mask_url
 from iris.config.validation import ConfigErrors
 from iris.errors import ConfigError
 
@@ -146,25 +145,43 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
 
 
 def _split(path: str, url: str) -> SplitResult:
-    """``url`` in parts; a URL Python cannot split (a bracket left open, say) is a problem of
-    ``path``, named without the URL, which may hold a password."""
+    """``url`` in parts, its port read. A URL Python cannot split (a bracket left open, a port
+    that is not a number up to 65535) is a problem of ``path``, named without the URL and
+    without Python's words about it: both may quote a password."""
     try:
-        return urlsplit(url)
-    except ValueError as exc:
-        raise ConfigError(path, f"is not a valid URL ({exc})") from None
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not one
+    except ValueError:
+        raise ConfigError(path, "is not a valid URL (check its brackets, its port and its "
+                                "characters)") from None
+    return parts
+
+
+def _quoted(url: str) -> str:
+    """What an error may quote of a URL it refuses: the URL, unless it may hold a password
+    (then nothing: a URL malformed around its password defeats any mask)."""
+    if "@" in url or "password" in url.lower():
+        return "a URL with credentials, not shown"
+    return repr(url[:60])
 
 
 def _check_redis_url(problems: _Problems, url: str) -> None:
-    """A scheme redis-py knows with a host (a path for ``unix://``), and every file the URL
+    """A scheme redis-py knows, a database number where it takes one, and every file the URL
     names (TLS material) present."""
     with problems.check():
         parts = _split("redis.url", url)
-        if parts.scheme not in REDIS_SCHEMES or not (
-                parts.path if parts.scheme == "unix" else parts.hostname):
+        if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-            raise ConfigError("redis.url",
-                              f"must start with {schemes} (got {mask_url(url)[:60]!r})")
-        for name, value in parse_qsl(parts.query):
+            raise ConfigError("redis.url", f"must start with {schemes} (got {_quoted(url)})")
+        query = parse_qsl(parts.query)
+        databases = [value for name, value in query if name == "db"]
+        if parts.scheme != "unix" and parts.path.strip("/"):
+            databases.append(parts.path.strip("/"))
+        if any(not db.isdigit() for db in databases):
+            problems.found.append(ConfigError(
+                "redis.url", f"its database (/<n> or ?db=<n>) must be a number "
+                             f"(got {_quoted(url)})"))
+        for name, value in query:
             if name in REDIS_FILES and not Path(value).exists():
                 problems.found.append(ConfigError("redis.url", f"{name}: no such file: {value}"))
 

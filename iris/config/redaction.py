@@ -33,22 +33,17 @@ def url_passwords(settings: RedisSettings) -> list[str]:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a Redis URL (``user:password@host`` or ``?password=``), leaving the
-    rest exactly as written. In a URL malformed around its password (a ``/`` in it, a scheme
-    without ``//``, no scheme), everything between the user name and the last ``@`` is hidden:
-    such a URL is shown in the error that refuses it."""
-    url = re.sub(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:****@", url)
+    """Hide the password of a URL (``user:password@host`` or ``?password=``), leaving the rest
+    exactly as written. The user information is read as URL parsers read it (redis-py's and
+    aiohttp's among them): up to the last ``@`` before the path, query or fragment, so that an
+    ``@`` or ``?`` in the password cannot move the mask."""
     url = re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
-    head, at, host = url.rpartition("@")
-    if at and not head.endswith(":****"):
-        scheme = re.match(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*", head)
-        # "user:password@host" reads like a scheme: one without "//" counts only if a colon
-        # follows it
-        start = scheme.end() if scheme and (
-            scheme.group().endswith("/") or ":" in head[scheme.end():]) else 0
-        user, colon, _ = head[start:].partition(":")
+    match = re.match(r"(\s*[A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)", url)
+    if match and "@" in match.group(2):
+        userinfo, _, host = match.group(2).rpartition("@")
+        user, colon, _ = userinfo.partition(":")
         if colon:
-            url = f"{head[:start]}{user}:****@{host}"
+            url = f"{match.group(1)}{user}:****@{host}{url[match.end():]}"
     return url
 
 
