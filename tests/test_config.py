@@ -639,6 +639,13 @@ def test_urls_redis_py_takes_are_taken(url: str) -> None:
     assert parse_config(config(redis={"url": url}), env={}).redis.url == url
 
 
+def test_a_destination_url_whose_port_is_no_number_is_refused() -> None:
+    for key in ("url", "proxy"):
+        assert error_lines(config(dest(**{key: "https://a.example:abc/x"}))) == [
+            f"destinations[0].{key}: is not a valid URL (check its brackets, its port and its "
+            "characters)"]
+
+
 def test_a_url_python_cannot_split_is_a_problem_of_its_key() -> None:
     for url in ("redis://:REDISPW@[::1:6379/0", "redis://u:REDISPW\uff03x@h/0",
                 "redis://127.0.0.1:99999/0", "redis://127.0.0.1:abc/0"):
