@@ -287,8 +287,8 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
             "allow_http: true for local testing",
             "iris: config error: destinations[0].proxy: is not a valid URL (check its brackets, "
             "its port and its characters)",
-            "iris: config error: redis.url: is not a valid URL (check its brackets, its port and "
-            "its characters)",
+            "iris: config error: redis.url: is not a valid URL (check its brackets, its port, its "
+            "database and its characters)",
         ], command
         assert SECRET not in result.stderr
 

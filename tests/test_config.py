@@ -620,16 +620,19 @@ def test_a_malformed_redis_url_is_refused_without_its_password(url: str) -> None
     assert error_lines(config(redis={"url": url})) in (
         ["redis.url: must start with redis://, rediss://, unix:// (got a URL with credentials, "
          "not shown)"],
-        ["redis.url: is not a valid URL (check its brackets, its port and its characters)"])
+        ["redis.url: is not a valid URL (check its brackets, its port, its database and its "
+         "characters)"])
 
 
-@pytest.mark.parametrize("url", ["redis:/:LEAKPW2@h:6379/0", "redis://h:6379/x?password=LEAK8",
-                                 "redis://h:6379?db=LEAK9"])
-def test_a_redis_url_whose_database_is_no_number_is_refused(url: str) -> None:
-    lines = error_lines(config(redis={"url": url}))
-    assert len(lines) == 1 and lines[0].startswith("redis.url: its database (/<n> or ?db=<n>) "
-                                                   "must be a number (got ")
-    assert "LEAK" not in lines[0] or url.endswith("db=LEAK9")  # no password there to hide
+def test_a_redis_url_redis_py_would_refuse_is_refused_and_one_it_reads_is_shown_masked() -> None:
+    assert error_lines(config(redis={"url": "redis://h:6379?db=LEAK9"})) == [
+        "redis.url: is not a valid URL (check its brackets, its port, its database and its "
+        "characters)"]
+    for url, shown in (("redis:/:LEAKPW2@h:6379/0",
+                        "(not shown: a URL with credentials but no scheme://)"),
+                       ("redis://h:6379/x?password=LEAK8", "redis://h:6379/x?password=****")):
+        data = redacted(parse_config(config(redis={"url": url}), env={}))
+        assert data["redis"]["url"] == shown
 
 
 @pytest.mark.parametrize("url", ["redis:///0", "redis://:pw@/0", "redis://localhost",
@@ -650,7 +653,8 @@ def test_a_url_python_cannot_split_is_a_problem_of_its_key() -> None:
     for url in ("redis://:REDISPW@[::1:6379/0", "redis://u:REDISPW\uff03x@h/0",
                 "redis://127.0.0.1:99999/0", "redis://127.0.0.1:abc/0"):
         assert error_lines(config(redis={"url": url})) == [
-            "redis.url: is not a valid URL (check its brackets, its port and its characters)"]
+            "redis.url: is not a valid URL (check its brackets, its port, its database and its "
+            "characters)"]
 
 
 def test_redis_url_with_tls_files_that_exist(tmp_path: Path) -> None:
@@ -857,6 +861,41 @@ def test_url_passwords_are_masked_and_known(tmp_path: Path) -> None:
     assert url_passwords(parsed) == ["redis-secret", "pr%40xy-secret", "pr@xy-secret"]
     view = parse_redis_view(config(redis={"url": "unix:///run/r.sock?password=q-secret"}), env={})
     assert url_passwords(view) == ["q-secret"]
+
+
+def test_every_destination_url_is_masked_and_its_password_known() -> None:
+    auth = {"type": "oauth2_client_credentials", "client_id": "iris", "client_secret": "c",
+            "token_url": "https://iris:tok-secret@partner.example/t"}
+    parsed = parse_config(config(dest(id="a", url="https://user:url-secret@partner.example/aam",
+                                      auth=auth)), env={})
+    data = redacted(parsed)
+    assert data["destinations"][0]["url"] == "https://user:****@partner.example/aam"
+    assert data["destinations"][0]["auth"]["token_url"] == "https://iris:****@partner.example/t"
+    assert "url-secret" not in repr(data) and "tok-secret" not in repr(data)
+    assert {"url-secret", "tok-secret"} <= set(url_passwords(parsed))
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("\x01redis://:LEAK1@h:6379/0", "(not shown: a URL with control characters)"),
+    ("redis:/\t/:LEAK2@h:6379/0", "(not shown: a URL with control characters)"),
+    ("redis://u:x&password=LEAK3@h:6379/0", "redis://u:****@h:6379/0"),  # not a query
+])
+def test_mask_url_on_what_parsers_read_differently(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_a_refused_seed_of_a_password_with_a_comma_is_not_quoted() -> None:
+    for url in ("redis://:12,LEAKTAIL@h1:6379", "redis://h1:6379?password=Pa,LEAKTAIL"):
+        lines = error_lines(config(redis={"url": url, "cluster": True}))
+        assert lines and not any("LEAK" in line for line in lines), lines
+
+
+def test_a_tls_file_name_too_long_to_look_up_is_a_config_error(tmp_path: Path) -> None:
+    name = f"/tmp/{'a' * 300}/ca.pem"
+    assert error_lines(config(redis={"url": f"rediss://h:6380/0?ssl_ca_certs={name}"})) == [
+        f"redis.url: ssl_ca_certs: no such file: {name}"]
+    lines = error_lines(config(dest(ca_file=name)))
+    assert lines == [f"destinations[0].ca_file: cannot read {name}: File name too long"]
 
 
 def test_a_destination_proxy_must_be_an_http_url() -> None:

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlsplit
+
+from yarl import URL
 
 from iris.config.auth import OAuth2Base
 from iris.config.validation import ConfigErrors
@@ -88,7 +90,7 @@ def check_redis(settings: RedisSettings) -> None:
     ``ConfigError``, or ``ConfigErrors`` when there are several problems."""
     problems = _Problems()
     for url in settings.redis.urls:
-        _check_redis_url(problems, url)
+        _check_redis_url(problems, url, settings.redis.url)
     timeout = settings.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
         problems.found.append(ConfigError(
@@ -131,9 +133,13 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
     """Load it as the HTTPS sessions will, so a wrong file stops check-config: into a bare
     client context, without the system CA store the sessions add (35-55 ms of CPU to load,
     once per destination; the sessions share one per CA file, ``http.sender.tls_context``)."""
-    if ca_file.is_dir():
+    try:
+        is_dir, is_file = ca_file.is_dir(), ca_file.is_file()
+    except OSError as exc:  # a name too long, a directory we may not read
+        raise ConfigError(path, f"cannot read {ca_file}: {exc.strerror}") from None
+    if is_dir:
         raise ConfigError(path, f"{ca_file} is a directory: name the PEM file of the CAs")
-    if not ca_file.is_file():
+    if not is_file:
         raise ConfigError(path, f"no such file: {ca_file}")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(ca_file))
@@ -145,44 +151,53 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
 
 
 def _split(path: str, url: str) -> SplitResult:
-    """``url`` in parts, its port read. A URL Python cannot split (a bracket left open, a port
-    that is not a number up to 65535) is a problem of ``path``, named without the URL and
-    without Python's words about it: both may quote a password."""
+    """``url`` in parts, checked as the client that will use it parses it: aiohttp's yarl for
+    partner URLs; for Redis URLs, the port and ``?db=`` as redis-py reads them (its
+    ``parse_url``: the first ``db``, percent-decoded). A URL that does not parse (a bracket left
+    open, a port or a database that is no number) is a problem of ``path``, named without the
+    URL and without the parser's words about it: both may quote a password."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  # raises ValueError for a port that is not one
+        if path == "redis.url":
+            parts.port  # noqa: B018  # raises ValueError for a port that is not one
+            if databases := parse_qs(parts.query).get("db"):
+                int(databases[0])
+        else:
+            URL(url)
     except ValueError:
-        raise ConfigError(path, "is not a valid URL (check its brackets, its port and its "
+        what = "its port, its database" if path == "redis.url" else "its port"
+        raise ConfigError(path, f"is not a valid URL (check its brackets, {what} and its "
                                 "characters)") from None
     return parts
 
 
-def _quoted(url: str) -> str:
-    """What an error may quote of a URL it refuses: the URL, unless it may hold a password
-    (then nothing: a URL malformed around its password defeats any mask)."""
-    if "@" in url or "password" in url.lower():
+def _quoted(url: str, setting: str) -> str:
+    """What an error may quote of a URL it refuses: the URL, unless the setting it comes from
+    may hold a password (then nothing: a URL malformed around its password defeats any mask)."""
+    if ("@" in setting or "password" in unquote(setting).lower()
+            or any(ord(char) < 32 or char == "\x7f" for char in setting)):
         return "a URL with credentials, not shown"
     return repr(url[:60])
 
 
-def _check_redis_url(problems: _Problems, url: str) -> None:
-    """A scheme redis-py knows, a database number where it takes one, and every file the URL
-    names (TLS material) present."""
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # a name too long, a directory we may not read: not a file run can open
+        return False
+
+
+def _check_redis_url(problems: _Problems, url: str, setting: str) -> None:
+    """A scheme redis-py knows, values redis-py can read, and every file the URL names (TLS
+    material) present. ``setting``: the whole ``redis.url`` (a cluster's seeds, with commas)."""
     with problems.check():
         parts = _split("redis.url", url)
         if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
-            raise ConfigError("redis.url", f"must start with {schemes} (got {_quoted(url)})")
-        query = parse_qsl(parts.query)
-        databases = [value for name, value in query if name == "db"]
-        if parts.scheme != "unix" and parts.path.strip("/"):
-            databases.append(parts.path.strip("/"))
-        if any(not db.isdigit() for db in databases):
-            problems.found.append(ConfigError(
-                "redis.url", f"its database (/<n> or ?db=<n>) must be a number "
-                             f"(got {_quoted(url)})"))
-        for name, value in query:
-            if name in REDIS_FILES and not Path(value).exists():
+            raise ConfigError("redis.url",
+                              f"must start with {schemes} (got {_quoted(url, setting)})")
+        for name, value in parse_qsl(parts.query):
+            if name in REDIS_FILES and not _exists(value):
                 problems.found.append(ConfigError("redis.url", f"{name}: no such file: {value}"))
 
 

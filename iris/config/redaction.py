@@ -19,16 +19,23 @@ if TYPE_CHECKING:  # the models import this module's neighbours; only their type
 
 
 def url_passwords(settings: RedisSettings) -> list[str]:
-    """The passwords written into the Redis URL and the destinations' proxy URLs (as written,
-    and percent-decoded), for the log redaction: they are secrets too."""
+    """The passwords written into the Redis URL and the destinations' URLs (their own, their
+    proxy's, their token endpoints'), as written and percent-decoded, for the log redaction:
+    they are secrets too."""
     urls = list(settings.redis.urls)
-    urls += [d.proxy for d in getattr(settings, "destinations", []) if getattr(d, "proxy", None)]
+    for dest in getattr(settings, "destinations", []):  # a RedisView's have only their ids
+        urls += [url for url in (getattr(dest, "url", None), getattr(dest, "proxy", None)) if url]
+        urls += [url for _, url in getattr(getattr(dest, "auth", None), "urls", list)()]
     found = []
     for url in urls:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            password = parts.password
+        except ValueError:  # refused by the config check before anything runs
+            continue
         found += [value for name, value in parse_qsl(parts.query) if name == "password"]
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
+        if password:
+            found += [password, unquote(password)]
     return list(dict.fromkeys(found))
 
 
@@ -36,15 +43,22 @@ def mask_url(url: str) -> str:
     """Hide the password of a URL (``user:password@host`` or ``?password=``), leaving the rest
     exactly as written. The user information is read as URL parsers read it (redis-py's and
     aiohttp's among them): up to the last ``@`` before the path, query or fragment, so that an
-    ``@`` or ``?`` in the password cannot move the mask."""
-    url = re.sub(r"([?&]password=)[^&#]*", r"\1****", url)
+    ``@`` or ``?`` in the password cannot move the mask. A URL with control characters (which
+    parsers drop or strip, so that no mask written for the text would match) is not shown, nor
+    one with an ``@`` but no ``scheme://``."""
+    if any(ord(char) < 32 or char == "\x7f" for char in url):
+        return "(not shown: a URL with control characters)"
     match = re.match(r"(\s*[A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)", url)
+    if match is None and "@" in url:  # no "scheme://": where its password ends is anyone's guess
+        return "(not shown: a URL with credentials but no scheme://)"
+    head, rest = (url[:match.end()], url[match.end():]) if match else ("", url)
+    rest = re.sub(r"([?&]password=)[^&#]*", r"\1****", rest)
     if match and "@" in match.group(2):
         userinfo, _, host = match.group(2).rpartition("@")
         user, colon, _ = userinfo.partition(":")
         if colon:
-            url = f"{match.group(1)}{user}:****@{host}{url[match.end():]}"
-    return url
+            head = f"{match.group(1)}{user}:****@{host}"
+    return head + rest
 
 
 def mask_redis_url(settings: RedisSettings) -> str:
@@ -63,16 +77,24 @@ def fingerprint(secret: str) -> str:
 
 def redacted(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, for ``iris check-config``: each secret as its
-    ``fingerprint``, the passwords of the Redis and proxy URLs masked."""
+    ``fingerprint``, the passwords of every URL masked."""
     data: dict[str, Any] = _fingerprints(config.model_dump(), config.model_dump(mode="json"))
     data["redis"]["url"] = mask_redis_url(config)
     for dest in data["destinations"]:
-        if dest.get("proxy"):
-            dest["proxy"] = mask_url(dest["proxy"])
+        _mask_urls(dest)
     data["redis"]["socket_timeout"] = config.redis_socket_timeout
     data["stream"]["consumer"] = config.stream.consumer or "(each worker's hostname-pid)"
     data["token_store"]["key_prefix"] = config.token_key_prefix
     return data
+
+
+def _mask_urls(part: dict[str, Any]) -> None:
+    """Every URL of a destination (its own, its proxy's, its token endpoints') masked."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _mask_urls(value)
+        elif isinstance(value, str) and (key == "url" or key.endswith("_url") or key == "proxy"):
+            part[key] = mask_url(value)
 
 
 def _fingerprints(plain: Any, shown: Any) -> Any:
