@@ -19,6 +19,7 @@ from urllib.parse import SplitResult, parse_qs, parse_qsl, unquote, urlsplit
 from yarl import URL
 
 from iris.config.auth import OAuth2Base
+from iris.config.redaction import has_control_characters
 from iris.config.validation import ConfigErrors
 from iris.errors import ConfigError
 
@@ -174,8 +175,8 @@ def _split(path: str, url: str) -> SplitResult:
 def _quoted(url: str, setting: str) -> str:
     """What an error may quote of a URL it refuses: the URL, unless the setting it comes from
     may hold a password (then nothing: a URL malformed around its password defeats any mask)."""
-    if ("@" in setting or "password" in unquote(setting).lower()
-            or any(ord(char) < 32 or char == "\x7f" for char in setting)):
+    if "@" in setting or "password" in unquote(setting).lower() or has_control_characters(
+            setting):
         return "a URL with credentials, not shown"
     return repr(url[:60])
 

@@ -39,6 +39,12 @@ def url_passwords(settings: RedisSettings) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (tab, newline, NUL...): URL parsers strip or
+    drop them before they read a URL, so no mask written for the text as it is can be trusted."""
+    return any(ord(char) < 32 or char == "\x7f" for char in text)
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a URL (``user:password@host`` or ``?password=``), leaving the rest
     exactly as written. The user information is read as URL parsers read it (redis-py's and
@@ -46,7 +52,7 @@ def mask_url(url: str) -> str:
     ``@`` or ``?`` in the password cannot move the mask. A URL with control characters (which
     parsers drop or strip, so that no mask written for the text would match) is not shown, nor
     one with an ``@`` but no ``scheme://``."""
-    if any(ord(char) < 32 or char == "\x7f" for char in url):
+    if has_control_characters(url):
         return "(not shown: a URL with control characters)"
     match = re.match(r"(\s*[A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)", url)
     if match is None and "@" in url:  # no "scheme://": where its password ends is anyone's guess
