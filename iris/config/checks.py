@@ -121,7 +121,7 @@ def _check_destination(problems: _Problems, where: str, dest: Destination) -> No
             _check_ca_file(f"{where}.ca_file", dest.ca_file)
     if dest.proxy is not None:
         with problems.check():
-            proxy = _split(f"{where}.proxy", dest.proxy)
+            proxy = _partner_url(f"{where}.proxy", dest.proxy)
             if proxy.scheme not in ("http", "https") or not proxy.hostname:
                 raise ConfigError(f"{where}.proxy", "must be an http:// or https:// URL "
                                                     "(http://[user:password@]host:port)")
@@ -151,24 +151,33 @@ def _check_ca_file(path: str, ca_file: Path) -> None:
         raise ConfigError(path, f"cannot load {ca_file}: {exc}") from None
 
 
-def _split(path: str, url: str) -> SplitResult:
-    """``url`` in parts, checked as the client that will use it parses it: aiohttp's yarl for
-    partner URLs; for Redis URLs, the port and ``?db=`` as redis-py reads them (its
-    ``parse_url``: the first ``db``, percent-decoded). A URL that does not parse (a bracket left
-    open, a port or a database that is no number) is a problem of ``path``, named without the
-    URL and without the parser's words about it: both may quote a password."""
+def _unparsable(path: str, parts_checked: str) -> ConfigError:
+    """A URL its client could not parse: named without the URL and without the parser's words
+    about it, both of which may quote a password."""
+    return ConfigError(path, f"is not a valid URL (check its brackets, {parts_checked} and its "
+                             "characters)")
+
+
+def _partner_url(path: str, url: str) -> SplitResult:
+    """``url`` in parts, once aiohttp's yarl has parsed it as the requests will (a bracket left
+    open, a port that is no number: a problem of ``path``)."""
+    try:
+        URL(url)
+        return urlsplit(url)
+    except ValueError:
+        raise _unparsable(path, "its port") from None
+
+
+def _redis_url(url: str) -> SplitResult:
+    """``url`` in parts, its port and ``?db=`` read as redis-py's ``parse_url`` reads them (the
+    first ``db``, percent-decoded): one that is no number is a problem of ``redis.url``."""
     try:
         parts = urlsplit(url)
-        if path == "redis.url":
-            parts.port  # noqa: B018  # raises ValueError for a port that is not one
-            if databases := parse_qs(parts.query).get("db"):
-                int(databases[0])
-        else:
-            URL(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not one
+        if databases := parse_qs(parts.query).get("db"):
+            int(databases[0])
     except ValueError:
-        what = "its port, its database" if path == "redis.url" else "its port"
-        raise ConfigError(path, f"is not a valid URL (check its brackets, {what} and its "
-                                "characters)") from None
+        raise _unparsable("redis.url", "its port, its database") from None
     return parts
 
 
@@ -192,7 +201,7 @@ def _check_redis_url(problems: _Problems, url: str, setting: str) -> None:
     """A scheme redis-py knows, values redis-py can read, and every file the URL names (TLS
     material) present. ``setting``: the whole ``redis.url`` (a cluster's seeds, with commas)."""
     with problems.check():
-        parts = _split("redis.url", url)
+        parts = _redis_url(url)
         if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
             schemes = ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
             raise ConfigError("redis.url",
@@ -203,7 +212,7 @@ def _check_redis_url(problems: _Problems, url: str, setting: str) -> None:
 
 
 def _check_url(path: str, url: str, allow_http: bool) -> None:
-    parts = _split(path, url)
+    parts = _partner_url(path, url)
     if parts.scheme == "http" and not allow_http:
         raise ConfigError(
             path, "http:// is refused: use https://, or set allow_http: true for local testing"
