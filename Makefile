@@ -6,11 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench redis-server promtool kubectl clean
+.PHONY: demo test test-compiled compiled lint bench redis-server promtool kubectl clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/pip install --quiet -e '.[dev,fast]'
 	touch $(STAMP)
 
@@ -40,6 +40,16 @@ demo: $(STAMP) redis-server
 test: $(STAMP) redis-server promtool kubectl lint
 	$(BIN)/pytest
 
+# iris's hot path compiled with mypyc (IRIS_MYPYC=1, setup.py), as the container image ships it:
+# built once per source version into .build/ (a minute or two), and laid out beside a copy of
+# this checkout, where the whole test suite runs on it
+COMPILED_TREE := .build/compiled-tree
+compiled: $(STAMP)
+	$(BIN)/python -m benchmarks.compiled --tree $(COMPILED_TREE)
+
+test-compiled: compiled redis-server promtool kubectl
+	cd $(COMPILED_TREE) && .venv/bin/pytest
+
 bench: $(STAMP) redis-server
 	$(BIN)/python benchmarks/run.py
 
@@ -50,4 +60,4 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .build build

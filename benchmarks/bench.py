@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from benchmarks import compiled
 from benchmarks.console import progress
 from benchmarks.iris_api import RedisProcess
 from benchmarks.process import Children, cpu_seconds, machine_cpu
@@ -106,12 +107,14 @@ class Bench:
     warnings: list[str] = field(default_factory=list)
     failed: bool = False
     redis_pid: int | None = None
+    iris_root: Path = ROOT  # where the iris workers run from (``_iris_build``)
     partner_pids: list[int] = field(default_factory=list)
 
     # -- set-up ---------------------------------------------------------------------------
 
     def start(self) -> None:
         compile_sources()
+        self.iris_root = self._iris_build()
         n = self.args.destinations
         self.dest_ids = [str(901 + i) for i in range(n)]
         self.segments = {d: [str((i + 1) * 1000 + k) for k in range(SEGMENTS_PER_DESTINATION)]
@@ -126,6 +129,17 @@ class Bench:
                  f"(pid {self.redis_proc.pid})")
         self._start_partner()
         self.idle_check()
+
+    def _iris_build(self) -> Path:
+        """Where the iris workers import iris from: the mypyc build, as the container image
+        ships it (``benchmarks/compiled.py``), or this checkout with ``--from-source``."""
+        if self.args.from_source:
+            progress("iris runs from this checkout (--from-source)")
+            return ROOT
+        built = compiled.build(say=progress)  # raises BuildFailed
+        progress(f"iris runs compiled with mypyc ({len(compiled.extension_modules(built))} "
+                 f"modules, {built.relative_to(ROOT)})")
+        return built
 
     def idle_check(self, seconds: float = 1.0) -> None:
         """How busy the machine is before we load it: other people's work skews everything."""

@@ -92,8 +92,10 @@ def spawn_iris(bench: Bench, config: Path, name: str, count: int) -> list[Worker
             # cProfile writes its file when iris exits (it does, with 0, on SIGTERM)
             argv[1:1] = ["-m", "cProfile", "-o", str(bench.args.profile)]
         with open(log_path, "wb") as log:
-            proc = bench.children.spawn(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT)
+            # from its folder: ``-m iris`` imports the build there (compiled, by default)
+            proc = bench.children.spawn(argv, cwd=bench.iris_root, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT)
         workers.append(Worker(proc, log_path, port=port))
     return workers
 

@@ -165,6 +165,7 @@ def summarize(bench: Bench, runs: dict[str, list[dict[str, Any] | None]], wall: 
         "bench_seconds": round(wall, 1),
         "complete": not bench.failed,
         "profiled": bench.args.profile is not None,
+        "iris_build": "source" if bench.args.from_source else "mypyc",
         "warnings": bench.warnings,
         "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -197,6 +198,9 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{'yes' if m['uvloop'] else 'no'}, hiredis {'yes' if m['hiredis'] else 'no'}, "
         f"{summary['destinations']} destinations, {summary['partner_procs']} partner "
         f"processes, {summary['bench_seconds']:.0f} s in all")
+    say("iris: " + ("from this checkout, pure Python (--from-source)"
+                    if summary.get("iris_build") == "source" else
+                    "compiled with mypyc (IRIS_MYPYC=1), as the container image ships it"))
     if phases:
         _print_phases(phases)
     print_comparison(summary["comparison"])

@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: benchmarks/ and 
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import Bench, PhaseFailed  # noqa: E402
+from benchmarks.compiled import BuildFailed  # noqa: E402
 from benchmarks.console import progress, say, set_quiet  # noqa: E402
 from benchmarks.naive import naive_child  # noqa: E402
 from benchmarks.phases import phase_latency, phase_naive, phase_throughput  # noqa: E402
@@ -120,6 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-phase", choices=["iris", "aam10"], default="iris",
                    help="the iris run --profile profiles: max_users 1000 (iris, the default) "
                         "or max_users 10 (aam10)")
+    p.add_argument("--from-source", action="store_true",
+                   help="run the iris workers from this checkout as it is, pure Python (by "
+                        "default they run iris compiled with mypyc, as the container image "
+                        "ships it: built once per source version into .build/, a minute or "
+                        "two; --profile implies this)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help=f"results file (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
     p.add_argument("--json", action="store_true",
@@ -130,6 +136,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.aam_events = min(args.events, 100_000)
     if args.naive_events is None:
         args.naive_events = min(args.events, 60_000)
+    if args.profile is not None:
+        args.from_source = True  # cProfile sees nothing inside compiled modules
     if args.rounds is None:
         args.rounds = 1 if args.profile is not None else 3
     elif args.profile is not None and args.rounds > 1:
@@ -209,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                     bench.warn(f"{step.name} failed: {exc}")
             if args.scale_out:
                 scale_out = run_scale_out(bench, args)
+        except BuildFailed as exc:
+            progress(f"error: {exc}\n--from-source runs iris from this checkout without "
+                     "compiling it")
+            return 1
         except KeyboardInterrupt:
             progress("interrupted; stopping everything")
             return 130

@@ -138,8 +138,10 @@ def process_alive(pid: int) -> bool:
 
 def run_bench(*args: str, timeout: float) -> tuple[int, str, str]:
     """``benchmarks/run.py ARGS`` as a child process: (exit code, stdout, stderr); killed if
-    it outlives ``timeout`` seconds."""
-    proc = subprocess.Popen([sys.executable, "benchmarks/run.py", *args], cwd=ROOT,
+    it outlives ``timeout`` seconds. Its iris workers run from this checkout as it is
+    (``--from-source``): compiled only where the suite runs on the compiled tree
+    (``make test-compiled``), never built here."""
+    proc = subprocess.Popen([sys.executable, "benchmarks/run.py", "--from-source", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
