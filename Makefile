@@ -48,6 +48,8 @@ compiled: $(STAMP)
 	$(BIN)/python -m benchmarks.compiled --tree $(COMPILED_TREE)
 
 test-compiled: compiled redis-server promtool kubectl
+	cd $(COMPILED_TREE) && .venv/bin/python -m iris --version | grep 'mypyc: ' \
+	  || { echo "error: $(COMPILED_TREE) does not import its compiled modules"; exit 1; }
 	cd $(COMPILED_TREE) && .venv/bin/pytest
 
 bench: $(STAMP) redis-server

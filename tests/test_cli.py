@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import signal
 import subprocess
@@ -102,6 +103,20 @@ def test_help_on_every_command():
     for command in ("run", "check-config", "send", "demo"):
         result = iris(command, "--help")
         assert result.returncode == 0 and "usage: iris " + command in result.stdout
+
+
+def test_version_says_whether_this_iris_runs_compiled():
+    """mypyc builds put extension modules beside the sources (psf/black#3002: show
+    "compiled: yes/no", so that neither build surprises anyone); ``make test-compiled`` runs
+    this where 15 of them are."""
+    import iris as package
+
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    compiled = [p for p in Path(package.__file__).parent.rglob("*") if p.name.endswith(suffixes)]
+    result = iris("--version")
+    assert result.returncode == 0
+    build = f"mypyc: {len(compiled)} modules compiled" if compiled else "pure Python"
+    assert result.stdout.strip() == f"iris {package.__version__} ({build})"
 
 
 def test_send_single_and_file(tmp_path, redis_server, stream_key):

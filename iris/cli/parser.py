@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from iris import __version__
+from iris.compiled import build
 from iris.core.dead_letters import REASONS
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish segment-qualification events from a Redis stream to partner "
                     "endpoints, batched in AAM's standard payload, with OAuth 2.",
     )
-    parser.add_argument("--version", action="version", version=f"iris {__version__}")
+    parser.add_argument("--version", action="version", version=f"iris {__version__} ({build()})")
     _add_log_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

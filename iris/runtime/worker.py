@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from iris.auth.base import Auth
+from iris.compiled import build
 from iris.config.model import Config
 from iris.errors import RedisUnavailable
 from iris.http.sender import PartnerSession, Sender
@@ -160,8 +161,8 @@ class Worker:
         where = "Redis Cluster" if self.config.redis.cluster else "Redis"
         if len(self.all_streams) > 1:
             where += f", {len(self.all_streams)} partitions"
-        log.info("started: consumer %s, %d destination%s (%s)", self.streams.consumer, count,
-                 "" if count == 1 else "s", where)
+        log.info("started: consumer %s, %d destination%s (%s; %s)", self.streams.consumer, count,
+                 "" if count == 1 else "s", where, build())
 
     def _task_name(self, name: str, partition: Partition) -> str:
         """``name``, with the partition's inbound stream when there are several."""
