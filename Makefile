@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-compiled compiled lint bench redis-server promtool kubectl clean
+.PHONY: demo test test-compiled compiled c-compiler lint bench redis-server promtool kubectl clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,16 +43,26 @@ test: $(STAMP) redis-server promtool kubectl lint
 # iris's hot path compiled with mypyc (IRIS_MYPYC=1, setup.py), as the container image ships it:
 # built once per source version into .build/ (a minute or two), and laid out beside a copy of
 # this checkout, where the whole test suite runs on it
+# (PYTHONPATH: every process the suite starts, `.venv/bin/iris` too, imports the tree's iris)
 COMPILED_TREE := .build/compiled-tree
-compiled: $(STAMP)
+compiled: $(STAMP) c-compiler
 	$(BIN)/python -m benchmarks.compiled --tree $(COMPILED_TREE)
 
 test-compiled: compiled redis-server promtool kubectl
-	cd $(COMPILED_TREE) && .venv/bin/python -m iris --version | grep 'mypyc: ' \
+	cd $(COMPILED_TREE) && PYTHONPATH=$$PWD .venv/bin/python -m iris --version | grep 'mypyc: ' \
 	  || { echo "error: $(COMPILED_TREE) does not import its compiled modules"; exit 1; }
-	cd $(COMPILED_TREE) && .venv/bin/pytest
+	cd $(COMPILED_TREE) && PYTHONPATH=$$PWD .venv/bin/pytest
 
-bench: $(STAMP) redis-server
+# mypyc's C compiler and Python's headers (Debian's python3-dev, for a Python without them)
+c-compiler:
+	$(call apt_install,gcc,gcc)
+	@$(BIN)/python -c "import sysconfig, os, sys; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	       $$SUDO apt-get update -qq && \
+	       DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends python3-dev; }
+
+bench: $(STAMP) redis-server c-compiler
 	$(BIN)/python benchmarks/run.py
 
 # ruff (with complexity at most 12), mypy --strict, and the layering contracts (pyproject.toml)

@@ -108,6 +108,7 @@ class Bench:
     failed: bool = False
     redis_pid: int | None = None
     iris_root: Path = ROOT  # where the iris workers run from (``_iris_build``)
+    compiled_count: int = 0  # of its modules, compiled with mypyc
     partner_pids: list[int] = field(default_factory=list)
 
     # -- set-up ---------------------------------------------------------------------------
@@ -134,11 +135,14 @@ class Bench:
         """Where the iris workers import iris from: the mypyc build, as the container image
         ships it (``benchmarks/compiled.py``), or this checkout with ``--from-source``."""
         if self.args.from_source:
-            progress("iris runs from this checkout (--from-source)")
+            self.compiled_count = len(compiled.compiled_modules(ROOT))
+            progress("iris runs from this checkout (--from-source)" + (
+                f", {self.compiled_count} of its modules compiled" if self.compiled_count else ""))
             return ROOT
         built = compiled.build(say=progress)  # raises BuildFailed
-        progress(f"iris runs compiled with mypyc ({len(compiled.extension_modules(built))} "
-                 f"modules, {built.relative_to(ROOT)})")
+        self.compiled_count = len(compiled.compiled_modules(built))
+        progress(f"iris runs compiled with mypyc ({self.compiled_count} modules, "
+                 f"{built.relative_to(ROOT)})")
         return built
 
     def idle_check(self, seconds: float = 1.0) -> None:

@@ -85,7 +85,8 @@ def spawn_iris(bench: Bench, config: Path, name: str, count: int) -> list[Worker
     for index in range(count):
         port = free_port()
         env = {**os.environ, "IRIS_BENCH_CONSUMER": f"bench-{name}-{index}",
-               "IRIS_BENCH_HTTP_PORT": str(port)}
+               "IRIS_BENCH_HTTP_PORT": str(port), "PYTHONPATH": str(bench.iris_root)}
+        env.pop("PYTHONSAFEPATH", None)  # it would leave the build's folder off sys.path
         log_path = bench.tmp / f"worker-{name}-{index}.log"
         argv = [sys.executable, "-m", "iris", "run", "-c", str(config)]
         if bench.args.profile is not None and name == bench.args.profile_phase:
@@ -111,12 +112,23 @@ def finish_iris(bench: Bench, workers: list[Worker], name: str) -> dict[str, Any
             out["metrics"].append({"error": str(exc)})
     out["exit_codes"] = [bench.children.stop(w.proc) for w in workers]
     _check_exits(bench, workers, out["exit_codes"], name, IRIS_LOG_PROBLEM)
+    _check_build(bench, workers, name)
     for m in out["metrics"]:
         bad = {c: n for c, n in m.get("requests_by_code", {}).items() if c != "200"}
         if bad or m.get("dead_lettered") or m.get("retries"):
             bench.warn(f"{name}: non-200 requests {bad}, retries {m.get('retries')}, "
                        f"dead-lettered {m.get('dead_lettered')}")
     return out
+
+
+def _check_build(bench: Bench, workers: list[Worker], name: str) -> None:
+    """Each worker's ``started`` line says what it ran: the build measured, or a warning."""
+    count = bench.compiled_count
+    wanted = f"mypyc: {count} modules compiled" if count else "pure Python"
+    for w in workers:
+        if f"; {wanted})" not in tail(w.log, 10_000):
+            bench.warn(f"{name}: worker {w.proc.pid} did not say it ran {wanted!r}: its figures "
+                       "are not those of the build named above")
 
 
 def check_dead_letters(bench: Bench, name: str) -> None:

@@ -198,9 +198,11 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{'yes' if m['uvloop'] else 'no'}, hiredis {'yes' if m['hiredis'] else 'no'}, "
         f"{summary['destinations']} destinations, {summary['partner_procs']} partner "
         f"processes, {summary['bench_seconds']:.0f} s in all")
-    say("iris: " + ("from this checkout, pure Python (--from-source)"
-                    if summary.get("iris_build") == "source" else
-                    "compiled with mypyc (IRIS_MYPYC=1), as the container image ships it"))
+    build = summary.get("iris_build")  # absent from results written before it was recorded
+    if build == "source":
+        say("iris: from this checkout, as it is (--from-source)")
+    elif build == "mypyc":
+        say("iris: compiled with mypyc (IRIS_MYPYC=1), as the container image ships it")
     if phases:
         _print_phases(phases)
     print_comparison(summary["comparison"])

@@ -18,7 +18,8 @@ from benchmarks.run import parse_args
 def _checkout(root: Path) -> Path:
     """A checkout of a few files, shaped as this one."""
     for name in ("iris/__init__.py", "iris/core/__init__.py", "iris/core/events.py",
-                 "iris_demo/__init__.py", "tests/test_x.py", "setup.py", "pyproject.toml"):
+                 "iris_demo/__init__.py", "tests/test_x.py", "setup.py", "pyproject.toml",
+                 "README.md"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"# {name}\n")
     return root
@@ -56,9 +57,11 @@ def test_the_tree_is_the_checkout_with_the_compiled_modules_beside_their_sources
     assert [str(p) for p in compiled.extension_modules(build)] == [
         "0123abcd__mypyc.cpython-311-x86_64-linux-gnu.so",
         "iris/core/events.cpython-311-x86_64-linux-gnu.so"]
+    assert compiled.compiled_modules(build) == ["iris.core.events"]
 
-    tree = tmp_path / "tree"
-    (tree / "stale").mkdir(parents=True)  # an earlier tree is replaced, not merged
+    tree = root / compiled.BUILDS / "tree"
+    compiled.lay_out_tree(build, tree, root)
+    (tree / "stale").write_text("")  # an earlier tree is replaced, not merged
     compiled.lay_out_tree(build, tree, root)
     assert (tree / "iris/core/events.cpython-311-x86_64-linux-gnu.so").read_bytes() == b"\x7fELF"
     assert (tree / "iris/core/events.py").read_text() == "# iris/core/events.py\n"
@@ -68,6 +71,41 @@ def test_the_tree_is_the_checkout_with_the_compiled_modules_beside_their_sources
     for absent in ("stale", ".git", ".build", "iris/__pycache__", "benchmarks/results.json",
                    "iris_demo/stray.so", "bin"):
         assert not (tree / absent).exists(), absent
+    assert [p for p in root.rglob("*.so") if not p.is_relative_to(tree)] == []  # mypy#12482
+
+
+def test_a_tree_is_never_laid_over_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """``--tree`` deletes what it replaces: only a tree it laid out, and never one inside the
+    checkout outside ``.build`` (it would copy itself into itself)."""
+    root = _checkout(tmp_path / "co")
+    build = tmp_path / "build"
+    (build / "iris").mkdir(parents=True)
+    mine = tmp_path / "mine"
+    (mine / "keep.txt").parent.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    for tree, says in ((mine, "was not laid out by this tool"),
+                       (root, "was not laid out by this tool"),
+                       (root / "sub" / "tree", "is inside the checkout")):
+        with pytest.raises(ValueError, match=says):
+            compiled.lay_out_tree(build, tree, root)
+    assert (mine / "keep.txt").read_text() == "precious"
+    assert (root / "iris/core/events.py").exists() and not (root / "sub").exists()
+
+
+def test_pip_builds_from_a_clean_copy_not_from_leftovers_in_the_checkout(tmp_path: Path) -> None:
+    """setuptools ships what an earlier build left in ``build/lib``, a module deleted since
+    included (pypa/setuptools#1871); and a compiled module beside its source shadows it
+    (python/mypy#12482). pip is given a copy of the package's files only."""
+    root = _checkout(tmp_path / "co")
+    for leftover in ("build/lib/iris/ghost.py", "iris/core/events.cpython-311-x86_64-linux-gnu.so",
+                     "iris/__pycache__/events.cpython-311.pyc", "iris_demo/old.pyc",
+                     "tests/test_x.py", ".build/mypyc-old/iris/core/events.py"):
+        (root / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (root / leftover).write_text("")
+    copy = compiled.clean_copy(root, tmp_path / "src")
+    assert sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()) == [
+        "README.md", "iris/__init__.py", "iris/core/__init__.py", "iris/core/events.py",
+        "iris_demo/__init__.py", "pyproject.toml", "setup.py"]
 
 
 def test_a_failed_build_says_what_pip_said_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -82,8 +120,7 @@ def test_a_failed_build_says_what_pip_said_and_leaves_nothing_behind(tmp_path: P
     assert "IRIS_MYPYC=1" in str(failed.value)
     assert "no C compiler here, say" in str(failed.value)
     assert said and "mypyc" in said[0]
-    builds = root / compiled.BUILDS
-    assert not builds.exists() or list(builds.iterdir()) == []  # no partial build is kept
+    assert list((root / compiled.BUILDS).glob("mypyc-*")) == []  # no partial build is kept
 
 
 def test_a_finished_build_is_found_again_without_pip(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.machinery
 import os
 import signal
@@ -18,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from iris.config.interpolation import GRAMMAR
 from iris.config.redaction import fingerprint
+from tests.helpers import ROOT
 
 SECRET = "Do-Not-Print-Me-42"
 IRIS = [sys.executable, "-m", "iris"]
@@ -105,18 +108,31 @@ def test_help_on_every_command():
         assert result.returncode == 0 and "usage: iris " + command in result.stdout
 
 
+def _hot_path() -> set[str]:
+    """setup.py's HOT_PATH, as dotted module names (read, not run: it would build)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", "") == "HOT_PATH" for t in node.targets))
+    return {path.removesuffix(".py").replace("/", ".") for path in ast.literal_eval(listed)}
+
+
 def test_version_says_whether_this_iris_runs_compiled():
-    """mypyc builds put extension modules beside the sources (psf/black#3002: show
-    "compiled: yes/no", so that neither build surprises anyone); ``make test-compiled`` runs
-    this where 15 of them are."""
+    """A mypyc build puts extension modules beside the sources (psf/black#3002: show
+    "compiled: yes/no", so that neither build surprises anyone). From source: none. In
+    ``make test-compiled``'s tree: exactly setup.py's HOT_PATH, all of them imported."""
     import iris as package
 
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    compiled = [p for p in Path(package.__file__).parent.rglob("*") if p.name.endswith(suffixes)]
+    base = Path(package.__file__).parent.parent
+    compiled = {".".join(p.relative_to(base).with_suffix("").with_suffix("").parts)
+                for p in (base / "iris").rglob("*") if p.name.endswith(suffixes)}
+    assert not compiled or compiled == _hot_path()
     result = iris("--version")
     assert result.returncode == 0
     build = f"mypyc: {len(compiled)} modules compiled" if compiled else "pure Python"
     assert result.stdout.strip() == f"iris {package.__version__} ({build})"
+    for name in compiled:  # each is imported compiled, not from its .py
+        assert importlib.import_module(name).__file__.endswith(suffixes), name
 
 
 def test_send_single_and_file(tmp_path, redis_server, stream_key):
