@@ -7,7 +7,7 @@ time; nothing is needed at run time). ``pip install .`` stays pure Python.
 
 The compiled modules are those every event or every batch passes through: parse, route and
 batch (consume), the delivery of a batch over HTTP and its settling. Compiled, the worker
-spends about an eighth less CPU per event at AAM's 10-user batches and a fifth less at
+spends about a tenth less CPU per event at AAM's 10-user batches and a fifth less at
 1,000-user ones (docs/performance.md, "Compiled with mypyc"). A module whose objects are held
 by weak references stays interpreted (mypyc's classes refuse them: mypyc/mypyc#1102), as does
 one with a subclass of a class that has ``__slots__`` (redis-py's cluster client).
