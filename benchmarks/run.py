@@ -122,10 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the iris run --profile profiles: max_users 1000 (iris, the default) "
                         "or max_users 10 (aam10)")
     p.add_argument("--from-source", action="store_true",
-                   help="run the iris workers from this checkout as it is, pure Python (by "
-                        "default they run iris compiled with mypyc, as the container image "
-                        "ships it: built once per source version into .build/, a minute or "
-                        "two; --profile implies this)")
+                   help="run the iris workers from this checkout as it is: pure Python, "
+                        "unless compiled modules sit beside its sources (by default they run "
+                        "iris compiled with mypyc, as the container image ships it: built "
+                        "once per source version into .build/, a minute or two; --profile "
+                        "implies this)")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                    help=f"results file (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
     p.add_argument("--json", action="store_true",
