@@ -51,7 +51,8 @@ def digest(root: Path = ROOT) -> str:
     installed distribution's version (mypy compiles, and type-checks against aiohttp,
     redis-py, pydantic...: a new version may change the build or refuse it)."""
     h = hashlib.sha256()
-    installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions())
+    installed = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
+                        if d.metadata["Name"] != "iris-publisher"})  # not iris's own metadata
     h.update("\n".join([sys.version, *installed, ""]).encode())
     files = sorted([*root.glob("iris/**/*.py"), *root.glob("iris_demo/**/*.py"),
                     root / "setup.py", root / "pyproject.toml"])
@@ -122,18 +123,27 @@ def compiled_modules(build_dir: Path) -> list[str]:
             for p in extension_modules(build_dir) if p.parts[0] == "iris"]
 
 
+def check_tree(tree: Path, root: Path = ROOT) -> Path:
+    """``tree``, resolved, if ``lay_out_tree`` may (re)place it there: missing, empty, or laid
+    out by it before. Raises ``ValueError`` otherwise (it would be deleted), or when it is
+    inside the checkout but outside ``.build`` (it would copy itself)."""
+    tree, root = tree.resolve(), root.resolve()
+    if tree.exists() and any(tree.iterdir()) and not (tree / TREE_MARK).exists():
+        raise ValueError(f"{tree} holds files this tool did not lay out, and laying a tree "
+                         "there would delete them: give a new or empty folder")
+    if tree.is_relative_to(root) and not tree.is_relative_to(root / BUILDS):
+        raise ValueError(f"{tree} is inside the checkout: give a folder under {BUILDS}/ or "
+                         "outside it")
+    return tree
+
+
 def lay_out_tree(build_dir: Path, tree: Path, root: Path = ROOT) -> None:
     """``tree``: a copy of ``root`` with the compiled modules of ``build_dir`` beside their
     sources (Python imports an extension module before a ``.py`` of the same name).
 
     Raises ``ValueError`` for a ``tree`` this did not lay out (it would be deleted) or inside
     the checkout but outside ``.build`` (it would copy itself)."""
-    tree, root = tree.resolve(), root.resolve()
-    if tree.exists() and not (tree / TREE_MARK).exists():
-        raise ValueError(f"{tree} exists and was not laid out by this tool: not replacing it")
-    if tree.is_relative_to(root) and not tree.is_relative_to(root / BUILDS):
-        raise ValueError(f"{tree} is inside the checkout: give a folder under {BUILDS}/ or "
-                         "outside it")
+    tree, root = check_tree(tree, root), root.resolve()
     shutil.rmtree(tree, ignore_errors=True)
     shutil.copytree(root, tree, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
     for module in extension_modules(build_dir):
@@ -143,12 +153,20 @@ def lay_out_tree(build_dir: Path, tree: Path, root: Path = ROOT) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build iris with mypyc (IRIS_MYPYC=1), as the "
-                                            "container image does; print the build's folder.")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.compiled",
+        description="Build iris with mypyc (IRIS_MYPYC=1), as the container image does; print "
+                    "the build's folder.")
     p.add_argument("--tree", type=Path, default=None, metavar="DIR",
                    help="also make DIR a copy of this checkout with the compiled modules "
                         "beside their sources (make test-compiled runs the suite there)")
     args = p.parse_args(argv)
+    try:
+        if args.tree is not None:
+            check_tree(args.tree)  # before a build of minutes, not after
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         built = build(say=lambda text: print(text, file=sys.stderr, flush=True))
     except BuildFailed as exc:

@@ -83,12 +83,16 @@ def test_a_tree_is_never_laid_over_a_folder_it_did_not_make(tmp_path: Path) -> N
     mine = tmp_path / "mine"
     (mine / "keep.txt").parent.mkdir()
     (mine / "keep.txt").write_text("precious")
-    for tree, says in ((mine, "was not laid out by this tool"),
-                       (root, "was not laid out by this tool"),
+    for tree, says in ((mine, "did not lay out.*give a new or empty folder"),
+                       (root, "did not lay out"),
                        (root / "sub" / "tree", "is inside the checkout")):
         with pytest.raises(ValueError, match=says):
             compiled.lay_out_tree(build, tree, root)
     assert (mine / "keep.txt").read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    compiled.lay_out_tree(build, empty, root)  # an empty folder is taken
+    assert (empty / "iris/core/events.py").exists()
     assert (root / "iris/core/events.py").exists() and not (root / "sub").exists()
 
 
