@@ -29,6 +29,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks import iris_api
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILDS = ".build"  # under the checkout
 DONE = ".complete"  # written last: a build interrupted halfway is not taken for one
@@ -119,8 +121,7 @@ def extension_modules(build_dir: Path) -> list[Path]:
 
 def compiled_modules(build_dir: Path) -> list[str]:
     """The dotted names of iris's compiled modules in a build (``iris.core.events``, ...)."""
-    return [".".join((*p.parts[:-1], p.name.split(".")[0]))
-            for p in extension_modules(build_dir) if p.parts[0] == "iris"]
+    return iris_api.compiled_modules(build_dir / "iris")
 
 
 def check_tree(tree: Path, root: Path = ROOT) -> Path:

@@ -7,6 +7,7 @@ below is the one line to change.
 
 from __future__ import annotations
 
+from iris.compiled import compiled_modules
 from iris.config.model import load_config
 from iris.core.partitions import inbound_keys, partition_of
 from iris.core.payload import aam_date
@@ -14,5 +15,5 @@ from iris_demo.localcluster import LocalCluster
 from iris_demo.localredis import RedisProcess, free_port
 from iris_demo.partner import basic_credentials
 
-__all__ = ["LocalCluster", "RedisProcess", "aam_date", "basic_credentials", "free_port",
-           "inbound_keys", "load_config", "partition_of"]
+__all__ = ["LocalCluster", "RedisProcess", "aam_date", "basic_credentials", "compiled_modules",
+           "free_port", "inbound_keys", "load_config", "partition_of"]

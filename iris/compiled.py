@@ -10,14 +10,19 @@ from __future__ import annotations
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
+PACKAGE = Path(__file__).parent
 
-def compiled_modules() -> int:
-    """How many of iris's modules are compiled extension modules (0: pure Python)."""
+
+def compiled_modules(package: Path = PACKAGE) -> list[str]:
+    """The dotted names of the compiled extension modules in an ``iris`` package folder
+    (this one by default; ``make bench`` asks about a build's), sorted."""
     suffixes = tuple(EXTENSION_SUFFIXES)
-    return sum(1 for path in Path(__file__).parent.rglob("*") if path.name.endswith(suffixes))
+    return sorted(".".join(("iris", *path.relative_to(package).parts[:-1],
+                            path.name.split(".")[0]))
+                  for path in package.rglob("*") if path.name.endswith(suffixes))
 
 
 def build() -> str:
     """``"mypyc: N modules compiled"``, or ``"pure Python"``."""
-    count = compiled_modules()
+    count = len(compiled_modules())
     return f"mypyc: {count} modules compiled" if count else "pure Python"
