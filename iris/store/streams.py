@@ -119,17 +119,17 @@ class Streams:
         self, keys: list[str], count: int, block_ms: int | None
     ) -> dict[str, list[Entry]]:
         """One XREADGROUP of new entries over several streams (up to ``count`` from each)."""
-        reply = await self._in_group(keys, lambda: self.redis.xreadgroup(
+        reply: dict[str, list[Entry]] = await self._in_group(keys, lambda: self.redis.xreadgroup(
             self.group, self.consumer, dict.fromkeys(keys, NEW), count=count, block=block_ms))
-        return {key: entries for key, entries in reply or ()}
+        return reply  # parsed by ``store.replies``
 
     async def read_history(self, key: str, after: str, count: int) -> list[Pending]:
         """XREADGROUP of this consumer's pending entries after ``after`` (each counts as a
         delivery); an entry the stream no longer holds comes back as ``Trimmed``."""
         reply = await self._in_group([key], lambda: self.redis.xreadgroup(
             self.group, self.consumer, {key: after}, count=count))
-        return [_pending(entry_id, fields) for _, entries in reply or () for entry_id, fields
-                in entries]
+        return [_pending(entry_id, fields) for entries in reply.values()
+                for entry_id, fields in entries]
 
     async def _in_group(self, keys: list[str], command: Callable[[], Awaitable[T]]) -> T:
         """Run a command on our group; if the group vanished (NOGROUP), recreate it and run
