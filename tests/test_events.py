@@ -171,6 +171,30 @@ def test_first_problem_is_reported() -> None:
     )
 
 
+GOOD = {"uuid": "u", "segment": "s", "dpuuid": "d"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({**GOOD, "dpuuid": "d\udcff"}, "field 'dpuuid' is not valid UTF-8"),  # a later field
+        ({**GOOD, "n\udcffte": "x"}, "field name 'n\\udcffte' is not valid UTF-8"),
+        ({**GOOD, "uuid": "\udce9", "n\udce9": "\udce9"}, "field 'uuid' is not valid UTF-8"),
+    ],
+    ids=["later-field", "field-name", "first-of-two"],
+)
+def test_bytes_that_were_not_utf8_are_refused_wherever_they_are(fields: dict[str, str],
+                                                                message: str) -> None:
+    """Redis's bytes come decoded with surrogateescape: a lone surrogate is a byte that was
+    not UTF-8, in any field name or value; the first one is named."""
+    assert parse_error(fields) == message
+
+
+def test_text_beyond_ascii_is_fine_in_names_and_values() -> None:
+    event = parse_event("1-0", {**GOOD, "uuid": "ünï", "café": "crème"})
+    assert event.uuid == "ünï" and event.fields["café"] == "crème"
+
+
 # --------------------------------------------------------------------------- regions
 
 @pytest.mark.parametrize(

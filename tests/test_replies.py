@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
-from iris.config.model import parse_config
+from iris.config.model import Config, parse_config
 from iris.core.records import Trimmed
 from iris.store.client import connect
 from iris.store.replies import parse_xreadgroup
@@ -18,15 +20,23 @@ from iris_demo.localredis import RedisProcess
 GROUP = "iris"
 
 
-@pytest.fixture(params=["", "?protocol=2"], ids=["resp3", "resp2"])
-async def streams(request: pytest.FixtureRequest, redis_server: RedisProcess,
-                  stream_key: str) -> AsyncIterator[Streams]:
-    config = parse_config({
-        "redis": {"url": redis_server.url + request.param},
+def _config_data(url: str, stream_key: str) -> dict[str, Any]:
+    return {
+        "redis": {"url": url},
         "stream": {"key": stream_key, "group": GROUP, "consumer": "me"},
         "destinations": [{"id": "a", "url": "https://p.example/x", "user_dpid": "1",
                           "client_id": "2", "segments": ["*"], "auth": {"type": "none"}}],
-    }, env={})
+    }
+
+
+def _config(url: str, stream_key: str) -> Config:
+    return parse_config(_config_data(url, stream_key), env={})
+
+
+@pytest.fixture(params=["", "?protocol=2"], ids=["resp3", "resp2"])
+async def streams(request: pytest.FixtureRequest, redis_server: RedisProcess,
+                  stream_key: str) -> AsyncIterator[Streams]:
+    config = _config(redis_server.url + request.param, stream_key)
     opened = Streams(connect(config), config)
     info = await opened.redis.execute_command("CLIENT", "INFO")
     assert re.search(rf"\bresp={2 if request.param else 3}\b", info)  # the server's word
@@ -76,6 +86,37 @@ async def test_history_gives_an_entry_deleted_while_pending_as_trimmed(streams: 
                        Trimmed(ids[1]),
                        (ids[2], {"uuid": "u2", "segment": "s1", "dpuuid": "d2"})]
     assert await streams.read_history(inbound, ids[2], 10) == []
+
+
+async def test_streams_parse_their_reads_on_any_client_they_are_given(
+        redis_server: RedisProcess, stream_key: str) -> None:
+    """Not only on ``store.client``'s: a plain redis-py client reads the same entries."""
+    config = _config(redis_server.url, stream_key)
+    plain = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        streams = Streams(plain, config)
+        await streams.ensure_group(stream_key)
+        entry = await plain.xadd(stream_key, {"uuid": "u", "segment": "s", "dpuuid": "d"})
+        assert await streams.read(stream_key, 10, None) == [
+            (entry, {"uuid": "u", "segment": "s", "dpuuid": "d"})]
+    finally:
+        await plain.delete(stream_key)
+        await plain.aclose()
+
+
+def test_on_a_cluster_every_node_parses_reads_the_same_way() -> None:
+    """redis-py's cluster client gives its callbacks to each node it makes (from
+    ``connection_kwargs``, also after a MOVED): one dict, so the parser reaches them all.
+    Nothing connects here; ``tests/faults/test_cluster.py`` reads through a real cluster."""
+    config = parse_config({**_config_data("redis://127.0.0.1:1", "s"),
+                           "redis": {"url": "redis://127.0.0.1:1", "cluster": True}}, env={})
+    client = connect(config)
+    Streams(client, config)
+    assert client.response_callbacks["XREADGROUP"] is parse_xreadgroup
+    shared = client.nodes_manager.connection_kwargs["response_callbacks"]
+    assert shared is client.response_callbacks
+    assert all(node.response_callbacks is shared
+               for node in client.nodes_manager.startup_nodes.values())
 
 
 def test_the_parser_takes_both_wire_shapes_and_nil() -> None:

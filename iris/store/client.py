@@ -16,7 +16,6 @@ from redis.exceptions import NoScriptError
 from redis.utils import HIREDIS_AVAILABLE
 
 from iris.config.model import RedisSettings
-from iris.store.replies import parse_xreadgroup
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster  # what every Redis-talking class is given
 
@@ -31,7 +30,6 @@ def connect(config: RedisSettings) -> RedisClient:
     backoff, and re-reads its pending list, which is exact. The pool never raises for being
     full (redis-py's default pool does, at 100 connections): a task waits for a connection.
     Each partition beyond the first adds two connections, for its two blocking reads.
-    XREADGROUP's replies are parsed by ``store.replies`` (``{stream: entries}``).
     With ``redis.cluster``, redis-py's cluster client (``connect_cluster``).
     """
     if config.redis.cluster:
@@ -49,9 +47,7 @@ def connect(config: RedisSettings) -> RedisClient:
     )
     if HIREDIS_AVAILABLE:
         pool.connection_class = hiredis_packing(pool.connection_class)
-    client = aioredis.Redis.from_pool(pool)
-    client.set_response_callback("XREADGROUP", parse_xreadgroup)
-    return client
+    return aioredis.Redis.from_pool(pool)
 
 
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
@@ -132,7 +128,7 @@ def connect_cluster(config: RedisSettings) -> RedisCluster:
     per_node = max(64, config.redis.max_connections + 2 * (config.stream.partitions - 1))
     seeds = [ClusterNode(part.hostname or "127.0.0.1", part.port or 6379)
              for part in map(urlsplit, others)]
-    client = StreamsCluster.from_url(
+    return StreamsCluster.from_url(
         first,
         startup_nodes=seeds or None,
         max_connections=per_node,
@@ -144,5 +140,3 @@ def connect_cluster(config: RedisSettings) -> RedisCluster:
         reinitialize_steps=0,
         health_check_interval=30,
     )
-    client.set_response_callback("XREADGROUP", parse_xreadgroup)  # shared with every node
-    return client

@@ -2,15 +2,17 @@
 
 redis-py parses each entry of a read with interpreted code: a call of ``pairs_to_dict`` per
 entry, a twentieth of a worker's CPU at 1,000-user batches (py-spy, ``make bench``). This parser
-gives the same entries, ``(id, {field: value})``, keyed by stream. It is installed on iris's
-own clients only (``store.client``); every other command keeps redis-py's parser.
+gives the same entries, ``(id, {field: value})``, keyed by stream. ``store.streams`` installs it
+on the client it is given; every other command keeps redis-py's parser. The replies are
+decoded text (iris's clients decode, ``store.client``). redis-py's own streaming-lag metric
+(off in iris) expects its parser's shape and would record nothing with this one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-Fields = dict[str, str]
+Fields = dict[str, str]  # as ``store.streams.Entry``'s, which imports this module
 
 
 def parse_xreadgroup(response: Any, **options: Any) -> dict[str, list[tuple[str, Fields]]]:
@@ -28,6 +30,9 @@ def parse_xreadgroup(response: Any, **options: Any) -> dict[str, list[tuple[str,
 
 
 def _entries(entries: list[Any] | None) -> list[tuple[str, Fields]]:
+    """One stream's ``[[id, [field, value, ...]], ...]`` as ``[(id, {field: value}), ...]``;
+    ``[id, nil]`` (deleted while pending) gives ``(id, {})``; a field without a value is
+    dropped, as redis-py drops it."""
     taken: list[tuple[str, Fields]] = []
     for entry in entries or ():
         words: list[str] | None = entry[1]

@@ -23,6 +23,7 @@ from iris.store.atomic import Atomic, Commands
 from iris.store.client import RedisClient, connect
 from iris.store.errors import redis_errors
 from iris.store.keys import Keys, id_key
+from iris.store.replies import parse_xreadgroup
 from iris.store.stats import StreamStats
 
 __all__ = ["Commit", "Entry", "Pending", "RedisClient", "Settle", "Streams", "connect",
@@ -69,6 +70,9 @@ class Streams:
         self.dead_letters = self.keys.dead_letters
         self.written_key = self.keys.written  # see ``Commit.written``
         self.stats = StreamStats(redis, self.group)
+        # reads come back as ``{stream: entries}`` (``store.replies``); on a cluster client
+        # the callbacks are one dict, shared by every node's connections
+        redis.set_response_callback("XREADGROUP", parse_xreadgroup)
         self._touch = self.redis.register_script(stream_scripts.TOUCH_OWNED)
         self._claim = self.redis.register_script(stream_scripts.CLAIM_ABANDONED)
         self._trim = self.redis.register_script(stream_scripts.TRIM_ACKNOWLEDGED)
@@ -121,7 +125,7 @@ class Streams:
         """One XREADGROUP of new entries over several streams (up to ``count`` from each)."""
         reply: dict[str, list[Entry]] = await self._in_group(keys, lambda: self.redis.xreadgroup(
             self.group, self.consumer, dict.fromkeys(keys, NEW), count=count, block=block_ms))
-        return reply  # parsed by ``store.replies``
+        return reply
 
     async def read_history(self, key: str, after: str, count: int) -> list[Pending]:
         """XREADGROUP of this consumer's pending entries after ``after`` (each counts as a
