@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
 
 from iris.config.model import Config, parse_config
 from iris.core.records import Trimmed
@@ -88,17 +89,22 @@ async def test_history_gives_an_entry_deleted_while_pending_as_trimmed(streams: 
     assert await streams.read_history(inbound, ids[2], 10) == []
 
 
+@pytest.mark.parametrize("parser", [_AsyncHiredisParser, _AsyncRESP3Parser],
+                         ids=["hiredis", "python"])
 async def test_streams_parse_their_reads_on_any_client_they_are_given(
-        redis_server: RedisProcess, stream_key: str) -> None:
-    """Not only on ``store.client``'s: a plain redis-py client reads the same entries."""
+        redis_server: RedisProcess, stream_key: str, parser: type[Any]) -> None:
+    """Not only on ``store.client``'s: a plain redis-py client reads the same entries, with
+    hiredis's reader or redis-py's own; bytes that are not UTF-8 arrive as surrogates with
+    either (their decoding differed once: redis/redis-py#1161, #1006)."""
     config = _config(redis_server.url, stream_key)
-    plain = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    plain = aioredis.Redis.from_url(redis_server.url, decode_responses=True,
+                                    encoding_errors="surrogateescape", parser_class=parser)
     try:
         streams = Streams(plain, config)
         await streams.ensure_group(stream_key)
-        entry = await plain.xadd(stream_key, {"uuid": "u", "segment": "s", "dpuuid": "d"})
+        entry = await plain.xadd(stream_key, {"uuid": "u", "segment": b"s\xff", "dpuuid": "d"})
         assert await streams.read(stream_key, 10, None) == [
-            (entry, {"uuid": "u", "segment": "s", "dpuuid": "d"})]
+            (entry, {"uuid": "u", "segment": "s\udcff", "dpuuid": "d"})]
     finally:
         await plain.delete(stream_key)
         await plain.aclose()
