@@ -217,7 +217,7 @@ def format_status(report: StatusReport) -> str:
         lines.append(f"{key}: {length} entries that no worker reads (`iris repartition` moves "
                      "them into their partitions)")
     dlq = report["dead_letters"]
-    lines.append(f"{dlq['stream']}: {dlq['total']} dead letters")
+    lines.append(f"{dlq['stream']}: {dlq['total']} dead letter{'' if dlq['total'] == 1 else 's'}")
     for row in dlq["by"]:
         lines.append(f"  {row['destination'] or '(none)'} {row['reason']}: {row['count']}")
     return "\n".join(lines)
