@@ -879,6 +879,11 @@ def test_every_destination_url_is_masked_and_its_password_known() -> None:
     ("\x01redis://:LEAK1@h:6379/0", "(not shown: a URL with control characters)"),
     ("redis:/\t/:LEAK2@h:6379/0", "(not shown: a URL with control characters)"),
     ("redis://u:x&password=LEAK3@h:6379/0", "redis://u:****@h:6379/0"),  # not a query
+    # redis-py reads the query with parse_qs, names percent-decoded: each is a password
+    ("redis://h:6379/0?pass%77ord=LEAK4", "redis://h:6379/0?pass%77ord=****"),
+    ("redis://h:6379/0?db=1&%70assword=LEAK5#x", "redis://h:6379/0?db=1&%70assword=****#x"),
+    ("unix:///r.sock?PASS%57ORD=not-a-password&passwords=x",
+     "unix:///r.sock?PASS%57ORD=not-a-password&passwords=x"),  # redis-py's names are exact
 ])
 def test_mask_url_on_what_parsers_read_differently(url: str, shown: str) -> None:
     assert mask_url(url) == shown

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 from pydantic import SecretStr
 
@@ -46,10 +46,11 @@ def has_control_characters(text: str) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of a URL (``user:password@host`` or ``?password=``), leaving the rest
-    exactly as written. The user information is read as URL parsers read it (redis-py's and
-    aiohttp's among them): up to the last ``@`` before the path, query or fragment, so that an
-    ``@`` or ``?`` in the password cannot move the mask. A URL with control characters (which
+    """Hide the password of a URL (``user:password@host`` or ``?password=``, its name
+    percent-encoded or not), leaving the rest exactly as written. The user information is read
+    as URL parsers read it (redis-py's and aiohttp's among them): up to the last ``@`` before
+    the path, query or fragment, so that an ``@`` or ``?`` in the password cannot move the
+    mask. A URL with control characters (which
     parsers drop or strip, so that no mask written for the text would match) is not shown, nor
     one with an ``@`` but no ``scheme://``."""
     if has_control_characters(url):
@@ -58,13 +59,20 @@ def mask_url(url: str) -> str:
     if match is None and "@" in url:  # no "scheme://": where its password ends is anyone's guess
         return "(not shown: a URL with credentials but no scheme://)"
     head, rest = (url[:match.end()], url[match.end():]) if match else ("", url)
-    rest = re.sub(r"([?&]password=)[^&#]*", r"\1****", rest)
+    rest = re.sub(r"([?&])([^=&#]*)=([^&#]*)", _mask_password_parameter, rest)
     if match and "@" in match.group(2):
         userinfo, _, host = match.group(2).rpartition("@")
         user, colon, _ = userinfo.partition(":")
         if colon:
             head = f"{match.group(1)}{user}:****@{host}"
     return head + rest
+
+
+def _mask_password_parameter(match: re.Match[str]) -> str:
+    """``?password=`` (or ``&``) with its value hidden; the name read percent-decoded, as
+    ``parse_qs`` reads it for redis-py (``?pass%77ord=`` is a password too)."""
+    separator, name, _ = match.groups()
+    return f"{separator}{name}=****" if unquote_plus(name) == "password" else match.group(0)
 
 
 def mask_redis_url(settings: RedisSettings) -> str:
