@@ -324,6 +324,24 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
         assert SECRET not in result.stderr
 
 
+@pytest.mark.parametrize(("query", "line"), [
+    ("socket_timeout=abc", "?socket_timeout= must be a number"),
+    ("db=0&health_check_interval=1.5", "?health_check_interval= must be a whole number"),
+    ("protocol=three", "?protocol= must be a whole number"),
+])
+def test_a_url_option_redis_py_cannot_read_is_a_config_error(tmp_path, query, line):
+    """redis-py reads ``redis.url``'s typed options only when it connects: ``status`` and
+    ``run`` ended in a traceback ("Invalid value for 'socket_timeout' in connection URL"),
+    after ``check-config`` had said valid. Nothing connects here (port 1), and the URL's
+    password is never quoted."""
+    path = write_config(tmp_path, redis={"url": f"redis://:{SECRET}@127.0.0.1:1/0?{query}"})
+    for command in (["check-config"], ["status"], ["run"]):
+        result = iris(*command, "-c", str(path))
+        assert (result.returncode, result.stdout) == (2, ""), (command, result.stderr)
+        assert result.stderr.splitlines() == [f"iris: config error: redis.url: {line}"], command
+        assert SECRET not in result.stderr
+
+
 def test_duplicate_keys_and_a_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "iris.yaml"
     path.write_text("destinations:\n  - {id: a, url: 'https://a.example/x', user_dpid: '1',"

@@ -31,7 +31,10 @@ OnStop = Callable[[Callable[[], None]], None]
 
 def load(args: argparse.Namespace) -> Config:
     """The whole config: for the commands that talk to partners or show every key."""
+    from iris.store.client import check_url_options
+
     config = load_config(args.config)
+    check_url_options(config)  # what connecting would refuse, refused before anything starts
     _register_secrets(config.model_dump())
     for password in url_passwords(config):
         register_secret(password)
@@ -40,7 +43,10 @@ def load(args: argparse.Namespace) -> Config:
 
 def load_redis(args: argparse.Namespace) -> RedisView:
     """Only the Redis part: for the commands that touch nothing but Redis."""
+    from iris.store.client import check_url_options
+
     view = load_redis_view(args.config)
+    check_url_options(view)
     for password in url_passwords(view):
         register_secret(password)
     return view

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -16,10 +17,13 @@ from redis.exceptions import NoScriptError
 from redis.utils import HIREDIS_AVAILABLE
 
 from iris.config.model import RedisSettings
+from iris.errors import ConfigError
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster  # what every Redis-talking class is given
 
-__all__ = ["RedisClient", "StreamsCluster", "connect", "connect_cluster"]
+__all__ = ["RedisClient", "StreamsCluster", "check_url_options", "connect", "connect_cluster"]
+
+WANTED = {"float": "a number", "int": "a whole number"}  # what redis-py's parsers of options read
 
 
 def connect(config: RedisSettings) -> RedisClient:
@@ -30,8 +34,10 @@ def connect(config: RedisSettings) -> RedisClient:
     backoff, and re-reads its pending list, which is exact. The pool never raises for being
     full (redis-py's default pool does, at 100 connections): a task waits for a connection.
     Each partition beyond the first adds two connections, for its two blocking reads.
-    With ``redis.cluster``, redis-py's cluster client (``connect_cluster``).
+    With ``redis.cluster``, redis-py's cluster client (``connect_cluster``). Raises
+    ``ConfigError`` for a URL option redis-py cannot read (``check_url_options``).
     """
+    check_url_options(config)
     if config.redis.cluster:
         return connect_cluster(config)
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -48,6 +54,24 @@ def connect(config: RedisSettings) -> RedisClient:
     if HIREDIS_AVAILABLE:
         pool.connection_class = hiredis_packing(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def check_url_options(config: RedisSettings) -> None:
+    """Read the query options of each URL of ``redis.url`` as redis-py reads them at connect
+    (``parse_url``: the first value of each, with its table of typed options).
+
+    Raises ``ConfigError`` naming an option whose value redis-py cannot read
+    (``?socket_timeout=abc``), where the first command would fail with a traceback. The value
+    is not quoted: a URL may hold a password."""
+    for url in config.redis.urls:
+        for name, values in parse_qs(urlsplit(url).query).items():
+            parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+            try:
+                if parser is not None:
+                    parser(values[0])
+            except (TypeError, ValueError):
+                wanted = WANTED.get(getattr(parser, "__name__", ""), "a value redis-py reads")
+                raise ConfigError("redis.url", f"?{name}= must be {wanted}") from None
 
 
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
