@@ -401,13 +401,32 @@ def test_url_must_be_absolute_https(url: str) -> None:
 def test_socket_timeout_must_exceed_block_ms(timeout: float, block_ms: int) -> None:
     raw = config(redis={"socket_timeout": timeout}, stream={"block_ms": block_ms})
     assert error_lines(raw) == [
-        "redis.socket_timeout: must exceed stream.block_ms, or blocking reads time out"
+        f"redis.socket_timeout: must exceed stream.block_ms ({block_ms} ms = "
+        f"{block_ms / 1000:g} s), or blocking reads time out"
     ]
 
 
 def test_socket_timeout_above_block_ms_and_its_default() -> None:
     parsed = parse_config(config(redis={"socket_timeout": 1.5}), env={})
     assert parsed.redis_socket_timeout == 1.5
+    assert parse_config(config(), env={}).redis_socket_timeout == 6.0  # block_ms 1000 + 5 s
+
+
+def test_a_socket_timeout_in_the_url_is_the_one_redis_py_uses() -> None:
+    """redis-py lets a URL's ``?socket_timeout=`` override what iris gives it: a URL copied
+    from another app with ``socket_timeout=1`` left every blocking read of 1 s timing out, the
+    worker unready for good ("redis did not answer in time"). It is checked as the setting
+    is, and it is what check-config shows."""
+    url = "redis://h:6379/0?socket_timeout=1"
+    assert error_lines(config(redis={"url": url, "socket_timeout": 30})) == [
+        "redis.url: ?socket_timeout= must exceed stream.block_ms (1000 ms = 1 s), or blocking "
+        "reads time out (leave it out: iris sets one)"]
+    parsed = parse_config(config(redis={"url": url}, stream={"block_ms": 500}), env={})
+    assert parsed.redis_socket_timeout == 1.0
+    assert redacted(parsed)["redis"]["socket_timeout"] == 1.0
+    seeds = "redis://h1:7000?socket_timeout=2.5,redis://h2:7000"  # the first URL's options
+    assert parse_config(config(redis={"url": seeds, "cluster": True}), env={}
+                        ).redis_socket_timeout == 2.5
     parsed = parse_config(config(stream={"block_ms": 2500}), env={})
     assert parsed.redis_socket_timeout == 7.5
 
@@ -839,7 +858,8 @@ destinations:
       "destinations[0].id: string should match pattern '^[A-Za-z0-9_.-]+$'",
       "destinations[1].id: required"]),
     ({"redis": {"socket_timeout": 1}, "destinations": [{"id": "a"}]},
-     ["redis.socket_timeout: must exceed stream.block_ms, or blocking reads time out"]),
+     ["redis.socket_timeout: must exceed stream.block_ms (1000 ms = 1 s), or blocking reads "
+      "time out"]),
     ({}, ["destinations: required"]),
 ])
 def test_the_redis_view_still_checks_what_it_reads(raw: dict[str, Any],

@@ -92,12 +92,28 @@ def check_redis(settings: RedisSettings) -> None:
     problems = _Problems()
     for url in settings.redis.urls:
         _check_redis_url(problems, url, settings.redis.url)
+    block_ms = settings.stream.block_ms
+    too_short = (f"must exceed stream.block_ms ({block_ms} ms = {block_ms / 1000:g} s), or "
+                 "blocking reads time out")
     timeout = settings.redis.socket_timeout
-    if timeout is not None and timeout * 1000 <= settings.stream.block_ms:
+    if timeout is not None and timeout * 1000 <= block_ms:
+        problems.found.append(ConfigError("redis.socket_timeout", too_short))
+    in_url = url_socket_timeout(settings.redis.urls[0])  # redis-py's choice over the setting
+    if in_url is not None and in_url * 1000 <= block_ms:
         problems.found.append(ConfigError(
-            "redis.socket_timeout", "must exceed stream.block_ms, or blocking reads time out"
-        ))
+            "redis.url", f"?socket_timeout= {too_short} (leave it out: iris sets one)"))
     problems.raise_any()
+
+
+def url_socket_timeout(url: str) -> float | None:
+    """``url``'s ``?socket_timeout=`` in seconds, read as redis-py's ``parse_url`` reads it
+    (the first one, percent-decoded); ``None`` without one, or with one that is no number (a
+    config error of its own: ``store.client.check_url_options``)."""
+    try:
+        values = parse_qs(urlsplit(url).query).get("socket_timeout")
+        return float(values[0]) if values else None
+    except ValueError:
+        return None
 
 
 def _check_destination(problems: _Problems, where: str, dest: Destination) -> None:

@@ -27,7 +27,7 @@ from iris.config.auth import (
     TokenStoreConfig,
 )
 from iris.config.base import IdText, Positive, PositiveInt, Strict
-from iris.config.checks import check_redis, check_semantics
+from iris.config.checks import check_redis, check_semantics, url_socket_timeout
 from iris.config.source import read_yaml
 from iris.config.validation import validate
 
@@ -137,6 +137,13 @@ class RedisSettings(Strict):
 
     @property
     def redis_socket_timeout(self) -> float:
+        """Seconds a Redis command may take: ``redis.url``'s ``?socket_timeout=`` where it has
+        one (redis-py lets a URL's options override what it is given), else
+        ``redis.socket_timeout``, else ``stream.block_ms`` + 5 s (a blocking read outlasts its
+        block)."""
+        in_url = url_socket_timeout(self.redis.urls[0])
+        if in_url is not None:
+            return in_url
         return self.redis.socket_timeout or self.stream.block_ms / 1000 + 5
 
 
