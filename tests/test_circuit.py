@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from iris.core.circuit import CircuitBreaker, Feed
 
 
@@ -49,6 +53,18 @@ def test_after_the_cooldown_one_probe_at_a_time() -> None:
     assert b.turn() is True
     b.feed(Feed.SUCCESS, True)
     assert (b.is_open, changes, b.turn(), b.capacity(8, 3)) == (False, [True, False], False, 8)
+
+
+def test_the_warning_names_the_last_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator sees why the circuit opened without searching the log for it."""
+    b = breaker(Clock(), [])
+    b.feed(Feed.FAILURE, False, "HTTP 503: busy")
+    b.feed(Feed.FAILURE, False, "timeout after 30 s")
+    with caplog.at_level(logging.WARNING, logger="iris.core.circuit"):
+        b.feed(Feed.FAILURE, False, "cannot connect to p.example:443: connection refused")
+    assert [r.getMessage() for r in caplog.records] == [
+        "destination 423 failed 3 times in a row (the last: cannot connect to p.example:443: "
+        "connection refused): circuit open, pausing reads for 10 s"]
 
 
 def test_release_of_a_normal_turn_changes_nothing() -> None:

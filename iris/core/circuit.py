@@ -66,12 +66,13 @@ class CircuitBreaker:
             return True
         return None
 
-    def feed(self, feed: Feed, probe: bool) -> None:
-        """Tell the breaker what became of a request sent on a turn (``probe``: as its probe)."""
+    def feed(self, feed: Feed, probe: bool, why: str = "") -> None:
+        """Tell the breaker what became of a request sent on a turn (``probe``: as its probe;
+        ``why``: a failure's cause, named when the circuit opens)."""
         if feed is Feed.SUCCESS:
             self.success()
         elif feed is Feed.FAILURE:
-            self.failure()
+            self.failure(why)
         elif probe:  # no request went out: the probe's turn goes back
             self._probing = False
 
@@ -88,7 +89,7 @@ class CircuitBreaker:
             log.info("destination %s answers again: circuit closed", self._name)
             self._on_change(False)
 
-    def failure(self) -> None:
+    def failure(self, why: str = "") -> None:
         self._failures += 1
         self._probing = False
         if self._opened_at is not None:
@@ -97,6 +98,7 @@ class CircuitBreaker:
             return
         if self._failures >= self._threshold:
             self._opened_at = self._clock()
-            log.warning("destination %s failed %d times in a row: circuit open, pausing reads "
-                        "for %.0f s", self._name, self._failures, self._cooldown)
+            log.warning("destination %s failed %d times in a row%s: circuit open, pausing "
+                        "reads for %.0f s", self._name, self._failures,
+                        f" (the last: {why})" if why else "", self._cooldown)
             self._on_change(True)

@@ -97,6 +97,6 @@ class DestinationState:
         for wake in self._wakes:
             wake.set()
 
-    def feed(self, feed: Feed, probe: bool) -> None:
-        self.breaker.feed(feed, probe)
+    def feed(self, feed: Feed, probe: bool, why: str = "") -> None:
+        self.breaker.feed(feed, probe, why)
         self.fed.set()  # a turn may have come for those waiting

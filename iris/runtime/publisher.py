@@ -280,7 +280,7 @@ class Publisher:
                 self._feed(Feed.RELEASE, probe)
                 raise
             decision = policy.next(outcome, probe)
-            self._feed(decision.feed, probe)
+            self._feed(decision.feed, probe, outcome.error)
             finished = await self._step(decision.step, batch, outcome, policy.attempts, dead,
                                         entry)
             if finished is not None:
@@ -359,8 +359,8 @@ class Publisher:
         if await self._settler.settle(self.key, entry_id, dead) and dead:
             report_written(dead, self._metrics.dead_lettered)
 
-    def _feed(self, feed: Feed, probe: bool) -> None:
-        self._shared.feed(feed, probe)
+    def _feed(self, feed: Feed, probe: bool, why: str = "") -> None:
+        self._shared.feed(feed, probe, why)
 
     async def _turn(self) -> bool | None:
         """The circuit's leave to send (True: as its probe); None if stopped meanwhile."""
