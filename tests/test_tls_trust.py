@@ -9,11 +9,15 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from iris.auth.exchange import TokenHttpRequest
 from iris.config.model import Destination
+from iris.errors import TokenError
 from iris.http.sender import make_session, tls_context
+from iris.http.token_endpoint import TokenEndpoint
 from iris_demo.servers import LocalServer
 from iris_demo.tls import TLSMaterial, make_tls
 
@@ -79,5 +83,21 @@ async def test_a_ca_file_written_anew_is_loaded_anew(tls: TLSMaterial, tmp_path:
         await handshake(server.port, after)
         with pytest.raises(ssl.SSLCertVerificationError):
             await handshake(server.port, before)
+    finally:
+        await server.stop()
+
+
+async def test_a_token_endpoint_whose_certificate_is_refused_says_so(tls: TLSMaterial) -> None:
+    """Not "unreachable": the endpoint answered, its certificate was not trusted (signed by a
+    CA the destination does not name). The operator is told which host and why."""
+    server = LocalServer()
+    await server.start(web.Application(), ssl_context=tls.server_context())
+    try:
+        async with aiohttp.ClientSession() as session:  # the system's CAs only
+            with pytest.raises(TokenError) as refused:
+                await TokenEndpoint(session, 5).send(TokenHttpRequest(server.url + "/token"))
+        assert str(refused.value).startswith(
+            f"token request failed: TLS certificate of 127.0.0.1:{server.port} refused: ")
+        assert not refused.value.permanent  # retried: a CA file may be fixed meanwhile
     finally:
         await server.stop()

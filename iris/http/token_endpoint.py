@@ -92,7 +92,7 @@ class TokenEndpoint:
         except asyncio.CancelledError:
             raise
         except aiohttp.ClientError as exc:
-            raise TokenError(f"token endpoint unreachable: {describe(exc)}") from None
+            raise TokenError(f"token request failed: {describe(exc)}") from None
 
 
 def _redirected(url: str, response: aiohttp.ClientResponse) -> TokenError:
