@@ -285,7 +285,7 @@ def test_every_problem_of_a_config_gets_its_line(tmp_path):
         f"destinations[0].ca_file: {tmp_path}/ca.pem holds no PEM CA certificate "
         "(NO_CERTIFICATE_OR_CRL_FOUND)",
         f"destinations[1].ca_file: no such file: {tmp_path}/none.pem",
-        "destinations[2].id: duplicate destination id 'a'",
+        "destinations[2].id: duplicate destination id 'a' (first in destinations[0])",
         "destinations[2].url: http:// is refused: use https://, or set allow_http: true for "
         "local testing",
         "destinations[2].retry.max_delay: must be >= retry.base_delay",

@@ -370,7 +370,8 @@ def test_duplicate_destination_id() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw, env={})
     assert info.value.path == "destinations[2].id"
-    assert error_lines(raw) == ["destinations[2].id: duplicate destination id '423'"]
+    assert error_lines(raw) == [
+        "destinations[2].id: duplicate destination id '423' (first in destinations[1])"]
 
 
 def test_http_url_is_refused_without_allow_http() -> None:

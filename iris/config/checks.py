@@ -59,13 +59,14 @@ def check_semantics(config: Config) -> None:
     too late; each failure names the key to change. Raises ``ConfigError``, or ``ConfigErrors``
     with one line per problem when there are several."""
     problems = _Problems()
-    seen: set[str] = set()
+    first: dict[str, int] = {}  # destination id -> index of its first use
     for i, dest in enumerate(config.destinations):
         where = f"destinations[{i}]"
-        if dest.id in seen:
-            problems.found.append(ConfigError(f"{where}.id",
-                                              f"duplicate destination id {dest.id!r}"))
-        seen.add(dest.id)
+        if dest.id in first:
+            problems.found.append(ConfigError(
+                f"{where}.id", f"duplicate destination id {dest.id!r} (first in "
+                               f"destinations[{first[dest.id]}])"))
+        first.setdefault(dest.id, i)
         _check_destination(problems, where, dest)
     if config.destinations:
         i, longest = max(enumerate(config.destinations), key=lambda item: item[1].timeout)
