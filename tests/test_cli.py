@@ -325,16 +325,23 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
 
 
 @pytest.mark.parametrize(("query", "line"), [
-    ("socket_timeout=abc", "?socket_timeout= must be a number"),
-    ("db=0&health_check_interval=1.5", "?health_check_interval= must be a whole number"),
-    ("protocol=three", "?protocol= must be a whole number"),
+    ("?socket_timeout=abc", "?socket_timeout= must be a number"),
+    ("?db=0&health_check_interval=1.5", "?health_check_interval= must be a whole number"),
+    ("?protocol=three", "?protocol= must be a whole number"),
+    ("?max_connections=2", "?max_connections= is iris's to set: use redis.max_connections"),
+    ("?decode_responses=false", "?decode_responses= is iris's to set: leave it out (iris reads "
+                                "text)"),
+    (",redis://127.0.0.1:2?socket_timeout=0.5", "options on a seed URL after the first are not "
+                                                "read by redis-py: write them on the first"),
 ])
 def test_a_url_option_redis_py_cannot_read_is_a_config_error(tmp_path, query, line):
-    """redis-py reads ``redis.url``'s typed options only when it connects: ``status`` and
-    ``run`` ended in a traceback ("Invalid value for 'socket_timeout' in connection URL"),
-    after ``check-config`` had said valid. Nothing connects here (port 1), and the URL's
-    password is never quoted."""
-    path = write_config(tmp_path, redis={"url": f"redis://:{SECRET}@127.0.0.1:1/0?{query}"})
+    """redis-py reads ``redis.url``'s options only when it connects, and lets them override
+    what iris passes: ``status`` and ``run`` ended in a traceback ("Invalid value for
+    'socket_timeout' in connection URL") after ``check-config`` had said valid, and an option
+    iris sets (a pool of 2 connections) or one on a cluster's later seed (never read) went
+    unsaid. Nothing connects here (port 1), and the URL's password is never quoted."""
+    path = write_config(tmp_path, redis={"url": f"redis://:{SECRET}@127.0.0.1:1/0{query}",
+                                         "cluster": query.startswith(",")})
     for command in (["check-config"], ["status"], ["run"]):
         result = iris(*command, "-c", str(path))
         assert (result.returncode, result.stdout) == (2, ""), (command, result.stderr)

@@ -411,6 +411,8 @@ def test_socket_timeout_above_block_ms_and_its_default() -> None:
     parsed = parse_config(config(redis={"socket_timeout": 1.5}), env={})
     assert parsed.redis_socket_timeout == 1.5
     assert parse_config(config(), env={}).redis_socket_timeout == 6.0  # block_ms 1000 + 5 s
+    parsed = parse_config(config(stream={"block_ms": 2500}), env={})
+    assert parsed.redis_socket_timeout == 7.5
 
 
 def test_a_socket_timeout_in_the_url_is_the_one_redis_py_uses() -> None:
@@ -428,8 +430,8 @@ def test_a_socket_timeout_in_the_url_is_the_one_redis_py_uses() -> None:
     seeds = "redis://h1:7000?socket_timeout=2.5,redis://h2:7000"  # the first URL's options
     assert parse_config(config(redis={"url": seeds, "cluster": True}), env={}
                         ).redis_socket_timeout == 2.5
-    parsed = parse_config(config(stream={"block_ms": 2500}), env={})
-    assert parsed.redis_socket_timeout == 7.5
+    for value in ("nan", "0", "-1"):  # no timeout a read could outlast
+        assert error_lines(config(redis={"url": f"redis://h:6379?socket_timeout={value}"}))
 
 
 def test_max_delay_below_base_delay() -> None:

@@ -99,8 +99,8 @@ def check_redis(settings: RedisSettings) -> None:
     timeout = settings.redis.socket_timeout
     if timeout is not None and timeout * 1000 <= block_ms:
         problems.found.append(ConfigError("redis.socket_timeout", too_short))
-    in_url = url_socket_timeout(settings.redis.urls[0])  # redis-py's choice over the setting
-    if in_url is not None and in_url * 1000 <= block_ms:
+    in_url = url_socket_timeout(settings.redis.first_url)  # redis-py's choice over the setting
+    if in_url is not None and not in_url * 1000 > block_ms:  # nan too
         problems.found.append(ConfigError(
             "redis.url", f"?socket_timeout= {too_short} (leave it out: iris sets one)"))
     problems.raise_any()

@@ -46,6 +46,12 @@ class RedisConfig(Strict):
             return [self.url]
         return [part.strip() for part in self.url.split(",") if part.strip()]
 
+    @property
+    def first_url(self) -> str:
+        """The URL whose query options redis-py reads: ``url``, or a cluster's first seed (of
+        the others, it takes only the host and port)."""
+        return next(iter(self.urls), "")
+
 
 class StreamConfig(Strict):
     key: str = Field(default="iris:events", min_length=1)
@@ -141,7 +147,7 @@ class RedisSettings(Strict):
         one (redis-py lets a URL's options override what it is given), else
         ``redis.socket_timeout``, else ``stream.block_ms`` + 5 s (a blocking read outlasts its
         block)."""
-        in_url = url_socket_timeout(self.redis.urls[0])
+        in_url = url_socket_timeout(self.redis.first_url)
         if in_url is not None:
             return in_url
         return self.redis.socket_timeout or self.stream.block_ms / 1000 + 5

@@ -50,9 +50,8 @@ def mask_url(url: str) -> str:
     percent-encoded or not), leaving the rest exactly as written. The user information is read
     as URL parsers read it (redis-py's and aiohttp's among them): up to the last ``@`` before
     the path, query or fragment, so that an ``@`` or ``?`` in the password cannot move the
-    mask. A URL with control characters (which
-    parsers drop or strip, so that no mask written for the text would match) is not shown, nor
-    one with an ``@`` but no ``scheme://``."""
+    mask. A URL with control characters (which parsers drop or strip, so that no mask written
+    for the text would match) is not shown, nor one with an ``@`` but no ``scheme://``."""
     if has_control_characters(url):
         return "(not shown: a URL with control characters)"
     match = re.match(r"(\s*[A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)", url)

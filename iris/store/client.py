@@ -23,7 +23,15 @@ RedisClient: TypeAlias = aioredis.Redis | RedisCluster  # what every Redis-talki
 
 __all__ = ["RedisClient", "StreamsCluster", "check_url_options", "connect", "connect_cluster"]
 
-WANTED = {"float": "a number", "int": "a whole number"}  # what redis-py's parsers of options read
+_WANTED = {"float": "a number", "int": "a whole number"}  # what redis-py's option parsers read
+_IRIS_SETS = {  # URL options that would override what connect() passes, and what to do instead
+    "max_connections": "use redis.max_connections",
+    "timeout": "leave it out (a task waits for a free connection as long as it takes)",
+    "decode_responses": "leave it out (iris reads text)",
+    "encoding": "leave it out (iris reads UTF-8)",
+    "encoding_errors": "leave it out (bytes that are not UTF-8 reach the event check)",
+    "legacy_responses": "leave it out (iris reads redis-py's usual reply shapes)",
+}
 
 
 def connect(config: RedisSettings) -> RedisClient:
@@ -57,21 +65,29 @@ def connect(config: RedisSettings) -> RedisClient:
 
 
 def check_url_options(config: RedisSettings) -> None:
-    """Read the query options of each URL of ``redis.url`` as redis-py reads them at connect
-    (``parse_url``: the first value of each, with its table of typed options).
+    """Read the query options of ``redis.url`` as redis-py reads them at connect
+    (``parse_url``: the first value of each, with its table of typed options), where an option
+    overrides what iris passes.
 
-    Raises ``ConfigError`` naming an option whose value redis-py cannot read
-    (``?socket_timeout=abc``), where the first command would fail with a traceback. The value
-    is not quoted: a URL may hold a password."""
-    for url in config.redis.urls:
-        for name, values in parse_qs(urlsplit(url).query).items():
-            parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
-            try:
-                if parser is not None:
-                    parser(values[0])
-            except (TypeError, ValueError):
-                wanted = WANTED.get(getattr(parser, "__name__", ""), "a value redis-py reads")
-                raise ConfigError("redis.url", f"?{name}= must be {wanted}") from None
+    Raises ``ConfigError`` for an option whose value redis-py cannot read
+    (``?socket_timeout=abc``: the first command would fail with a traceback), one iris sets
+    itself (``?max_connections=``, ``?decode_responses=``...), and any option on a cluster's
+    seed URLs after the first (redis-py takes only their host and port). No value is quoted: a
+    URL may hold a password."""
+    first, *others = config.redis.urls or [""]
+    if any(urlsplit(url).query for url in others):
+        raise ConfigError("redis.url", "options on a seed URL after the first are not read by "
+                                       "redis-py: write them on the first")
+    for name, values in parse_qs(urlsplit(first).query).items():
+        if name in _IRIS_SETS:
+            raise ConfigError("redis.url", f"?{name}= is iris's to set: {_IRIS_SETS[name]}")
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        try:
+            if parser is not None:
+                parser(values[0])
+        except (TypeError, ValueError):
+            wanted = _WANTED.get(getattr(parser, "__name__", ""), "a value redis-py reads")
+            raise ConfigError("redis.url", f"?{name}= must be {wanted}") from None
 
 
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
