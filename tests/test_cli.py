@@ -331,8 +331,9 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
     ("?max_connections=2", "?max_connections= is iris's to set: use redis.max_connections"),
     ("?decode_responses=false", "?decode_responses= is iris's to set: leave it out (iris reads "
                                 "text)"),
-    (",redis://127.0.0.1:2?socket_timeout=0.5", "options on a seed URL after the first are not "
-                                                "read by redis-py: write them on the first"),
+    (",redis://127.0.0.1:2?socket_timeout=0.5", "a seed URL after the first has other options "
+                                                "than the first, and redis-py reads only the "
+                                                "first's"),
 ])
 def test_a_url_option_redis_py_cannot_read_is_a_config_error(tmp_path, query, line):
     """redis-py reads ``redis.url``'s options only when it connects, and lets them override

@@ -71,14 +71,14 @@ def check_url_options(config: RedisSettings) -> None:
 
     Raises ``ConfigError`` for an option whose value redis-py cannot read
     (``?socket_timeout=abc``: the first command would fail with a traceback), one iris sets
-    itself (``?max_connections=``, ``?decode_responses=``...), and any option on a cluster's
-    seed URLs after the first (redis-py takes only their host and port). No value is quoted: a
-    URL may hold a password."""
-    first, *others = config.redis.urls or [""]
-    if any(urlsplit(url).query for url in others):
-        raise ConfigError("redis.url", "options on a seed URL after the first are not read by "
-                                       "redis-py: write them on the first")
-    for name, values in parse_qs(urlsplit(first).query).items():
+    itself (``?max_connections=``, ``?decode_responses=``...), and options on a cluster's later
+    seed URLs other than the first's (redis-py takes only their host and port: the same
+    options written on every seed are fine). No value is quoted: a URL may hold a password."""
+    first, *others = (urlsplit(url).query for url in config.redis.urls or [""])
+    if any(query not in ("", first) for query in others):
+        raise ConfigError("redis.url", "a seed URL after the first has other options than the "
+                                       "first, and redis-py reads only the first's")
+    for name, values in parse_qs(first).items():
         if name in _IRIS_SETS:
             raise ConfigError("redis.url", f"?{name}= is iris's to set: {_IRIS_SETS[name]}")
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
