@@ -331,6 +331,10 @@ def test_a_url_that_does_not_parse_is_a_config_error_beside_the_others(tmp_path)
     ("?max_connections=2", "?max_connections= is iris's to set: use redis.max_connections"),
     ("?decode_responses=false", "?decode_responses= is iris's to set: leave it out (iris reads "
                                 "text)"),
+    ("?protocol=9", "?protocol= must be 2 or 3"),  # run retried for ever: redis-py refused it
+    ("?ssl_cert_reqs=none", "?ssl_cert_reqs= is not an option redis-py takes for a redis:// "
+                            "URL (TLS options need rediss://)"),
+    ("?socket_timout=30", "?socket_timout= is not an option redis-py takes for a redis:// URL"),
     (",redis://127.0.0.1:2?socket_timeout=0.5", "a seed URL after the first has other options "
                                                 "than the first, and redis-py reads only the "
                                                 "first's"),
@@ -348,6 +352,16 @@ def test_a_url_option_redis_py_cannot_read_is_a_config_error(tmp_path, query, li
         assert (result.returncode, result.stdout) == (2, ""), (command, result.stderr)
         assert result.stderr.splitlines() == [f"iris: config error: redis.url: {line}"], command
         assert SECRET not in result.stderr
+
+
+def test_the_seeds_of_a_cluster_may_repeat_the_first_ones_options(tmp_path):
+    """In any order, and in any spelling redis-py reads as the same value."""
+    url = ("redis://127.0.0.1:1?socket_timeout=9&protocol=2,"
+           "redis://127.0.0.1:2?protocol=2&socket_timeout=9.0,redis://127.0.0.1:3")
+    result = iris("check-config", "-c", str(write_config(tmp_path, redis={"url": url,
+                                                                          "cluster": True})))
+    assert result.returncode == 0, result.stderr
+    assert "socket_timeout: 9.0" in result.stdout
 
 
 def test_duplicate_keys_and_a_file_that_is_not_utf8(tmp_path):

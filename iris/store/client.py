@@ -3,13 +3,19 @@ Cluster (redis-py's cluster client), chosen by ``redis.cluster``."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -24,6 +30,10 @@ RedisClient: TypeAlias = aioredis.Redis | RedisCluster  # what every Redis-talki
 __all__ = ["RedisClient", "StreamsCluster", "check_url_options", "connect", "connect_cluster"]
 
 _WANTED = {"float": "a number", "int": "a whole number"}  # what redis-py's option parsers read
+_CHOICES = {"protocol": (2, 3)}  # values redis-py refuses only when it connects
+_TEXT_OPTIONS = {"password", "username", "client_name", "lib_name", "lib_version", "ssl_ca_certs",
+                 "ssl_ca_path", "ssl_ca_data", "ssl_certfile", "ssl_keyfile", "ssl_password",
+                 "ssl_cert_reqs", "ssl_ciphers"}  # options a URL gives as text, untyped
 _IRIS_SETS = {  # URL options that would override what connect() passes, and what to do instead
     "max_connections": "use redis.max_connections",
     "timeout": "leave it out (a task waits for a free connection as long as it takes)",
@@ -66,28 +76,64 @@ def connect(config: RedisSettings) -> RedisClient:
 
 def check_url_options(config: RedisSettings) -> None:
     """Read the query options of ``redis.url`` as redis-py reads them at connect
-    (``parse_url``: the first value of each, with its table of typed options), where an option
-    overrides what iris passes.
+    (``parse_url``: the first value of each, typed by its table), where an option overrides
+    what iris passes and goes to the connection's constructor.
 
     Raises ``ConfigError`` for an option whose value redis-py cannot read
-    (``?socket_timeout=abc``: the first command would fail with a traceback), one iris sets
-    itself (``?max_connections=``, ``?decode_responses=``...), and options on a cluster's later
-    seed URLs other than the first's (redis-py takes only their host and port: the same
-    options written on every seed are fine). No value is quoted: a URL may hold a password."""
-    first, *others = (urlsplit(url).query for url in config.redis.urls or [""])
-    if any(query not in ("", first) for query in others):
-        raise ConfigError("redis.url", "a seed URL after the first has other options than the "
-                                       "first, and redis-py reads only the first's")
-    for name, values in parse_qs(first).items():
+    (``?socket_timeout=abc``) or refuses (``?protocol=9``), one its connection for the URL's
+    scheme does not take (``?ssl_cert_reqs=`` on ``redis://``, a misspelt name): the first
+    command would fail with a traceback, or retry for ever. Also for one iris sets itself
+    (``?max_connections=``...), and for options on a cluster's later seed URLs other than the
+    first's (redis-py takes only their host and port). No value is quoted: a URL may hold a
+    password."""
+    first_url = config.redis.first_url
+    scheme = urlsplit(first_url).scheme
+    first, *others = (parse_qs(urlsplit(url).query) for url in config.redis.urls or [""])
+    takes = _options_taken(scheme)
+    for name, values in first.items():
         if name in _IRIS_SETS:
             raise ConfigError("redis.url", f"?{name}= is iris's to set: {_IRIS_SETS[name]}")
+        if name not in takes:
+            tls = (" (TLS options need rediss://)"
+                   if name.startswith("ssl") and scheme != "rediss" else "")
+            raise ConfigError("redis.url", f"?{name}= is not an option redis-py takes for a "
+                                           f"{scheme}:// URL{tls}")
         parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
-            if parser is not None:
-                parser(values[0])
+            value = parser(values[0]) if parser is not None else values[0]
         except (TypeError, ValueError):
             wanted = _WANTED.get(getattr(parser, "__name__", ""), "a value redis-py reads")
             raise ConfigError("redis.url", f"?{name}= must be {wanted}") from None
+        if name in _CHOICES and value not in _CHOICES[name]:
+            choices = " or ".join(map(str, _CHOICES[name]))
+            raise ConfigError("redis.url", f"?{name}= must be {choices}")
+    if any(query and _typed(query) != _typed(first) for query in others):
+        raise ConfigError("redis.url", "a seed URL after the first has other options than the "
+                                       "first, and redis-py reads only the first's")
+
+
+def _options_taken(scheme: str) -> set[str]:
+    """The query options a URL of ``scheme`` may carry: those redis-py reads from a URL (its
+    typed table, and text such as ``ssl_ca_certs``) that its connection class for the scheme
+    takes as arguments."""
+    connection = {"rediss": SSLConnection, "unix": UnixDomainSocketConnection}.get(scheme,
+                                                                                  Connection)
+    arguments = {name for klass in connection.__mro__ if "__init__" in vars(klass)
+                 for name in inspect.signature(vars(klass)["__init__"]).parameters}
+    return arguments & (set(URL_QUERY_ARGUMENT_PARSERS) | _TEXT_OPTIONS)
+
+
+def _typed(query: dict[str, list[str]]) -> dict[str, object]:
+    """A query's options as redis-py reads them (``9`` and ``9.0`` are one timeout); text where
+    its parser refuses the value."""
+    typed: dict[str, object] = {}
+    for name, values in query.items():
+        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        try:
+            typed[name] = parser(values[0]) if parser is not None else values[0]
+        except (TypeError, ValueError):
+            typed[name] = values[0]
+    return typed
 
 
 def hiredis_packing(connection_class: type[Any]) -> type[Any]:
