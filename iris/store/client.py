@@ -98,10 +98,10 @@ def check_url_options(config: RedisSettings) -> None:
                    if name.startswith("ssl") and scheme != "rediss" else "")
             raise ConfigError("redis.url", f"?{name}= is not an option redis-py takes for a "
                                            f"{scheme}:// URL{tls}")
-        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
-            value = parser(values[0]) if parser is not None else values[0]
+            value = _value(name, values[0])
         except (TypeError, ValueError):
+            parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
             wanted = _WANTED.get(getattr(parser, "__name__", ""), "a value redis-py reads")
             raise ConfigError("redis.url", f"?{name}= must be {wanted}") from None
         if name in _CHOICES and value not in _CHOICES[name]:
@@ -123,14 +123,20 @@ def _options_taken(scheme: str) -> set[str]:
     return arguments & (set(URL_QUERY_ARGUMENT_PARSERS) | _TEXT_OPTIONS)
 
 
+def _value(name: str, text: str) -> object:
+    """An option's value as redis-py reads it; raises ``ValueError`` or ``TypeError`` where its
+    parser refuses it."""
+    parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+    return parser(text) if parser is not None else text
+
+
 def _typed(query: dict[str, list[str]]) -> dict[str, object]:
     """A query's options as redis-py reads them (``9`` and ``9.0`` are one timeout); text where
     its parser refuses the value."""
     typed: dict[str, object] = {}
     for name, values in query.items():
-        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
         try:
-            typed[name] = parser(values[0]) if parser is not None else values[0]
+            typed[name] = _value(name, values[0])
         except (TypeError, ValueError):
             typed[name] = values[0]
     return typed
