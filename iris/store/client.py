@@ -52,10 +52,9 @@ def connect(config: RedisSettings) -> RedisClient:
     backoff, and re-reads its pending list, which is exact. The pool never raises for being
     full (redis-py's default pool does, at 100 connections): a task waits for a connection.
     Each partition beyond the first adds two connections, for its two blocking reads.
-    With ``redis.cluster``, redis-py's cluster client (``connect_cluster``). Raises
-    ``ConfigError`` for a URL option redis-py cannot read (``check_url_options``).
+    With ``redis.cluster``, redis-py's cluster client (``connect_cluster``). The URL's options
+    are checked when a command loads its config (``check_url_options``, ``cli.shell``).
     """
-    check_url_options(config)
     if config.redis.cluster:
         return connect_cluster(config)
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -86,9 +85,9 @@ def check_url_options(config: RedisSettings) -> None:
     (``?max_connections=``...), and for options on a cluster's later seed URLs other than the
     first's (redis-py takes only their host and port). No value is quoted: a URL may hold a
     password."""
-    first_url = config.redis.first_url
-    scheme = urlsplit(first_url).scheme
-    first, *others = (parse_qs(urlsplit(url).query) for url in config.redis.urls or [""])
+    seeds = [urlsplit(url) for url in config.redis.urls or [""]]
+    scheme = seeds[0].scheme
+    first, *others = (parse_qs(seed.query) for seed in seeds)
     takes = _options_taken(scheme)
     for name, values in first.items():
         if name in _IRIS_SETS:
