@@ -95,6 +95,8 @@ class FaultProxy:
         self.target_port = target_port
         self._port = listen_port
         self._server: asyncio.Server | None = None
+        # While the listener is closed: the port, bound but not listening (see close_listener).
+        self._held: socket.socket | None = None
         self._conns: dict[int, _Connection] = {}
         # Every task of every connection, including reset ones not yet unwound, for stop().
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,16 +123,39 @@ class FaultProxy:
         await self._listen()
 
     async def _listen(self) -> None:
-        # reuse_address: reopen_listener() must get the same port back straight away.
+        held, self._held = self._held, None
+        if held is not None:  # reopen_listener(): listen on the very socket that held the port
+            self._server = await asyncio.start_server(self._on_accept, sock=held)
+            return
+        # reuse_address: close_listener() must bind the port again while connections live.
         self._server = await asyncio.start_server(
             self._on_accept, "127.0.0.1", self._port, reuse_address=True
         )
         self._port = self._server.sockets[0].getsockname()[1]
 
+    def _hold_port(self) -> None:
+        """Keep the port bound, not listening: connects get ECONNREFUSED (the kernel answers a
+        SYN to a port nothing listens on with RST), and no other process on the machine is
+        given the port in the meantime. Without it another test's server, started on a port
+        the kernel picked, could answer in the proxy's place (seen: a partner's backlog
+        dead-lettered as HTTP 404 by someone else's aiohttp server)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self._port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._held = sock
+
     async def stop(self) -> None:
         """Stop listening, close every connection and wait for all proxy tasks to end."""
         self._stopped = True
         self._close_server()
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
         for conn in list(self._conns.values()):
             conn.close(rst=False)
         self._conns.clear()
@@ -201,8 +226,11 @@ class FaultProxy:
         self._refusing = on
 
     async def close_listener(self) -> None:
-        """Stop listening on the port: new connects get ECONNREFUSED. Live connections stay."""
-        self._close_server()
+        """Stop listening on the port: new connects get ECONNREFUSED. Live connections stay,
+        and the port stays the proxy's (see :meth:`_hold_port`)."""
+        if self._server is not None:
+            self._close_server()
+            self._hold_port()
 
     async def reopen_listener(self) -> None:
         """Listen again on the same port after close_listener()."""

@@ -7,6 +7,8 @@ are the "must NOT happen within this long" checks for pause(), which cannot be p
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -296,6 +298,31 @@ async def test_close_and_reopen_listener(proxy: FaultProxy, client: aioredis.Red
     finally:
         await fresh.aclose()
     assert proxy.accepted == 2
+
+
+async def test_a_closed_listener_keeps_its_port(proxy: FaultProxy) -> None:
+    """While closed, the port stays bound: no other server on the machine can be given it and
+    answer in the proxy's place (a partner's backlog was once dead-lettered as HTTP 404 by
+    another test's aiohttp server that the kernel had given the port during an outage)."""
+    port = proxy.port
+    await proxy.close_listener()
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(OSError) as taken:
+            other.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
+    finally:
+        other.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+    await proxy.reopen_listener()
+    assert proxy.listening and proxy.port == port
+    fresh = aioredis.Redis(host="127.0.0.1", port=port, retry=None)
+    try:
+        assert await fresh.ping() is True
+    finally:
+        await fresh.aclose()
 
 
 async def test_refuse_resets_new_connections(proxy: FaultProxy) -> None:
