@@ -286,9 +286,13 @@ class TokenManager:
                                  permanent=True, error="unsupported_token_type")
             await self._refuse(refusal)
             raise refusal
+        # Expiry counts from the request (the endpoint's clock started no earlier). A token's
+        # age, which fresh_token_age is compared with, counts from the answer: a replacement
+        # is never asked for sooner than fresh_token_age after the endpoint issued the token,
+        # however long the request took on the way.
         refresh_at, hard_expiry = schedule(started, grant.expires_in)
         stored = StoredToken(grant.access_token, "Bearer", started + grant.expires_in,
-                             refresh_at, started, self._consumer, fence)
+                             refresh_at, self._clock(), self._consumer, fence)
         rotated = None
         if grant.refresh_token and (spent is None or grant.refresh_token != spent.token):
             seed = spent.seed if spent is not None else "issued"

@@ -101,7 +101,7 @@ class StoredToken:
     token_type: str
     expires_at: float  # epoch seconds
     refresh_at: float  # epoch seconds: whoever sees this passed fetches the next one
-    obtained_at: float
+    obtained_at: float  # epoch seconds: when the token endpoint's answer arrived
     obtained_by: str  # consumer name of the process that asked the endpoint
     fence: int = 0
 

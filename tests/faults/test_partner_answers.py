@@ -299,6 +299,37 @@ async def test_a_partner_that_refuses_every_fresh_token(
     assert await direct.xlen(f"{stream_key}:out:423") >= 1  # the batches wait in Redis
 
 
+async def test_a_refused_token_is_replaced_no_sooner_than_its_age_after_the_answer(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, partners: Any,
+) -> None:
+    """A token endpoint that takes 1.5 s to answer, and a partner that refuses its tokens: the
+    replacement is asked for ``fresh_token_age`` (5 s) after the first token was issued, not
+    5 s after iris asked for it (3.5 s after issue). Counted from the request, a first request
+    slowed on its way (a cold connection, a loaded machine) let the next one reach the
+    endpoint sooner than 5 s after it."""
+    partner = await partners("423")
+    assert partner.tokens is not None
+
+    async def slow(request: web.Request) -> None:
+        await asyncio.sleep(1.5)  # then the endpoint answers as usual: a new token
+
+    partner.tokens.responder = slow
+
+    async def refuse_all(request: web.Request, body: bytes) -> web.Response:
+        return web.json_response({"error": "invalid_token"}, status=401,
+                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    partner.server.responder = refuse_all
+    config = make_config(redis_server.url, stream_key, [
+        destination_config(partner, batch={"max_wait": 0.1}, retry=FAST)])
+    async with running(config):
+        await send_to(redis, stream_key, "423", 2)
+        await wait_for(lambda: len(partner.tokens.requests) >= 2, 20, "a second token request",
+                       lambda: partner.tokens.requests)
+    first, second = (r.time for r in partner.tokens.requests[:2])
+    assert second - first >= 1.5 + 5.0 - 0.05, second - first  # the answer, then 5 s
+
+
 # --------------------------------------------------------------------------- Retry-After
 
 
