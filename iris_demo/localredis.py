@@ -89,6 +89,7 @@ class RedisProcess:
         self._own_dir = workdir is None
         self._workdir: Path | None = Path(workdir) if workdir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._held: socket.socket | None = None  # the port, between kill() and restart()
 
     # -- properties -------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class RedisProcess:
         except BaseException:
             self.stop()  # reap the child and drop our tempdir; the message has the log tail
             raise
+        self._release_port()  # the server listens there now
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -170,6 +172,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         """SIGTERM, wait 5 s, then SIGKILL. Idempotent; removes the tempdir it created."""
+        self._release_port()
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -185,12 +188,30 @@ class RedisProcess:
             self._workdir = None
 
     def kill(self) -> None:
-        """SIGKILL and reap: a crash. The data is gone (nothing is persisted)."""
+        """SIGKILL and reap: a crash. The data is gone (nothing is persisted).
+
+        Until restart() or stop(), the port stays bound here without listening: connects are
+        refused, as after a crash, and no other process on the machine (a test running in
+        parallel) is given the port meanwhile and answers in this server's place."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
+        if self._held is None:
+            held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds
+            try:
+                held.bind(("127.0.0.1", self._port))
+            except OSError:  # taken already: restart() will say so, with the log tail
+                held.close()
+            else:
+                self._held = held
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def freeze(self) -> None:
         """SIGSTOP: the port stays open but nothing answers (a hung server)."""
@@ -201,7 +222,9 @@ class RedisProcess:
         self._signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 10.0) -> RedisProcess:
-        """Start again on the same port (after kill() the data is gone; that is intended)."""
+        """Start again on the same port (after kill() the data is gone; that is intended).
+        redis-server binds it while kill()'s hold is still on (both sockets reuse the address,
+        and only one listens), so the port is never free in between."""
         if self.running:
             self.kill()
         return self.start(timeout)

@@ -1,7 +1,7 @@
 """Helpers more than one test module needs, written once: a clock that moves only when a test
 says, conditions for ``wait_for`` that await a count, an HTTP Basic header as RFC 6749 has it,
-and the stream chores (add events, count what is pending, read what waits in an outbound
-stream, run the ``iris`` command line).
+a port that refuses connections, and the stream chores (add events, count what is pending,
+read what waits in an outbound stream, run the ``iris`` command line).
 
 Fixtures live in conftest.py; these are plain functions and classes, imported by name."""
 
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote_plus
 
@@ -52,6 +54,20 @@ async def at_least(awaitable: Awaitable[float], value: float) -> bool:
 
 
 # --------------------------------------------------------------------------- HTTP
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections (ECONNREFUSED) while the block runs: bound and
+    never listening, so no other server on the machine is given it meanwhile. A port merely
+    found free can be taken by a test running in parallel, which then answers in place of
+    "nothing" (civitai/cli#593, equinor/ert#12651)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
 
 def basic_auth(client_id: str, secret: str, *, encode: bool = True) -> str:
     """RFC 6749 §2.3.1: form-urlencode id and secret (unless ``encode`` is off, as a careless

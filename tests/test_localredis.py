@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,9 +70,17 @@ def test_kill_then_restart_same_port_loses_data(rp: RedisProcess) -> None:
     port = rp.port
     c = client(rp)
     c.set("k", "v")
+    c.close()  # closed by the client first: no TIME_WAIT on the server's port
     rp.kill()
     assert rp.pid is None and not rp.running
     assert not ping(port)
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the port is not given away
+    try:
+        with pytest.raises(OSError) as taken:
+            other.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
+    finally:
+        other.close()
     rp.restart()
     assert rp.port == port and ping(port)
     c = client(rp)

@@ -23,10 +23,10 @@ from iris.http import transport
 from iris.http.errors import CUT_SHORT, SERVER_CLOSED
 from iris.http.sender import PartnerSession
 from iris.http.transport import Connections, RequestFailed
-from iris_demo.localredis import free_port
 from iris_demo.servers import LocalServer
 from iris_demo.tls import TLSMaterial
 from tests.conftest import make_config
+from tests.helpers import closed_port
 
 BODY = b'{"Users":[]}'
 HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "k-1"}
@@ -307,11 +307,11 @@ async def test_at_most_limit_connections_and_failures_to_connect_are_named(
     assert [a.status for a in answers] == [200] * 6
     assert most == 2 and len(accepted) == 2
 
-    port = free_port()
-    refused = Connections(f"http://127.0.0.1:{port}/aam", None, 2, "iris/test")
-    with pytest.raises(RequestFailed, match=f"cannot connect to 127.0.0.1:{port}: connection "
-                                            "refused"):
-        await refused.post(BODY, HEADERS, 5)
+    with closed_port() as port:
+        refused = Connections(f"http://127.0.0.1:{port}/aam", None, 2, "iris/test")
+        with pytest.raises(RequestFailed, match=f"cannot connect to 127.0.0.1:{port}: "
+                                                "connection refused"):
+            await refused.post(BODY, HEADERS, 5)
 
     server = LocalServer()  # a certificate from a CA this client does not trust
     app = web.Application()

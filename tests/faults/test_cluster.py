@@ -31,7 +31,7 @@ from iris_demo.localcluster import LocalCluster, call, info
 from iris_demo.tls import TLSMaterial
 from tests.conftest import wait_for
 from tests.faults.harness import WorkerProcess, delivered, dest_config, start_all, worker_config
-from tests.helpers import GROUP, run_cli
+from tests.helpers import GROUP, closed_port, run_cli
 
 P = 8
 EVENTS = 20_000
@@ -338,22 +338,20 @@ async def test_a_partition_moved_to_another_master_mid_run_loses_nothing(
 async def test_commands_name_an_unreachable_cluster_in_one_line(tmp_path: Path) -> None:
     """No seed answers (the cluster is not up yet, or the URL is wrong): each command exits 1
     with one line naming it, never a traceback, and never the password in the URL."""
-    from iris_demo.localredis import free_port
-
     dest = [{"id": "423", "url": "https://p.example/x", "user_dpid": "1", "client_id": "2"}]
-    data = worker_config(f"redis://:pw-s3cret@127.0.0.1:{free_port()}", "k", dest,
-                         partitions=P)
-    data["redis"]["cluster"] = True
-    path = tmp_path / "iris.yaml"
-    path.write_text(yaml.safe_dump(data))
-    events = tmp_path / "e.jsonl"
-    write_events(events, "x", 3)
-    for args in (("status",), ("dlq", "list"), ("send", "--file", str(events)),
-                 ("repartition",)):
-        code, out, err = await run_cli(*args, "-c", str(path))
-        assert code == 1, (args, err)
-        assert "Traceback" not in err and "pw-s3cret" not in err + out, err
-        assert "redis unreachable" in err, err
+    with closed_port() as port:
+        data = worker_config(f"redis://:pw-s3cret@127.0.0.1:{port}", "k", dest, partitions=P)
+        data["redis"]["cluster"] = True
+        path = tmp_path / "iris.yaml"
+        path.write_text(yaml.safe_dump(data))
+        events = tmp_path / "e.jsonl"
+        write_events(events, "x", 3)
+        for args in (("status",), ("dlq", "list"), ("send", "--file", str(events)),
+                     ("repartition",)):
+            code, out, err = await run_cli(*args, "-c", str(path))
+            assert code == 1, (args, err)
+            assert "Traceback" not in err and "pw-s3cret" not in err + out, err
+            assert "redis unreachable" in err, err
 
 
 async def test_the_documented_acl_works_on_a_cluster_and_a_missing_grant_is_named(

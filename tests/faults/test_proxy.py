@@ -18,9 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from iris_demo.localredis import RedisProcess, free_port
+from iris_demo.localredis import RedisProcess
 from tests.conftest import wait_for
 from tests.faults.proxy import TASK_PREFIX, FaultProxy
+from tests.helpers import closed_port
 
 PROMPT = 5.0  # "promptly": far below XREAD BLOCK 5000 plus the time a reconnect would take
 STALL = 0.3  # how long a paused command must stay pending
@@ -125,13 +126,13 @@ async def test_echo_forwarding_and_half_close(echo_proxy: FaultProxy) -> None:
 
 
 async def test_upstream_down_resets_the_client() -> None:
-    dead_port = free_port()  # nothing listens there
-    async with FaultProxy("127.0.0.1", dead_port) as p:
-        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
-        with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(reader.read(1), PROMPT)
-        writer.close()
-        await wait_for(lambda: p.connections == 0)
+    with closed_port() as dead_port:  # nothing listens there
+        async with FaultProxy("127.0.0.1", dead_port) as p:
+            reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(1), PROMPT)
+            writer.close()
+            await wait_for(lambda: p.connections == 0)
 
 
 # --------------------------------------------------------------------------- reset_all
