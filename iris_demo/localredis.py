@@ -22,6 +22,24 @@ _PING = b"*1\r\n$4\r\nPING\r\n"
 _INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
 
 
+def hold_port(port: int = 0) -> socket.socket:
+    """Bind 127.0.0.1:``port`` (0: one the kernel picks) without listening, and return the
+    socket: connects to the port are refused (the kernel answers a SYN with RST), and the
+    kernel gives the port to no other socket that asks for a free one while it is held. It
+    reuses the address, as servers bind, so a server may bind and listen on the port while it
+    is held (a restart without a moment where the port is free).
+
+    Raises OSError if a socket that does not allow reuse, or a listening one, has the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def free_port() -> int:
     """Ask the kernel for a free loopback port (small race window; fine for tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -199,14 +217,8 @@ class RedisProcess:
                 proc.kill()
             proc.wait()
         if self._held is None:
-            held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds
-            try:
-                held.bind(("127.0.0.1", self._port))
-            except OSError:  # taken already: restart() will say so, with the log tail
-                held.close()
-            else:
-                self._held = held
+            with contextlib.suppress(OSError):  # taken already: restart() says so, with the log
+                self._held = hold_port(self._port)
 
     def _release_port(self) -> None:
         held, self._held = self._held, None

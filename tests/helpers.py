@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from urllib.parse import quote_plus
 
 import orjson
 import redis.asyncio as aioredis
+
+from iris_demo.localredis import hold_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = "iris"  # the default consumer group, which the tests' configs keep
@@ -61,12 +62,8 @@ def closed_port() -> Iterator[int]:
     never listening, so no other server on the machine is given it meanwhile. A port merely
     found free can be taken by a test running in parallel, which then answers in place of
     "nothing" (civitai/cli#593, equinor/ert#12651)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
+    with hold_port() as sock:
+        yield int(sock.getsockname()[1])
 
 
 def basic_auth(client_id: str, secret: str, *, encode: bool = True) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
+from iris_demo.localredis import hold_port
+
 TASK_PREFIX = "faultproxy:"
 READ_SIZE = 64 * 1024
 UPSTREAM = "upstream"  # client -> server
@@ -139,13 +141,7 @@ class FaultProxy:
         given the port in the meantime. Without it another test's server, started on a port
         the kernel picked, could answer in the proxy's place (seen: a partner's backlog
         dead-lettered as HTTP 404 by someone else's aiohttp server)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", self._port))
-        except OSError:
-            sock.close()
-            raise
+        sock = hold_port(self._port)
         sock.setblocking(False)
         self._held = sock
 
