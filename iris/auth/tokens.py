@@ -28,7 +28,7 @@ from typing import Protocol
 
 from iris.auth.base import Credential
 from iris.auth.exchange import Grant
-from iris.auth.waits import Waits
+from iris.auth.waits import REJECTED_TOKEN, Waits
 from iris.errors import RedisUnavailable, TokenError
 from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
 
@@ -98,6 +98,7 @@ class TokenManager:
         self._refused: int | None = None  # fence of the last token a partner refused
         self._replacing = False  # the next token taken into use replaces a refused one
         self._replacement: int | None = None  # fence of the token that replaced a refused one
+        self._young_refused = 0  # fence of the last token the partner refused while fresh
         self._inflight: asyncio.Task[Token] | None = None
         self.last_source = ""  # "store" or "endpoint": where the current token came from
 
@@ -132,17 +133,27 @@ class TokenManager:
         a younger one cannot have expired, and asking at once would fetch token after token
         (a partner that refused iris's tokens drew one token request per batch). If its
         replacement is refused too while fresh, the partner refuses the tokens iris gets: the
-        destination pauses for every replica, as for a refusal at the token endpoint."""
+        destination pauses for every replica, as for a refusal at the token endpoint. So does
+        the first token after such a pause, when it is refused that fresh: one token request
+        per pause.
+
+        A 401 on a token another request already reported as refused while fresh is that same
+        refusal: the batch waits for the replacement (False), and does not spend its one
+        refresh on it (a batch in flight beside the reporting one was dead-lettered)."""
         token = self._token
         if token is None or credential is None or (
             credential.generation != token.credential.generation
-        ):
-            return True  # already replaced: the next request carries the current token
+        ):  # already replaced: the next request carries the current token
+            return not (blames_token and credential is not None
+                        and credential.generation <= self._young_refused)
         self._token = None
         self._refused = token.credential.generation
         age = self._clock() - token.stored.obtained_at
         young = blames_token and age < self._fresh_age
-        if young and self._replacement == token.credential.generation:
+        if young:
+            self._young_refused = token.credential.generation
+        if young and (self._replacement == token.credential.generation
+                      or await self._issued_after_rejection(token.stored)):
             await self._pause_rejected(age)
             return False
         self._replacing = True
@@ -156,6 +167,16 @@ class TokenManager:
                  self._fresh_age - age)
         return False
 
+    async def _issued_after_rejection(self, stored: StoredToken) -> bool:
+        """``stored`` was issued after a pause for rejected tokens (this replica's or another's)
+        had ended: it is that pause's replacement."""
+        try:
+            pause = await self.store.paused(include_expired=True)
+        except RedisUnavailable:
+            return False
+        return pause is not None and pause.error == REJECTED_TOKEN and (
+            stored.obtained_at >= pause.until)
+
     async def _pause_rejected(self, age: float) -> None:
         """The partner refused a token that had just replaced a refused one: pause (or join
         the pause another replica recorded)."""
@@ -165,11 +186,11 @@ class TokenManager:
                 f"the partner refused (401) a token issued {age:.1f} s ago, which replaced "
                 "another it had refused: it does not accept the tokens its token endpoint "
                 "issues to iris (check the partner's client registration, audience or scope)",
-                permanent=True, error="rejected_token"))
+                permanent=True, error=REJECTED_TOKEN))
         except TokenError:
             pass
         except RedisUnavailable:  # pause this worker at least
-            self._waits.pause(self._clock() + self._refusal_pause, "rejected_token", first=True,
+            self._waits.pause(self._clock() + self._refusal_pause, REJECTED_TOKEN, first=True,
                               message="the partner refused a freshly issued token (401)")
 
     def pause_remaining(self) -> float:
@@ -195,7 +216,7 @@ class TokenManager:
             try:
                 if not fresh and (adopted := await self._adopt_stored()) is not None:
                     return adopted.stored
-                return (await self._fetch(fence)).stored
+                return (await self._fetch(fence, lift=True)).stored
             finally:
                 await self.store.release(fence)
         except RedisUnavailable as exc:
@@ -270,8 +291,14 @@ class TokenManager:
         self.last_source = "store"
         return self._use(stored)
 
-    async def _fetch(self, fence: int) -> Token:
-        """Ask the endpoint (this process holds the lock under ``fence``) and store the answer."""
+    async def _fetch(self, fence: int, *, lift: bool = False) -> Token:
+        """Ask the endpoint (this process holds the lock under ``fence``) and store the answer.
+
+        The token ends a refusal's pause, and its count starts again: the endpoint accepts the
+        credentials. A pause for tokens the partner rejected is not shown over by a token
+        issued: its record, which keeps the count of such pauses in a row, stays until it
+        expires, unless ``lift`` (``iris auth test``: an operator says the partner was put
+        right)."""
         started = self._clock()
         spent = await self._refresh_token()
         try:
@@ -301,7 +328,8 @@ class TokenManager:
         if saved == -1:
             log.warning("%s: the stored refresh token changed while this one was spent (a new "
                         "login?); keeping the stored one", self.destination)
-        await self.store.clear_pause()  # accepted: a pause any replica saw is over
+        if lift or not await self._issued_after_rejection(stored):
+            await self.store.clear_pause()  # accepted: a pause any replica saw is over
         self.last_source = "endpoint"
         return self._use(stored, hard_expiry)
 

@@ -24,6 +24,14 @@ PAUSE_RECHECK = 5.0  # seconds between looks at whether a pause was lifted early
 MAX_WAIT = 60.0  # seconds: the longest wait between token requests after failures
 REFUSED = "paused (token endpoint refused the credentials)"
 REJECTED = "paused (the partner refuses the tokens its token endpoint issues)"
+REJECTED_TOKEN = "rejected_token"  # a pause's error code: the partner refused fresh tokens
+
+_UNTIL = {  # what ends a pause, by whether the partner (True) or the endpoint refused
+    False: "no deliveries until the token endpoint accepts the credentials (check them with "
+           "`iris auth test`)",
+    True: "no deliveries meanwhile; once the partner accepts the tokens, `iris auth test` "
+          "resumes deliveries at once (it asks the token endpoint, not the partner)",
+}
 
 
 class Waits:
@@ -61,16 +69,15 @@ class Waits:
         was_paused = self.paused_until > self._clock()
         self.paused_until, self._reason = until, reason
         if first:
-            log.error("%s: %s; destination paused for %.0f s: no deliveries until the token "
-                      "endpoint accepts the credentials (check them with `iris auth test`)",
-                      self.destination, message, until - self._clock(),
+            log.error("%s: %s; destination paused for %.0f s: %s", self.destination, message,
+                      until - self._clock(), _UNTIL[reason == REJECTED_TOKEN],
                       extra={"destination": self.destination})
         elif not was_paused:
             log.warning("%s: paused until %s by a refusal another worker saw (%s)",
                         self.destination, time.strftime("%H:%M:%S", time.localtime(until)),
                         reason, extra={"destination": self.destination})
         if not was_paused and self._on_pause:
-            self._on_pause(REJECTED if reason == "rejected_token" else REFUSED)
+            self._on_pause(REJECTED if reason == REJECTED_TOKEN else REFUSED)
 
     def paused_error(self, now: float) -> TokenError:
         remaining = max(0.0, self.paused_until - now)

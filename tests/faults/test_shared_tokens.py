@@ -39,10 +39,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from iris.auth.base import Credential
 from iris.auth.source import EndpointSource
 from iris.auth.tokens import TokenManager
 from iris.auth.waits import PAUSE_RECHECK, REFUSED
 from iris.config.auth import OAuth2Base
+from iris.config.model import Config
 from iris.errors import TokenError
 from iris.http.token_endpoint import TokenEndpoint
 from iris.runtime.wiring import fingerprint
@@ -533,6 +535,25 @@ async def test_invalid_client_pauses_the_destination_and_auth_test_lifts_it(
                                          *good.oauth.all_tokens()]) == []
 
 
+def token_manager(config: Config, session: aiohttp.ClientSession, redis: aioredis.Redis,
+                  clock: FakeClock, consumer: str, *,
+                  on_pause: Callable[[str | None], None] | None = None,
+                  on_request: Callable[[str], None] = lambda outcome: None,
+                  store: type[TokenStore] = TokenStore) -> TokenManager:
+    """The token manager of ``config``'s first destination, as a worker builds it, on
+    ``clock``: what the fake-clock tests drive in this process."""
+    dest = config.destinations[0]
+    auth = dest.auth
+    assert isinstance(auth, OAuth2Base)
+    endpoint = TokenEndpoint(session, dest.timeout, on_request=on_request)
+    source = EndpointSource(dest.id, auth, endpoint, dest.allow_http)
+    return TokenManager(
+        dest.id, source,
+        store(redis, config.token_key_prefix, dest.id, fingerprint(auth), clock=clock),
+        consumer=consumer, refusal_pause=config.token_store.refusal_pause,
+        fresh_token_age=config.token_store.fresh_token_age, on_pause=on_pause, clock=clock)
+
+
 async def token_work_done() -> None:
     """Wait for the token managers' background work (a look at the store, a token request):
     their tasks are named ``token-<destination>``."""
@@ -558,9 +579,7 @@ async def test_a_refusal_pause_runs_its_course_on_the_clock(
     bad = await sites("bad")
     bad.oauth.refuse = "invalid_client"
     config = as_config(worker_config(redis_server.url, stream_key, [bad.destination()]))
-    dest = config.destinations[0]
-    assert isinstance(dest.auth, OAuth2Base)
-    auth, pause = dest.auth, config.token_store.refusal_pause
+    pause = config.token_store.refusal_pause
     clock = FakeClock()
     asked: list[float] = []  # the clock at each token request the server saw
     looks: list[float] = []  # the clock at each look at the stored pause
@@ -581,13 +600,8 @@ async def test_a_refusal_pause_runs_its_course_on_the_clock(
     async with aiohttp.ClientSession() as session:
         def manager(consumer: str, on_pause: Callable[[str | None], None] | None = None,
                     ) -> TokenManager:
-            endpoint = TokenEndpoint(session, dest.timeout, on_request=outcomes.append)
-            store = Store(redis, config.token_key_prefix, dest.id, fingerprint(auth),
-                          clock=clock)
-            source = EndpointSource(dest.id, auth, endpoint, dest.allow_http)
-            return TokenManager(dest.id, source, store,
-                                consumer=consumer, refusal_pause=pause, on_pause=on_pause,
-                                clock=clock)
+            return token_manager(config, session, redis, clock, consumer, on_pause=on_pause,
+                                 on_request=outcomes.append, store=Store)
 
         worker = manager("w1", pauses.append)
         start = clock()
@@ -642,6 +656,80 @@ async def test_a_refusal_pause_runs_its_course_on_the_clock(
     assert credential is not None and credential.header == f"Bearer {issued.access_token}"
     assert worker.last_source == "store" and bad.oauth.ok_requests == 1
     assert [k async for k in redis.scan_iter(f"{stream_key}:auth:bad:*:pause")] == []
+
+
+async def next_credential(manager: TokenManager, clock: FakeClock) -> Credential:
+    """Ask as a worker does (wait what ``pause_remaining()`` says, then ask again) until a
+    credential comes; 100 asks at most."""
+    for _ in range(100):
+        with contextlib.suppress(TokenError):
+            return await manager.credential()
+        waited = manager.pause_remaining()
+        await token_work_done()
+        clock.advance(waited)
+    raise AssertionError(f"no credential by {clock()}")
+
+
+async def test_a_partner_refusing_fresh_tokens_costs_one_token_request_per_pause(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, sites: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The token endpoint issues tokens gladly; the partner answers 401 to every one. On a
+    fake clock, two requests in flight answer 401 to each token the worker takes:
+
+    - the first token's replacement comes 5 s (``fresh_token_age``) after it was issued;
+    - the replacement's refusal pauses the destination 60 s;
+    - the token after the pause, refused while as fresh, pauses it again at once: 120 s, then
+      240 s. One token request per pause, the pause doubling, as docs/authentication.md says
+      (the token after a pause drew a second one 5 s later, and each pause lasted 60 s);
+    - no 401 is answered "send again at once": the batch would spend its one refresh on it,
+      and be dead-lettered at the next (an operator trial saw 4 events dead-lettered as
+      rejected after the first pause, from a batch in flight beside the reporting one).
+
+    Then ``iris auth test`` (another process's ``current()``) lifts the pause within
+    ``PAUSE_RECHECK`` and clears the count."""
+    site = await sites("fresh")
+    config = as_config(worker_config(redis_server.url, stream_key, [site.destination()]))
+    pause, fresh_age = config.token_store.refusal_pause, config.token_store.fresh_token_age
+    clock = FakeClock()
+    asked: list[float] = []  # the clock at each token request the endpoint saw
+
+    async def token_request(_request: web.Request) -> None:
+        asked.append(clock())
+
+    site.oauth.responder = token_request
+    answers: list[bool] = []  # what refused() said to each 401
+    pauses: list[tuple[int, float]] = []  # (count, seconds) of each pause recorded
+    async with aiohttp.ClientSession() as session:
+        worker = token_manager(config, session, redis, clock, "w1")
+        start = clock()
+        for _ in range(4):
+            credential = await next_credential(worker, clock)
+            answers += [await worker.refused(credential), await worker.refused(credential)]
+            with contextlib.suppress(AssertionError):  # no pause after the first token
+                stored = await stored_pause(redis, stream_key, "fresh")
+                if not pauses or stored["count"] != pauses[-1][0]:
+                    pauses.append((stored["count"], stored["until"] - clock()))
+        clock.advance(worker.pause_remaining())  # its next look at the store drops the
+        worker.pause_remaining()                 # refused token there
+        await token_work_done()
+        tested = clock()
+        issued = await token_manager(config, session, redis, clock, "auth-test").current()
+        resumed = await next_credential(worker, clock)
+        resumed_in = clock() - tested
+        await worker.close()
+
+    assert [t - start for t in asked] == [0, fresh_age, fresh_age + pause,
+                                          fresh_age + 3 * pause, tested - start], (
+        [t - start for t in asked])
+    assert answers == [False] * 8, answers
+    assert pauses == [(1, pause), (2, 2 * pause), (3, 4 * pause)], pauses
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 3 and all(
+        "once the partner accepts the tokens, `iris auth test` resumes deliveries" in e
+        for e in errors), errors
+    assert resumed.header == f"Bearer {issued.access_token}" and resumed_in <= PAUSE_RECHECK
+    assert [k async for k in redis.scan_iter(f"{stream_key}:auth:fresh:*:pause")] == []
 
 
 # --------------------------------------------------------------------------- C
