@@ -21,7 +21,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from iris_demo.localredis import FORBIDDEN_PORT, _check_port, free_port, ping, server_pid
+from iris_demo.localredis import (
+    FORBIDDEN_PORT,
+    _check_port,
+    free_port,
+    hold_port,
+    ping,
+    server_pid,
+)
 
 _MISSING = "{} not found: install the Debian packages redis-server and redis-tools"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -97,6 +104,8 @@ class LocalCluster:
         self._root: Path | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._replicas_of: dict[int, list[int]] = {}  # a killed master -> its replicas
+        self._buses: dict[int, int] = {}  # a node's port -> its cluster bus port
+        self._held: list[socket.socket] = []  # the ports of killed nodes, until stop()
         self.ports: list[int] = []
         self.create_output = ""  # what redis-cli --cluster create said
 
@@ -152,6 +161,7 @@ class LocalCluster:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                         start_new_session=True)
             self._procs[port] = proc  # stop() reaps it, started or not
+            self._buses[port] = bus
             while proc.poll() is None and time.monotonic() < deadline:
                 if ping(port) and server_pid(port) == proc.pid:
                     self.ports.append(port)
@@ -198,6 +208,9 @@ class LocalCluster:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
+        held, self._held = self._held, []
+        for sock in held:
+            sock.close()
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
@@ -233,13 +246,18 @@ class LocalCluster:
         raise RuntimeError(f"no master serves slot {slot} (key {key!r})")
 
     def kill(self, port: int) -> None:
-        """SIGKILL that node (a crash); its replicas are noted for wait_failover."""
+        """SIGKILL that node (a crash); its replicas are noted for wait_failover. Its port and
+        bus port stay bound here, not listening, until stop() (see ``hold_port``): clients
+        that still try the node are refused, never answered by another test's server."""
         if port not in self._procs:
             raise ValueError(f"no node of this cluster on port {port}")
         with contextlib.suppress(OSError, RuntimeError):
             self._note_replicas(port)
         self._procs[port].kill()
         self._procs[port].wait()
+        for number in (port, self._buses[port]):
+            with contextlib.suppress(OSError):  # taken already: nothing to hold
+                self._held.append(hold_port(number))
 
     def node_id(self, port: int) -> str:
         return _text(port, "CLUSTER", "MYID")

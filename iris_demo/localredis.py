@@ -208,11 +208,13 @@ class RedisProcess:
     def kill(self) -> None:
         """SIGKILL and reap: a crash. The data is gone (nothing is persisted).
 
-        Until restart() or stop(), the port stays bound here without listening: connects are
-        refused, as after a crash, and no other process on the machine (a test running in
-        parallel) is given the port meanwhile and answers in this server's place."""
+        Until restart() or stop(), the port stays bound here without listening (see
+        :func:`hold_port`): connects are refused, as after a crash, and the kernel gives the
+        port to nobody asking for a free one (a test running in parallel) meanwhile."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is None:
+            return
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()

@@ -59,9 +59,10 @@ async def at_least(awaitable: Awaitable[float], value: float) -> bool:
 @contextlib.contextmanager
 def closed_port() -> Iterator[int]:
     """A loopback port that refuses connections (ECONNREFUSED) while the block runs: bound and
-    never listening, so no other server on the machine is given it meanwhile. A port merely
-    found free can be taken by a test running in parallel, which then answers in place of
-    "nothing" (civitai/cli#593, equinor/ert#12651)."""
+    never listening, so the kernel gives it to nobody asking for a free one meanwhile. A port
+    merely found free can be given to a test running in parallel, which then answers in place
+    of "nothing" (civitai/cli#593, equinor/ert#12651). A server may still be started on it
+    inside the block (servers reuse the address, as the hold does)."""
     with hold_port() as sock:
         yield int(sock.getsockname()[1])
 

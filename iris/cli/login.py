@@ -144,6 +144,7 @@ async def _exchange(dest: Destination, auth: AuthorizationCodeAuth, shared: Shar
         answer = await TokenEndpoint(session, dest.timeout,
                                      proxy=dest.proxy).send(
             requests.code(code, auth.redirect_uri, verifier))
+    answered = time.time()  # a token's age counts from here (fresh_token_age)
     grant = requests.parse(answer)
     if grant.refresh_token is None:
         raise TokenError("the token endpoint issued no refresh_token, so workers could not "
@@ -156,7 +157,7 @@ async def _exchange(dest: Destination, auth: AuthorizationCodeAuth, shared: Shar
         try:
             refresh_at, _ = schedule(started, grant.expires_in)
             await store.save(StoredToken(grant.access_token, "Bearer",
-                                         started + grant.expires_in, refresh_at, started,
+                                         started + grant.expires_in, refresh_at, answered,
                                          "iris auth login", fence))
         finally:
             await store.release(fence)

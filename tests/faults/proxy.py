@@ -136,11 +136,11 @@ class FaultProxy:
         self._port = self._server.sockets[0].getsockname()[1]
 
     def _hold_port(self) -> None:
-        """Keep the port bound, not listening: connects get ECONNREFUSED (the kernel answers a
-        SYN to a port nothing listens on with RST), and no other process on the machine is
-        given the port in the meantime. Without it another test's server, started on a port
-        the kernel picked, could answer in the proxy's place (seen: a partner's backlog
-        dead-lettered as HTTP 404 by someone else's aiohttp server)."""
+        """Keep the port bound, not listening (see ``hold_port``): connects get ECONNREFUSED,
+        and the kernel gives the port to nobody asking for a free one meanwhile. Without it
+        another test's server, started on a port the kernel picked, could answer in the
+        proxy's place (seen: a partner's backlog dead-lettered as HTTP 404 by someone else's
+        aiohttp server)."""
         sock = hold_port(self._port)
         sock.setblocking(False)
         self._held = sock

@@ -35,7 +35,7 @@ from tests.faults.harness import (
     settled,
 )
 from tests.faults.proxy import UPSTREAM, FaultProxy
-from tests.helpers import GROUP, at_least
+from tests.helpers import GROUP, at_least, closed_port
 
 RESTARTED = "failed; restarting"  # what the worker logs when a supervised task died of a bug
 COMMIT = b"created_ms"  # a field of the batch the consumer's commit XADDs: only that MULTI has it
@@ -454,46 +454,47 @@ async def test_redis_unreachable_at_start(
     (little CPU over ~3 s), /healthz is 200 and /readyz 503; once Redis starts on that port it
     becomes ready and delivers."""
     partner = await partners("423")
-    server = RedisProcess()  # its port is free: nothing listens there yet
-    try:
-        data = raw_config(server.url, stream_key, partner)
-        with WorkerProcess(data, tmp_path, "worker").start() as worker:
-            async def alive() -> bool:
-                return (await worker.get("/healthz"))[0] == 200
+    with closed_port() as port:  # nothing listens there yet, and nothing else may
+        server = RedisProcess(port=port)  # redis-server binds it while it is held
+        try:
+            data = raw_config(server.url, stream_key, partner)
+            with WorkerProcess(data, tmp_path, "worker").start() as worker:
+                async def alive() -> bool:
+                    return (await worker.get("/healthz"))[0] == 200
 
-            await wait_for(alive, 20, "/healthz answers", worker.log)
-            assert (await worker.get("/readyz"))[0] == 503
+                await wait_for(alive, 20, "/healthz answers", worker.log)
+                assert (await worker.get("/readyz"))[0] == 503
 
-            window = 3.0
-            cpu_before, t_before = cpu_seconds(worker.pid), time.monotonic()
-            while time.monotonic() - t_before < window:  # a measurement window, not a wait
-                assert worker.proc is not None and worker.proc.poll() is None, worker.log()
-                assert (await worker.get("/healthz"))[0] == 200
-                status, body = await worker.get("/readyz")
-                assert status == 503, body
-                await asyncio.sleep(0.25)
-            cpu = cpu_seconds(worker.pid) - cpu_before
-            elapsed = time.monotonic() - t_before
-            assert cpu < 0.2 * elapsed, f"{cpu:.2f} s CPU in {elapsed:.1f} s: busy spinning?"
+                window = 3.0
+                cpu_before, t_before = cpu_seconds(worker.pid), time.monotonic()
+                while time.monotonic() - t_before < window:  # a measurement window, not a wait
+                    assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+                    assert (await worker.get("/healthz"))[0] == 200
+                    status, body = await worker.get("/readyz")
+                    assert status == 503, body
+                    await asyncio.sleep(0.25)
+                cpu = cpu_seconds(worker.pid) - cpu_before
+                elapsed = time.monotonic() - t_before
+                assert cpu < 0.2 * elapsed, f"{cpu:.2f} s CPU in {elapsed:.1f} s: busy spinning?"
 
-            server.start()
-            started = time.monotonic()
-            await wait_for(worker.ready, 20, "/readyz 200 once Redis is up", worker.log)
-            ready_after = time.monotonic() - started
-            client = aioredis.Redis.from_url(server.url, decode_responses=True)
-            try:
-                sent = await produce(client, stream_key, "late", 20)
-                await wait_for(lambda: sent <= delivered(partner), 20, "delivered",
-                               lambda: missing(partner, sent) + worker.log()[-2000:])
-                await settled(client, stream_key, partner.dest_id)
-                await check_promises(client, stream_key, GROUP,
-                                     {partner.dest_id: partner.server}, {partner.dest_id: sent})
-            finally:
-                await client.aclose()
-            assert worker.proc.poll() is None
-            assert RESTARTED not in worker.log()
-    finally:
-        server.stop()
+                server.start()
+                started = time.monotonic()
+                await wait_for(worker.ready, 20, "/readyz 200 once Redis is up", worker.log)
+                ready_after = time.monotonic() - started
+                client = aioredis.Redis.from_url(server.url, decode_responses=True)
+                try:
+                    sent = await produce(client, stream_key, "late", 20)
+                    await wait_for(lambda: sent <= delivered(partner), 20, "delivered",
+                                   lambda: missing(partner, sent) + worker.log()[-2000:])
+                    await settled(client, stream_key, partner.dest_id)
+                    await check_promises(client, stream_key, GROUP,
+                                         {partner.dest_id: partner.server}, {partner.dest_id: sent})
+                finally:
+                    await client.aclose()
+                assert worker.proc.poll() is None
+                assert RESTARTED not in worker.log()
+        finally:
+            server.stop()
     assert ready_after < 20
     report("redis away at start", cpu_seconds=cpu, window=elapsed,
            ready_after_redis_start=ready_after)
