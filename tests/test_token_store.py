@@ -9,6 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from iris.store.tokens import StoredToken, TokenStore, digest
+from tests.helpers import FakeClock
 
 
 def token(value: str, fence: int, ttl: float = 60) -> StoredToken:
@@ -79,19 +80,41 @@ async def test_the_refresh_token_never_expires(store: TokenStore, redis) -> None
     assert 0 < await redis.pttl(store.token_key) <= 1000
 
 
-async def test_pauses_double_and_are_shared(store: TokenStore, redis, stream_key) -> None:
-    first = await store.pause(60, "invalid_client")
-    assert first.count == 1 and 59 < first.until - time.time() <= 60
-    other = TokenStore(redis, f"{stream_key}:auth", "423", "fp1")  # another replica
+async def test_pauses_double_and_are_shared(redis, stream_key) -> None:
+    clock = FakeClock()
+    store = TokenStore(redis, f"{stream_key}:auth", "423", "fp1", clock=clock)
+    other = TokenStore(redis, f"{stream_key}:auth", "423", "fp1", clock=clock)  # a replica
+    first, made = await store.pause(60, "invalid_client")
+    assert made and first.count == 1 and first.until == clock() + 60
     seen = await other.paused()
     assert seen is not None and seen.error == "invalid_client"
-    second = await other.pause(60, "invalid_client")
-    assert second.count == 2 and 119 < second.until - time.time() <= 120
-    await store.clear_pause()
+    # refused at the same moment: the running pause is joined, not lengthened or counted
+    assert await other.pause(60, "invalid_client") == (first, False)
+    clock.advance(60)  # over: the record stays, to count the next one
     assert await other.paused() is None
+    second, made = await other.pause(60, "invalid_client")
+    assert made and second.count == 2 and second.until == clock() + 120
+    clock.advance(120)
+    assert (await store.pause(60, "invalid_client"))[0].count == 3
+    await store.clear_pause()
+    assert await other.paused(include_expired=True) is None
     # A changed configuration (another fingerprint) is not paused by the old one's refusal.
     await store.pause(60, "invalid_client")
     assert await TokenStore(redis, f"{stream_key}:auth", "423", "fp2").paused() is None
+
+
+async def test_an_ended_pause_is_forgotten_only_for_its_own_error(redis, stream_key) -> None:
+    clock = FakeClock()
+    store = TokenStore(redis, f"{stream_key}:auth", "423", "fp1", clock=clock)
+    await store.pause(60, "rejected_token")
+    await store.end_pause("rejected_token")  # still running: kept
+    assert await store.paused() is not None
+    clock.advance(60)
+    await store.end_pause("invalid_client")  # another error's: kept
+    assert await store.paused(include_expired=True) is not None
+    await store.end_pause("rejected_token")
+    assert await store.paused(include_expired=True) is None
+    assert (await store.pause(60, "rejected_token"))[0].count == 1  # the count starts over
 
 
 async def test_encrypted_at_rest_and_unreadable_with_another_key(redis, stream_key,

@@ -28,6 +28,9 @@ class Auth(Protocol):
         the cause): drop it if it is still the current one. True: send once more now; False:
         the destination is paused instead."""
 
+    def accepted(self, credential: Credential | None) -> None:
+        """The partner accepted ``credential`` (a delivery); called for every one, so cheap."""
+
     def pause_remaining(self) -> float:
         """Seconds the destination waits before sending (a refusal's pause, or no token)."""
 

@@ -21,6 +21,9 @@ class StaticAuth:
     async def refused(self, credential: Credential | None, *, blames_token: bool = True) -> bool:
         return True  # once more; a second 401 is a rejection: the header cannot change
 
+    def accepted(self, credential: Credential | None) -> None:
+        return None
+
     def pause_remaining(self) -> float:
         return 0.0
 

@@ -30,7 +30,7 @@ from iris.auth.base import Credential
 from iris.auth.exchange import Grant
 from iris.auth.waits import REJECTED_TOKEN, Waits
 from iris.errors import RedisUnavailable, TokenError
-from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
+from iris.store.tokens import Pause, StoredRefresh, StoredToken, TokenStore, digest
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ class TokenManager:
         self._replacing = False  # the next token taken into use replaces a refused one
         self._replacement: int | None = None  # fence of the token that replaced a refused one
         self._young_refused = 0  # fence of the last token the partner refused while fresh
+        self._rejection_seen = False  # a rejected-token pause's record may be in the store
+        self._clearing: asyncio.Task[None] | None = None  # accepted() ending that record
         self._inflight: asyncio.Task[Token] | None = None
         self.last_source = ""  # "store" or "endpoint": where the current token came from
 
@@ -158,6 +160,8 @@ class TokenManager:
             return False
         self._replacing = True
         if not young:
+            if await self._joined_pause():
+                return False  # another replica paused the destination: this 401 is its cause
             log.info("partner refused the current token of %s (%.0f s old); fetching a new one",
                      self.destination, age)
             return True
@@ -167,19 +171,58 @@ class TokenManager:
                  self._fresh_age - age)
         return False
 
+    def accepted(self, credential: Credential | None) -> None:
+        """The partner accepted ``credential`` (a delivery). The first token it accepts after
+        it had refused fresh ones ends the record of that pause: the next fresh refusal is a
+        new streak, and its pause starts again at ``refusal_pause``. Called for every
+        delivery: costs one attribute read unless such a record may exist."""
+        if not self._rejection_seen or credential is None or (
+                credential.generation <= self._young_refused):
+            return
+        self._rejection_seen = False
+        self._clearing = asyncio.get_running_loop().create_task(
+            self._end_rejection(), name=f"token-{self.destination}-accepted")
+        self._clearing.add_done_callback(_consume_exception)
+
+    async def _end_rejection(self) -> None:
+        try:
+            await self.store.end_pause(REJECTED_TOKEN)
+        except RedisUnavailable:
+            self._rejection_seen = True  # again at the next delivery
+
+    async def _rejection_record(self) -> Pause | None:
+        """The store's record of a pause for rejected tokens, ended or not (it outlives the
+        pause, to count the pauses in a row). Raises ``RedisUnavailable``."""
+        pause = await self.store.paused(include_expired=True)
+        if pause is None or pause.error != REJECTED_TOKEN:
+            return None
+        self._rejection_seen = True
+        return pause
+
     async def _issued_after_rejection(self, stored: StoredToken) -> bool:
         """``stored`` was issued after a pause for rejected tokens (this replica's or another's)
-        had ended: it is that pause's replacement."""
+        had ended, and the partner has accepted no token since: it is that pause's
+        replacement."""
         try:
-            pause = await self.store.paused(include_expired=True)
+            pause = await self._rejection_record()
         except RedisUnavailable:
             return False
-        return pause is not None and pause.error == REJECTED_TOKEN and (
-            stored.obtained_at >= pause.until)
+        return pause is not None and stored.obtained_at >= pause.until
+
+    async def _joined_pause(self) -> bool:
+        """A pause another replica recorded is running: this one joins it (True)."""
+        try:
+            await self._raise_if_paused()
+        except TokenError:
+            return True
+        except RedisUnavailable:
+            pass
+        return False
 
     async def _pause_rejected(self, age: float) -> None:
         """The partner refused a token that had just replaced a refused one: pause (or join
         the pause another replica recorded)."""
+        self._rejection_seen = True
         try:
             await self._raise_if_paused()
             await self._refuse(TokenError(
@@ -270,6 +313,7 @@ class TokenManager:
         pause = await self.store.paused()
         self._waits.checked = self._clock()
         if pause is not None:
+            self._rejection_seen |= pause.error == REJECTED_TOKEN
             self._waits.pause(pause.until, pause.error, first=False)
             raise self._waits.paused_error(self._clock())
 
@@ -328,7 +372,7 @@ class TokenManager:
         if saved == -1:
             log.warning("%s: the stored refresh token changed while this one was spent (a new "
                         "login?); keeping the stored one", self.destination)
-        if lift or not await self._issued_after_rejection(stored):
+        if lift or await self._rejection_record() is None:
             await self.store.clear_pause()  # accepted: a pause any replica saw is over
         self.last_source = "endpoint"
         return self._use(stored, hard_expiry)
@@ -363,6 +407,8 @@ class TokenManager:
         token = Token(Credential(f"Bearer {stored.access_token}", stored.fence),
                       stored.refresh_at, hard_expiry, stored)
         self._token = token
+        if stored.fence < self._young_refused:  # the store's fence counter started over
+            self._young_refused = 0
         if self._replacing:
             self._replacing, self._replacement = False, stored.fence
         self._waits.token_taken()
@@ -372,8 +418,8 @@ class TokenManager:
 
     async def _refuse(self, exc: TokenError) -> None:
         reason = exc.error or (f"HTTP {exc.status}" if exc.status else "refused")
-        pause = await self.store.pause(self._refusal_pause, reason)
-        self._waits.pause(pause.until, reason, first=True, message=str(exc))
+        pause, first = await self.store.pause(self._refusal_pause, reason)
+        self._waits.pause(pause.until, pause.error, first=first, message=str(exc))
 
     async def close(self, grace: float = CLOSE_GRACE) -> None:
         """Let a token exchange under way finish (within ``grace``): cancelling it after the

@@ -223,7 +223,9 @@ class Sender:
             headers["Authorization"] = credential.header
         outcome = await self._post(body, headers)
         self._count(outcome.code)
-        if outcome.action is Action.REFRESH and not await self.auth.refused(
+        if outcome.action is Action.DELIVERED:
+            self.auth.accepted(credential)
+        elif outcome.action is Action.REFRESH and not await self.auth.refused(
                 credential, blames_token=outcome.blames_token):
             return paused(f"{outcome.error}; waiting for a new token", None)
         return outcome

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from iris.core.retry import doubling
 from iris.store.client import RedisClient
 from iris.store.errors import redis_errors
 from iris.store.keys import TokenKeys
@@ -81,6 +80,33 @@ return 0
 DROP_REFRESH = """
 if redis.call('HGET', KEYS[1], 'digest') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# A refusal's pause, shared by every replica: one that runs is joined (replicas refused at
+# the same moment make one pause, not one each); otherwise the count of pauses in a row goes
+# up, and the pause lasts ARGV[2] doubled (count - 1) times, at most ARGV[3] (as
+# core.retry.doubling). The record is kept twice as long, to remember the count.
+PAUSE = """
+local raw = redis.call('GET', KEYS[1])
+local now, base, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local count = 1
+if raw then
+  local pause = cjson.decode(raw)
+  if tonumber(pause['until']) > now then return {0, raw} end
+  count = tonumber(pause['count']) + 1
+end
+local seconds = math.min(base * 2 ^ math.min(count - 1, 30), most)
+raw = cjson.encode({['until'] = now + seconds, count = count, error = ARGV[4]})
+redis.call('SET', KEYS[1], raw, 'PX', math.floor(seconds * 2000))
+return {1, raw}
+"""
+# The record of an ended pause for ARGV[1], dropped: its streak is over.
+END_PAUSE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local pause = cjson.decode(raw)
+if pause['error'] ~= ARGV[1] or tonumber(pause['until']) > tonumber(ARGV[2]) then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -145,6 +171,8 @@ class TokenStore:
         self._save = redis.register_script(SAVE)
         self._invalidate = redis.register_script(INVALIDATE)
         self._drop_refresh = redis.register_script(DROP_REFRESH)
+        self._pause = redis.register_script(PAUSE)
+        self._end_pause = redis.register_script(END_PAUSE)
 
     # -- access tokens ------------------------------------------------------------------------
 
@@ -219,16 +247,14 @@ class TokenStore:
 
     # -- refusals -------------------------------------------------------------------------------
 
-    async def pause(self, base: float, error: str) -> Pause:
-        """Pause the destination for every replica; each refusal in a row doubles the pause."""
-        previous = await self.paused(include_expired=True)
-        count = previous.count + 1 if previous is not None else 1
-        seconds = doubling(base, count - 1, MAX_PAUSE)
-        pause = Pause(self._clock() + seconds, count, error)
-        with redis_errors():  # kept twice as long, to remember the count
-            await self._redis.set(self._pause_key, orjson.dumps(asdict(pause)),
-                                  px=int(seconds * 2000))
-        return pause
+    async def pause(self, base: float, error: str) -> tuple[Pause, bool]:
+        """Pause the destination for every replica: ``base`` seconds, doubled at each refusal
+        in a row, at most ``MAX_PAUSE``. A pause that runs already is joined, not lengthened:
+        (that pause, False); else (the new one, True). Raises ``RedisUnavailable``."""
+        with redis_errors():
+            created, raw = await self._pause(keys=[self._pause_key],
+                                             args=[self._clock(), base, MAX_PAUSE, error])
+        return Pause(**orjson.loads(raw)), bool(created)
 
     async def paused(self, *, include_expired: bool = False) -> Pause | None:
         with redis_errors():
@@ -244,6 +270,12 @@ class TokenStore:
     async def clear_pause(self) -> None:
         with redis_errors():
             await self._redis.delete(self._pause_key)
+
+    async def end_pause(self, error: str) -> None:
+        """Forget the record of an ended pause for ``error`` (and its count); a running
+        pause, or one for another error, stays. Raises ``RedisUnavailable``."""
+        with redis_errors():
+            await self._end_pause(keys=[self._pause_key], args=[error, self._clock()])
 
     # -- encryption at rest ---------------------------------------------------------------------
 

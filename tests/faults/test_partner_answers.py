@@ -538,7 +538,13 @@ async def test_proxies_from_the_environment_and_per_destination(
 
 
 HOSTS = Path("/etc/hosts")
-NAME = "iris-dns-test.internal"
+
+
+def point(name: str, address: str | None) -> None:
+    """Make /etc/hosts resolve ``name`` to ``address`` (None: not at all), leaving every other
+    line as it is now: another suite on this machine may be editing its own line."""
+    kept = [line for line in HOSTS.read_text().splitlines() if not line.endswith(f" {name}")]
+    HOSTS.write_text("\n".join([*kept, *([f"{address} {name}"] if address else [])]) + "\n")
 
 
 @pytest.mark.skipif(not os.access(HOSTS, os.W_OK), reason="/etc/hosts is not writable here")
@@ -548,7 +554,7 @@ async def test_a_dns_change_is_followed_under_steady_traffic(
     """The partner's name moves from 127.0.0.1 to 127.0.0.2 (the test owns the resolver:
     /etc/hosts) while iris sends 20 requests/s over kept-alive connections: within 35 s the
     new address gets the traffic."""
-    original = HOSTS.read_text()
+    name = f"iris-dns-{secrets.token_hex(4)}.internal"  # this run's own name
     hits: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
     runners = []
     port = free_port()
@@ -569,19 +575,19 @@ async def test_a_dns_change_is_followed_under_steady_traffic(
             await runner.setup()
             await web.TCPSite(runner, address, port).start()
             runners.append(runner)
-        HOSTS.write_text(original + f"\n127.0.0.1 {NAME}\n")
-        dest = {"id": "dns", "url": f"http://{NAME}:{port}/aam", "user_dpid": "1",
+        point(name, "127.0.0.1")
+        dest = {"id": "dns", "url": f"http://{name}:{port}/aam", "user_dpid": "1",
                 "client_id": "2", "allow_http": True, "batch": {"max_users": 1, "max_wait": 0.05}}
         config = make_config(redis_server.url, stream_key, [dest])
         async with running(config), trickle(redis, stream_key, rate=20):
             await wait_for(lambda: hits["127.0.0.1"] >= 20, 20, "traffic on the old address")
-            HOSTS.write_text(original + f"\n127.0.0.2 {NAME}\n")
+            point(name, "127.0.0.2")
             moved = time.monotonic()
             await wait_for(lambda: hits["127.0.0.2"] >= 1, 40, "traffic on the new address",
                            lambda: hits)
             took = time.monotonic() - moved
     finally:
-        HOSTS.write_text(original)
+        point(name, None)
         for runner in runners:
             await runner.cleanup()
     print(f"\n[dns] traffic moved after {took:.1f} s")

@@ -732,6 +732,56 @@ async def test_a_partner_refusing_fresh_tokens_costs_one_token_request_per_pause
     assert [k async for k in redis.scan_iter(f"{stream_key}:auth:fresh:*:pause")] == []
 
 
+async def test_a_replica_joins_the_pause_and_an_accepted_token_ends_the_streak(
+    redis_server: RedisProcess, redis: aioredis.Redis, stream_key: str, sites: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two replicas on a fake clock, the partner refusing every token:
+
+    - w1 pauses the destination on its fresh replacement; w2, still sending with the first
+      token (now 7 s old, so not fresh), gets its 401 after the pause began: it joins the
+      pause instead of answering "send again at once", which spent the batch's one refresh;
+    - the partner is put right: the first token it accepts after the pause ends the pause's
+      record, so a later stray 401 on a fresh token is a new streak (wait ``fresh_token_age``
+      for a replacement), not a doubled pause at once."""
+    site = await sites("join")
+    config = as_config(worker_config(redis_server.url, stream_key, [site.destination()]))
+    pause, fresh_age = config.token_store.refusal_pause, config.token_store.fresh_token_age
+    clock = FakeClock()
+    async with aiohttp.ClientSession() as session:
+        w1 = token_manager(config, session, redis, clock, "w1")
+        w2 = token_manager(config, session, redis, clock, "w2")
+        first = await w1.credential()
+        assert await w2.credential() == first  # taken from the store
+        assert await w1.refused(first) is False  # fresh: a replacement in 5 s
+        clock.advance(fresh_age)
+        replacement = await next_credential(w1, clock)
+        assert await w1.refused(replacement) is False  # the replacement, fresh: paused
+        clock.advance(2)
+        joined = await w2.refused(first)  # 7 s old: not fresh, but the destination is paused
+        w2_waits = w2.pause_remaining()
+        clock.advance(pause - 2)
+        after = await next_credential(w1, clock)  # the pause is over
+        w1.accepted(after)  # the partner is put right
+        await token_work_done()
+        record_after_acceptance = [k async for k in
+                                   redis.scan_iter(f"{stream_key}:auth:join:*:pause")]
+        stray = await w1.refused(after)  # a fresh token refused once more, later
+        record_after_stray = [k async for k in
+                              redis.scan_iter(f"{stream_key}:auth:join:*:pause")]
+        stray_wait = w1.pause_remaining()
+        await w1.close()
+        await w2.close()
+
+    assert joined is False and 0 < w2_waits <= PAUSE_RECHECK, (joined, w2_waits)
+    assert record_after_acceptance == [], record_after_acceptance
+    assert stray is False and record_after_stray == [] and stray_wait == fresh_age, (
+        stray, record_after_stray, stray_wait)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "paused for 60 s" in errors[0], errors
+    assert len(site.oauth.requests) == 3, site.oauth.requests
+
+
 # --------------------------------------------------------------------------- C
 
 
