@@ -107,12 +107,14 @@ async def test_an_ended_pause_is_forgotten_only_for_its_own_error(redis, stream_
     clock = FakeClock()
     store = TokenStore(redis, f"{stream_key}:auth", "423", "fp1", clock=clock)
     await store.pause(60, "rejected_token")
-    await store.end_pause("rejected_token")  # still running: kept
+    assert await store.end_pause("rejected_token", clock()) is False  # running: kept
     assert await store.paused() is not None
     clock.advance(60)
-    await store.end_pause("invalid_client")  # another error's: kept
+    assert await store.end_pause("invalid_client", clock()) is True  # another error's: kept
     assert await store.paused(include_expired=True) is not None
-    await store.end_pause("rejected_token")
+    # by a token issued before the pause ended: kept
+    assert await store.end_pause("rejected_token", clock() - 1) is False
+    assert await store.end_pause("rejected_token", clock()) is True
     assert await store.paused(include_expired=True) is None
     assert (await store.pause(60, "rejected_token"))[0].count == 1  # the count starts over
 

@@ -176,18 +176,23 @@ class TokenManager:
         it had refused fresh ones ends the record of that pause: the next fresh refusal is a
         new streak, and its pause starts again at ``refusal_pause``. Called for every
         delivery: costs one attribute read unless such a record may exist."""
-        if not self._rejection_seen or credential is None or (
-                credential.generation <= self._young_refused):
-            return
+        token = self._token
+        if not self._rejection_seen or token is None or credential is None or (
+                credential.generation != token.credential.generation):
+            return  # an older token: the partner may accept old ones and refuse new ones
         self._rejection_seen = False
         self._clearing = asyncio.get_running_loop().create_task(
-            self._end_rejection(), name=f"token-{self.destination}-accepted")
+            self._end_rejection(token.stored.obtained_at),
+            name=f"token-{self.destination}-accepted")
         self._clearing.add_done_callback(_consume_exception)
 
-    async def _end_rejection(self) -> None:
+    async def _end_rejection(self, obtained_at: float) -> None:
+        """End the record if the accepted token was issued after that pause ended."""
         try:
-            await self.store.end_pause(REJECTED_TOKEN)
+            ended = await self.store.end_pause(REJECTED_TOKEN, obtained_at)
         except RedisUnavailable:
+            ended = False
+        if not ended:
             self._rejection_seen = True  # again at the next delivery
 
     async def _rejection_record(self) -> Pause | None:
@@ -408,7 +413,7 @@ class TokenManager:
                       stored.refresh_at, hard_expiry, stored)
         self._token = token
         if stored.fence < self._young_refused:  # the store's fence counter started over
-            self._young_refused = 0
+            self._young_refused, self._refused, self._replacement = 0, None, None
         if self._replacing:
             self._replacing, self._replacement = False, stored.fence
         self._waits.token_taken()
@@ -429,6 +434,9 @@ class TokenManager:
             await asyncio.wait({task}, timeout=grace)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._clearing is not None and not self._clearing.done():
+            self._clearing.cancel()  # one write to spare: the next delivery makes it again
+            await asyncio.gather(self._clearing, return_exceptions=True)
 
 
 def _consume_exception(task: asyncio.Task[object]) -> None:

@@ -90,8 +90,8 @@ PAUSE = """
 local raw = redis.call('GET', KEYS[1])
 local now, base, most = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local count = 1
-if raw then
-  local pause = cjson.decode(raw)
+local ok, pause = pcall(cjson.decode, raw or '')
+if ok and type(pause) == 'table' and tonumber(pause['until']) and tonumber(pause['count']) then
   if tonumber(pause['until']) > now then return {0, raw} end
   count = tonumber(pause['count']) + 1
 end
@@ -100,12 +100,12 @@ raw = cjson.encode({['until'] = now + seconds, count = count, error = ARGV[4]})
 redis.call('SET', KEYS[1], raw, 'PX', math.floor(seconds * 2000))
 return {1, raw}
 """
-# The record of an ended pause for ARGV[1], dropped: its streak is over.
+# The record of a pause for ARGV[1] that had ended by ARGV[2], dropped: its streak is over
+# (1). A pause for it that ended later, or runs: -1. No such record: 0.
 END_PAUSE = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local pause = cjson.decode(raw)
-if pause['error'] ~= ARGV[1] or tonumber(pause['until']) > tonumber(ARGV[2]) then return 0 end
+local ok, pause = pcall(cjson.decode, redis.call('GET', KEYS[1]) or '')
+if not ok or type(pause) ~= 'table' or pause['error'] ~= ARGV[1] then return 0 end
+if not (tonumber(pause['until']) <= tonumber(ARGV[2])) then return -1 end
 return redis.call('DEL', KEYS[1])
 """
 
@@ -271,11 +271,14 @@ class TokenStore:
         with redis_errors():
             await self._redis.delete(self._pause_key)
 
-    async def end_pause(self, error: str) -> None:
-        """Forget the record of an ended pause for ``error`` (and its count); a running
-        pause, or one for another error, stays. Raises ``RedisUnavailable``."""
+    async def end_pause(self, error: str, ended_by: float) -> bool:
+        """Forget the record of a pause for ``error`` (and its count) if that pause had ended
+        by ``ended_by`` (epoch seconds). True when no record for ``error`` is left; False
+        while one that ended later, or runs, stays. A record for another error stays.
+        Raises ``RedisUnavailable``."""
         with redis_errors():
-            await self._end_pause(keys=[self._pause_key], args=[error, self._clock()])
+            return int(await self._end_pause(keys=[self._pause_key],
+                                             args=[error, ended_by])) >= 0
 
     # -- encryption at rest ---------------------------------------------------------------------
 

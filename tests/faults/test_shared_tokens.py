@@ -741,7 +741,8 @@ async def test_a_replica_joins_the_pause_and_an_accepted_token_ends_the_streak(
     - w1 pauses the destination on its fresh replacement; w2, still sending with the first
       token (now 7 s old, so not fresh), gets its 401 after the pause began: it joins the
       pause instead of answering "send again at once", which spent the batch's one refresh;
-    - the partner is put right: the first token it accepts after the pause ends the pause's
+    - the partner is put right: the first token it accepts after the pause (not an older
+      token, which a partner may go on accepting while it refuses new ones) ends the pause's
       record, so a later stray 401 on a fresh token is a new streak (wait ``fresh_token_age``
       for a replacement), not a doubled pause at once."""
     site = await sites("join")
@@ -762,6 +763,9 @@ async def test_a_replica_joins_the_pause_and_an_accepted_token_ends_the_streak(
         w2_waits = w2.pause_remaining()
         clock.advance(pause - 2)
         after = await next_credential(w1, clock)  # the pause is over
+        w2.accepted(first)  # an old token accepted: no sign the new ones are
+        await token_work_done()
+        record_after_old = [k async for k in redis.scan_iter(f"{stream_key}:auth:join:*:pause")]
         w1.accepted(after)  # the partner is put right
         await token_work_done()
         record_after_acceptance = [k async for k in
@@ -774,7 +778,8 @@ async def test_a_replica_joins_the_pause_and_an_accepted_token_ends_the_streak(
         await w2.close()
 
     assert joined is False and 0 < w2_waits <= PAUSE_RECHECK, (joined, w2_waits)
-    assert record_after_acceptance == [], record_after_acceptance
+    assert len(record_after_old) == 1 and record_after_acceptance == [], (
+        record_after_old, record_after_acceptance)
     assert stray is False and record_after_stray == [] and stray_wait == fresh_age, (
         stray, record_after_stray, stray_wait)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
