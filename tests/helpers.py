@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +67,21 @@ def closed_port() -> Iterator[int]:
     inside the block (servers reuse the address, as the hold does)."""
     with hold_port() as sock:
         yield int(sock.getsockname()[1])
+
+
+def assert_port_held(port: int) -> None:
+    """Something holds 127.0.0.1:``port`` (a bind without address reuse fails): the kernel
+    gives it to nobody asking for a free port."""
+    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            other.bind(("127.0.0.1", port))
+        except OSError as taken:
+            assert taken.errno == errno.EADDRINUSE, taken
+        else:
+            raise AssertionError(f"127.0.0.1:{port} is free")
+    finally:
+        other.close()
 
 
 def basic_auth(client_id: str, secret: str, *, encode: bool = True) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 
 from iris_demo.localredis import RedisProcess, free_port, ping
+from tests.helpers import assert_port_held
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -74,13 +73,7 @@ def test_kill_then_restart_same_port_loses_data(rp: RedisProcess) -> None:
     rp.kill()
     assert rp.pid is None and not rp.running
     assert not ping(port)
-    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the port is not given away
-    try:
-        with pytest.raises(OSError) as taken:
-            other.bind(("127.0.0.1", port))
-        assert taken.value.errno == errno.EADDRINUSE
-    finally:
-        other.close()
+    assert_port_held(port)  # the port is not given away
     rp.restart()
     assert rp.port == port and ping(port)
     c = client(rp)

@@ -7,8 +7,6 @@ are the "must NOT happen within this long" checks for pause(), which cannot be p
 from __future__ import annotations
 
 import asyncio
-import errno
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from iris_demo.localredis import RedisProcess
 from tests.conftest import wait_for
 from tests.faults.proxy import TASK_PREFIX, FaultProxy
-from tests.helpers import closed_port
+from tests.helpers import assert_port_held, closed_port
 
 PROMPT = 5.0  # "promptly": far below XREAD BLOCK 5000 plus the time a reconnect would take
 STALL = 0.3  # how long a paused command must stay pending
@@ -302,18 +300,12 @@ async def test_close_and_reopen_listener(proxy: FaultProxy, client: aioredis.Red
 
 
 async def test_a_closed_listener_keeps_its_port(proxy: FaultProxy) -> None:
-    """While closed, the port stays bound: no other server on the machine can be given it and
-    answer in the proxy's place (a partner's backlog was once dead-lettered as HTTP 404 by
-    another test's aiohttp server that the kernel had given the port during an outage)."""
+    """While closed, the port stays bound: the kernel gives it to no other test asking for a
+    free port, whose server would answer in the proxy's place (a partner's backlog was once
+    dead-lettered as HTTP 404 by another test's aiohttp server given the port in an outage)."""
     port = proxy.port
     await proxy.close_listener()
-    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        with pytest.raises(OSError) as taken:
-            other.bind(("127.0.0.1", port))
-        assert taken.value.errno == errno.EADDRINUSE
-    finally:
-        other.close()
+    assert_port_held(port)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
 
