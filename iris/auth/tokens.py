@@ -345,9 +345,9 @@ class TokenManager:
 
         The token ends a refusal's pause, and its count starts again: the endpoint accepts the
         credentials. A pause for tokens the partner rejected is not shown over by a token
-        issued: its record, which keeps the count of such pauses in a row, stays until it
-        expires, unless ``lift`` (``iris auth test``: an operator says the partner was put
-        right)."""
+        issued: its record, which keeps the count of such pauses in a row, stays until the
+        partner accepts a token issued after it (:meth:`accepted`) or it expires, unless
+        ``lift`` (``iris auth test``: an operator says the partner was put right)."""
         started = self._clock()
         spent = await self._refresh_token()
         try:
