@@ -72,16 +72,13 @@ def closed_port() -> Iterator[int]:
 def assert_port_held(port: int) -> None:
     """Something holds 127.0.0.1:``port`` (a bind without address reuse fails): the kernel
     gives it to nobody asking for a free port."""
-    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
         try:
             other.bind(("127.0.0.1", port))
         except OSError as taken:
             assert taken.errno == errno.EADDRINUSE, taken
-        else:
-            raise AssertionError(f"127.0.0.1:{port} is free")
-    finally:
-        other.close()
+            return
+    raise AssertionError(f"127.0.0.1:{port} is free")
 
 
 def basic_auth(client_id: str, secret: str, *, encode: bool = True) -> str:

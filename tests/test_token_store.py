@@ -117,6 +117,13 @@ async def test_an_ended_pause_is_forgotten_only_for_its_own_error(redis, stream_
     assert await store.end_pause("rejected_token", clock()) is True
     assert await store.paused(include_expired=True) is None
     assert (await store.pause(60, "rejected_token"))[0].count == 1  # the count starts over
+    # a token issued: an endpoint's refusal is over, a partner's rejection is kept
+    assert await store.clear_pause(keep="rejected_token") is False
+    assert await store.paused() is not None
+    assert await store.clear_pause() is True and await store.paused() is None
+    await store.pause(60, "invalid_client")
+    assert await store.clear_pause(keep="rejected_token") is True
+    assert await store.paused(include_expired=True) is None
 
 
 async def test_encrypted_at_rest_and_unreadable_with_another_key(redis, stream_key,

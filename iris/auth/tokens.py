@@ -30,7 +30,7 @@ from iris.auth.base import Credential
 from iris.auth.exchange import Grant
 from iris.auth.waits import REJECTED_TOKEN, Waits
 from iris.errors import RedisUnavailable, TokenError
-from iris.store.tokens import Pause, StoredRefresh, StoredToken, TokenStore, digest
+from iris.store.tokens import StoredRefresh, StoredToken, TokenStore, digest
 
 log = logging.getLogger(__name__)
 
@@ -195,24 +195,18 @@ class TokenManager:
         if not ended:
             self._rejection_seen = True  # again at the next delivery
 
-    async def _rejection_record(self) -> Pause | None:
-        """The store's record of a pause for rejected tokens, ended or not (it outlives the
-        pause, to count the pauses in a row). Raises ``RedisUnavailable``."""
-        pause = await self.store.paused(include_expired=True)
-        if pause is None or pause.error != REJECTED_TOKEN:
-            return None
-        self._rejection_seen = True
-        return pause
-
     async def _issued_after_rejection(self, stored: StoredToken) -> bool:
         """``stored`` was issued after a pause for rejected tokens (this replica's or another's)
         had ended, and the partner has accepted no token since: it is that pause's
-        replacement."""
+        replacement. (The record outlives its pause, to count the pauses in a row.)"""
         try:
-            pause = await self._rejection_record()
+            pause = await self.store.paused(include_expired=True)
         except RedisUnavailable:
             return False
-        return pause is not None and stored.obtained_at >= pause.until
+        if pause is None or pause.error != REJECTED_TOKEN:
+            return False
+        self._rejection_seen = True
+        return stored.obtained_at >= pause.until
 
     async def _joined_pause(self) -> bool:
         """A pause another replica recorded is running: this one joins it (True)."""
@@ -377,8 +371,8 @@ class TokenManager:
         if saved == -1:
             log.warning("%s: the stored refresh token changed while this one was spent (a new "
                         "login?); keeping the stored one", self.destination)
-        if lift or await self._rejection_record() is None:
-            await self.store.clear_pause()  # accepted: a pause any replica saw is over
+        if not await self.store.clear_pause(keep="" if lift else REJECTED_TOKEN):
+            self._rejection_seen = True  # kept: the partner has yet to accept a token
         self.last_source = "endpoint"
         return self._use(stored, hard_expiry)
 

@@ -100,6 +100,13 @@ raw = cjson.encode({['until'] = now + seconds, count = count, error = ARGV[4]})
 redis.call('SET', KEYS[1], raw, 'PX', math.floor(seconds * 2000))
 return {1, raw}
 """
+# The pause's record, dropped (1), unless it is for ARGV[1] (0: kept).
+CLEAR_PAUSE = """
+local ok, pause = pcall(cjson.decode, redis.call('GET', KEYS[1]) or '')
+if ok and type(pause) == 'table' and pause['error'] == ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
 # The record of a pause for ARGV[1] that had ended by ARGV[2], dropped: its streak is over
 # (1). A pause for it that ended later, or runs: -1. No such record: 0.
 END_PAUSE = """
@@ -172,6 +179,7 @@ class TokenStore:
         self._invalidate = redis.register_script(INVALIDATE)
         self._drop_refresh = redis.register_script(DROP_REFRESH)
         self._pause = redis.register_script(PAUSE)
+        self._clear_pause = redis.register_script(CLEAR_PAUSE)
         self._end_pause = redis.register_script(END_PAUSE)
 
     # -- access tokens ------------------------------------------------------------------------
@@ -267,9 +275,11 @@ class TokenStore:
             return None
         return pause if include_expired or pause.until > self._clock() else None
 
-    async def clear_pause(self) -> None:
+    async def clear_pause(self, *, keep: str = "") -> bool:
+        """Lift the pause and forget its count, in one step: False (kept) if it is a pause
+        for ``keep``. Raises ``RedisUnavailable``."""
         with redis_errors():
-            await self._redis.delete(self._pause_key)
+            return bool(await self._clear_pause(keys=[self._pause_key], args=[keep]))
 
     async def end_pause(self, error: str, ended_by: float) -> bool:
         """Forget the record of a pause for ``error`` (and its count) if that pause had ended

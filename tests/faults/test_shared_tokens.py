@@ -622,14 +622,7 @@ async def test_a_refusal_pause_runs_its_course_on_the_clock(
         bad.oauth.refuse = None  # the credentials are fixed
         fixed = clock()
         issued = await manager("auth-test").current()  # another process: `iris auth test`
-        credential = None
-        for _ in range(10):
-            waited = worker.pause_remaining()
-            await token_work_done()
-            clock.advance(waited)
-            with contextlib.suppress(TokenError):
-                credential = await worker.credential()
-                break
+        credential = await next_credential(worker, clock)
         resumed_in = clock() - fixed
         await worker.close()
 
@@ -653,7 +646,7 @@ async def test_a_refusal_pause_runs_its_course_on_the_clock(
     # lifted: the next look at the store found the other process's token
     assert pauses == [REFUSED, REFUSED, None], pauses
     assert 0 < resumed_in <= PAUSE_RECHECK, resumed_in
-    assert credential is not None and credential.header == f"Bearer {issued.access_token}"
+    assert credential.header == f"Bearer {issued.access_token}"
     assert worker.last_source == "store" and bad.oauth.ok_requests == 1
     assert [k async for k in redis.scan_iter(f"{stream_key}:auth:bad:*:pause")] == []
 
